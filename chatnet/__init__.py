@@ -1,0 +1,14 @@
+"""chatnet: a TCP chat server and terminal client, standard library only.
+
+Reading order for learners (each module's docstring says what it owns):
+
+1. ``chatnet.wire``     -- the bytes on the wire: login frames, lines, notices.
+2. ``chatnet.events``   -- the inputs the core takes and the actions it returns.
+3. ``chatnet.core``     -- every protocol rule, as a pure state machine.
+4. ``chatnet.reactor``  -- the ``selectors`` loop that feeds the core and moves bytes.
+5. ``chatnet.storage``  -- accounts and stored messages in SQLite.
+6. ``chatnet.passwords``-- how passwords are hashed and checked.
+7. ``chatnet.server``, ``chatnet.accounts`` -- the command lines.
+"""
+
+__version__ = "1.0.0"

@@ -1,0 +1,195 @@
+"""``python -m chatnet.accounts``: register and manage accounts (PROTOCOL.md section 7).
+
+    python -m chatnet.accounts --db PATH add ID [--password-stdin]
+    python -m chatnet.accounts --db PATH passwd ID [--password-stdin]
+    python -m chatnet.accounts --db PATH remove ID
+    python -m chatnet.accounts --db PATH list [--long]
+    python -m chatnet.accounts --db PATH import FILE|-
+
+It works on the same file as a running server, which sees every change at the
+next login or ``chatwith/``.  This module is glue: checking what the user typed
+and calling ``chatnet.storage`` and ``chatnet.passwords``.  Errors end with one
+line on stderr and status 1 (2 for a bad command line); ``import`` adds every
+account of its file or none.
+"""
+
+import getpass
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from . import cli, passwords, wire
+from .storage import Storage, StorageError
+
+PROG = cli.program_name("chatnet.accounts", "chatnet-accounts")
+
+ID_RULE = "an ID is 1 to 7 of the characters A-Z a-z 0-9 . _ -"
+PASSWORD_RULE = "a password is 1 to 7 bytes and contains no NUL"
+
+
+def parse_args(argv):
+    parser = cli.ArgumentParser(prog=PROG, description="Manage the accounts of a chatnet database.")
+    parser.add_argument("--db", metavar="PATH", default="chatnet.db",
+                        help="the server's database (default chatnet.db)")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    verbs.required = True
+    for verb, text in (("add", "register an account"), ("passwd", "change an account's password")):
+        sub = verbs.add_parser(verb, help=text, description=text)
+        sub.add_argument("id", metavar="ID")
+        sub.add_argument("--password-stdin", action="store_true",
+                         help="read the password from the first line of standard input")
+    sub = verbs.add_parser("remove", help="delete an account and its stored messages")
+    sub.add_argument("id", metavar="ID")
+    sub = verbs.add_parser("list", help="print every account ID")
+    sub.add_argument("--long", action="store_true",
+                     help="also print when it was created and how many messages wait for it")
+    sub = verbs.add_parser("import", help="register many accounts from ID:PASSWORD lines",
+                           description="Register every account listed as ID:PASSWORD lines "
+                                       "(split at the first ':'; blank lines skipped). "
+                                       "Nothing is added when any line is bad.")
+    sub.add_argument("file", metavar="FILE", help="the file, or - for standard input")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    command = {"add": add, "passwd": change_password, "remove": remove,
+               "list": list_accounts, "import": import_accounts}[args.verb]
+    try:
+        storage = Storage(args.db)
+    except StorageError as error:
+        raise cli.CommandError(str(error))
+    try:
+        return command(storage, args) or 0
+    except StorageError as error:
+        raise cli.CommandError(str(error))
+    finally:
+        storage.close()
+
+
+# ---------------------------------------------------------------- verbs
+
+def add(storage, args):
+    user_id = checked_id(args.id)
+    if storage.existing_ids([user_id]):
+        raise cli.CommandError("account %s already exists" % user_id)
+    password = read_password(args.password_stdin, "Password for %s: " % user_id)
+    storage.add_accounts([(user_id, passwords.hash_password(password))])
+    print("added %s" % user_id)
+
+
+def change_password(storage, args):
+    user_id = checked_id(args.id)
+    if not storage.existing_ids([user_id]):
+        raise cli.CommandError("no account %s" % user_id)
+    password = read_password(args.password_stdin, "New password for %s: " % user_id)
+    storage.set_password(user_id, passwords.hash_password(password))
+    print("changed the password of %s" % user_id)
+
+
+def remove(storage, args):
+    user_id = checked_id(args.id)
+    storage.remove_account(user_id)
+    print("removed %s" % user_id)
+
+
+def list_accounts(storage, args):
+    for user_id, created_at, stored in storage.accounts():
+        if args.long:
+            print("%-7s  created %s  %d stored message%s" % (
+                user_id, created_at, stored, "" if stored == 1 else "s"))
+        else:
+            print(user_id)
+
+
+def import_accounts(storage, args):
+    name = "standard input" if args.file == "-" else args.file
+    entries = parse_import(read_import_file(args.file), name)
+    existing = storage.existing_ids(user_id for user_id, _, _ in entries)
+    for user_id, _, line_number in entries:
+        if user_id in existing:
+            raise cli.CommandError("%s, line %d: account %s already exists (nothing was imported)"
+                                   % (name, line_number, user_id))
+    # PBKDF2 releases the GIL: hash on every CPU we may use.
+    with ThreadPoolExecutor(max_workers=passwords.usable_cpus()) as pool:
+        records = list(pool.map(passwords.hash_password, [password for _, password, _ in entries]))
+    storage.add_accounts(zip([user_id for user_id, _, _ in entries], records))
+    print("imported %d account%s" % (len(entries), "" if len(entries) == 1 else "s"))
+
+
+# ---------------------------------------------------------------- input
+
+def checked_id(text):
+    user_id = text.encode("utf-8", "surrogateescape")
+    if not wire.is_valid_id(user_id):
+        raise cli.CommandError("invalid ID %r: %s" % (text, ID_RULE))
+    return text
+
+
+def checked_password(password):
+    if not wire.is_valid_password(password):
+        raise cli.CommandError("invalid password: " + PASSWORD_RULE)
+    return password
+
+
+def read_password(from_stdin, prompt):
+    """The new password as bytes: the first line of stdin, or typed twice on the terminal."""
+    if from_stdin:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            raise cli.CommandError("no password on standard input")
+        return checked_password(line.rstrip(b"\n").rstrip(b"\r"))
+    if not sys.stdin.isatty():
+        raise cli.CommandError("standard input is not a terminal: use --password-stdin")
+    try:
+        first = getpass.getpass(prompt)
+        second = getpass.getpass("Again: ")
+    except EOFError:
+        raise cli.CommandError("no password given")
+    if first != second:
+        raise cli.CommandError("the two passwords differ")
+    return checked_password(first.encode("utf-8"))
+
+
+def read_import_file(path):
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise cli.CommandError("cannot read %s: %s" % (path, error.strerror or error))
+
+
+def parse_import(data, name):
+    """``[(id, password bytes, line number)]`` from ``ID:PASSWORD`` lines, or CommandError."""
+    entries, first_seen = [], {}
+    for line_number, line in enumerate(data.split(b"\n"), 1):
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            continue
+        raw_id, colon, password = line.partition(b":")
+        where = "%s, line %d" % (name, line_number)
+        if not colon:
+            raise cli.CommandError("%s: expected ID:PASSWORD (nothing was imported)" % where)
+        if not wire.is_valid_id(raw_id):
+            raise cli.CommandError("%s: invalid ID %r: %s (nothing was imported)"
+                                   % (where, raw_id.decode("utf-8", "replace"), ID_RULE))
+        if not wire.is_valid_password(password):
+            raise cli.CommandError("%s: invalid password for %s: %s (nothing was imported)"
+                                   % (where, raw_id.decode("ascii"), PASSWORD_RULE))
+        user_id = raw_id.decode("ascii")
+        if user_id in first_seen:
+            raise cli.CommandError("%s: %s is listed twice (first on line %d; nothing was imported)"
+                                   % (where, user_id, first_seen[user_id]))
+        first_seen[user_id] = line_number
+        entries.append((user_id, password, line_number))
+    return entries
+
+
+def entry_point():
+    """The ``chatnet-accounts`` console script."""
+    sys.exit(cli.run(main, PROG))
+
+
+if __name__ == "__main__":
+    entry_point()

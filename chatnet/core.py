@@ -1,0 +1,517 @@
+"""The chat core: every routing rule of chatnet, and nothing else.
+
+Rule 1: every decision the protocol makes lives in this file -- who is online,
+who chats with whom, what each line means, what is relayed, stored, refused or
+pushed, when a connection is closed.
+
+Rule 2: this file knows nothing about sockets, clocks or the database.  It sees
+connection ids, bytes and the time it is given.  It imports no ``socket``,
+``selectors``, ``sqlite3``, ``time``, ``threading`` or ``random``; a test
+enforces that.  So every rule can be tested with plain data, and the reactor
+(``chatnet.reactor``) stays a thin shell that moves bytes.
+
+Theory of operation
+-------------------
+The reactor calls ``ChatCore.handle(event, now)`` with one input from
+``chatnet.events`` and gets back a list of actions to carry out in order.
+``next_deadline()`` says when the core next needs a ``TimePassed`` input.
+
+Each connection has a ``Session`` that moves through these phases::
+
+    LOGIN --frame--> CHECKING --ok--> CHATTING <--answer-- LOOKING_UP
+      ^                 |                 |                    ^
+      |              wrong             chatwith/<ID> (offline) |
+      +--delay-- DELAYED <---+            +--------------------+
+
+    any phase --EOF, reset, replaced, timeout, too many failures--> CLOSED
+
+* LOGIN reads 16-byte frames.  A valid frame becomes a ``CheckLogin`` action:
+  the password check is slow on purpose, so it runs outside the core.
+* CHECKING, DELAYED and LOOKING_UP *hold* the connection's later input
+  untouched until the answer or the deadline, then carry on where they
+  stopped: this is how pipelined bytes are handled in order (PROTOCOL.md
+  section 2).  Above ``hold_limit`` held bytes the core asks the reactor to
+  stop reading that one connection.
+* CHATTING reads lines: ``chatwith/<ID>`` picks a partner, ``chat/<text>``
+  goes to the partner: relayed when the partner is online, stored when it is
+  offline.
+
+Who is online, and who watches whom::
+
+    _online:    account ID -> the conn it is logged in on
+    _watchers:  account ID -> conns whose partner is that account
+
+When an account logs in, its offline watchers get ``2`` and switch to live
+relay; when it logs out, its watchers get ``chat/connection is destroyed`` and
+lose their partner.  A second login of the same account replaces the first
+connection and changes nothing for the watchers.
+
+The view of the stores is a count per account (``_store_counts``): enough to
+refuse a message to a full store.  The messages themselves live in the
+database, which the reactor reads and writes for ``StoreMessage`` and
+``DeliverStored``.  A count is learned from the database at ``chatwith/``
+(``AccountLookedUp.stored``), then kept up to date by the core itself; it is
+dropped when the account logs in, because delivery empties the store.
+
+Bytes for the same connection produced while handling one input are joined
+into one ``Send``, placed so that the order of everything a connection
+receives is exactly the order in which the rules produced it.
+"""
+
+import enum
+import heapq
+from collections import deque
+from typing import NamedTuple
+
+from . import wire
+from .events import (
+    AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
+    DeliverStored, InputEnded, LoggedOut, LoginChecked, LoginFailed,
+    LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send,
+    ServerStopping, StoreFailed, StoreMessage, TimePassed,
+)
+
+
+class CoreConfig(NamedTuple):
+    """The protocol's tunable limits, with PROTOCOL.md's defaults."""
+
+    #: Messages an offline account's store holds (section 6).
+    store_limit: int = 100
+    #: Longest session line, counting every byte up to and including ``\\n``.
+    max_line: int = wire.DEFAULT_MAX_LINE
+    #: Seconds from accept until a connection must have logged in.
+    login_timeout: float = 30.0
+    #: Seconds a failed login's ``0`` is held back: one entry per failure on
+    #: the connection, the last entry repeating.  0.25 + 0.5 + 1 keeps a
+    #: correct login after three failures well inside PROTOCOL.md's 5 s.
+    failure_delays: tuple = (0.25, 0.5, 1.0)
+    #: Failed logins after which the connection is closed (after its ``0``).
+    max_failures: int = 10
+    #: Input bytes held for a waiting connection before reading it pauses.
+    hold_limit: int = 64 * 1024
+
+
+class Phase(enum.Enum):
+    LOGIN = "login"              #: reading 16-byte login frames
+    CHECKING = "checking"        #: a frame's password is being checked; input held
+    DELAYED = "delayed"          #: a failed login's ``0`` waits out its delay; input held
+    CHATTING = "chatting"        #: logged in, reading lines
+    LOOKING_UP = "looking up"    #: a ``chatwith/`` waits for its account lookup; input held
+    CLOSED = "closed"            #: forgotten; nothing more happens
+
+
+#: Phases before a successful login; the login timeout applies to them.
+LOGIN_PHASES = frozenset((Phase.LOGIN, Phase.CHECKING, Phase.DELAYED))
+#: Phases that wait for something outside the connection's own input.
+WAITING_PHASES = frozenset((Phase.CHECKING, Phase.DELAYED, Phase.LOOKING_UP))
+
+
+class Session(object):
+    """What the core knows about one connection."""
+
+    __slots__ = (
+        "conn", "phase", "user_id", "relay_prefix", "partner", "partner_online",
+        "splitter", "held", "backlog", "paused", "input_ended",
+        "login_deadline", "release_at", "failures", "looking_up",
+    )
+
+    def __init__(self, conn, max_line, login_deadline):
+        self.conn = conn
+        self.phase = Phase.LOGIN
+        self.user_id = None          # the account, once logged in
+        self.relay_prefix = None     # b"chat/<user_id>: ", built once at login
+        self.partner = None          # the account my chat/ lines go to
+        self.partner_online = False  # relay live (True) or store (False)
+        self.splitter = wire.LineSplitter(max_line)
+        self.held = b""              # raw input not looked at yet
+        self.backlog = None          # lines already split, waiting (list) or None
+        self.paused = False          # we asked the reactor to stop reading
+        self.input_ended = False     # the client sent EOF
+        self.login_deadline = login_deadline
+        self.release_at = None       # when a DELAYED failure is answered
+        self.failures = 0            # failed logins on this connection
+        self.looking_up = None       # the ID a LOOKING_UP session asked about
+
+    def __repr__(self):
+        return "<Session conn=%d %s user=%r partner=%r%s>" % (
+            self.conn, self.phase.value, self.user_id, self.partner,
+            "" if self.partner is None else (" live" if self.partner_online else " store"))
+
+
+class ChatCore(object):
+    """The session state machine of a chatnet server.  See the module docstring."""
+
+    def __init__(self, config=CoreConfig()):
+        self.config = config
+        self._sessions = {}          # conn -> Session
+        self._online = {}            # account ID -> conn
+        self._watchers = {}          # account ID -> set of conns whose partner it is
+        self._store_counts = {}      # account ID -> messages in its store (when known)
+        self._deadlines = []         # heap of (when, conn): login timeouts and delays
+        self._now = 0.0
+        self._actions = []           # actions produced by the current input
+        self._outgoing = {}          # conn -> byte chunks not yet turned into a Send
+        self._notice_too_long = wire.notice_line_too_long(config.max_line)
+        self._handlers = {
+            Connected: self._on_connected,
+            DataReceived: self._on_data_received,
+            InputEnded: self._on_input_ended,
+            ConnectionLost: self._on_connection_lost,
+            LoginChecked: self._on_login_checked,
+            AccountLookedUp: self._on_account_looked_up,
+            StoreFailed: self._on_store_failed,
+            TimePassed: self._on_time_passed,
+            ServerStopping: self._on_server_stopping,
+        }
+
+    # ================================================================ public
+
+    def handle(self, event, now):
+        """Take one input (a value from ``chatnet.events``) at time ``now``.
+
+        Returns the list of actions to carry out, in order.  Inputs about a
+        connection the core has already closed or never saw are ignored, so
+        the reactor need not filter races such as bytes arriving just before
+        a ``Close`` was carried out.
+        """
+        self._now = now
+        self._handlers[type(event)](event)
+        return self._take_actions()
+
+    def next_deadline(self):
+        """When the core next needs ``TimePassed`` (a ``now`` value), or None."""
+        deadlines = self._deadlines
+        while deadlines and not self._deadline_pending(*deadlines[0]):
+            heapq.heappop(deadlines)
+        return deadlines[0][0] if deadlines else None
+
+    # Read-only views, for the reactor's logs and for tests.
+
+    def session(self, conn):
+        """The ``Session`` of ``conn``, or None.  Do not modify it."""
+        return self._sessions.get(conn)
+
+    def online(self):
+        """A copy of the account ID -> conn mapping of everyone logged in."""
+        return dict(self._online)
+
+    def store_count(self, user_id):
+        """The core's count of ``user_id``'s stored messages, or None if unknown."""
+        return self._store_counts.get(user_id)
+
+    # ================================================================ output
+
+    def _send(self, conn, data):
+        chunks = self._outgoing.get(conn)
+        if chunks is None:
+            self._outgoing[conn] = [data]
+        else:
+            chunks.append(data)
+
+    def _emit(self, action):
+        # Bytes produced before this action must reach the reactor before it.
+        if self._outgoing:
+            self._flush_sends()
+        self._actions.append(action)
+
+    def _flush_sends(self):
+        for conn, chunks in self._outgoing.items():
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._actions.append(Send(conn, data))
+        self._outgoing.clear()
+
+    def _take_actions(self):
+        if self._outgoing:
+            self._flush_sends()
+        actions, self._actions = self._actions, []
+        return actions
+
+    # ================================================================ inputs
+
+    def _on_connected(self, event):
+        if event.conn in self._sessions:
+            raise ValueError("connection %d is already known" % event.conn)
+        deadline = self._now + self.config.login_timeout
+        self._sessions[event.conn] = Session(event.conn, self.config.max_line, deadline)
+        heapq.heappush(self._deadlines, (deadline, event.conn))
+
+    def _on_data_received(self, event):
+        session = self._sessions.get(event.conn)
+        if session is None or session.input_ended:
+            return
+        if session.phase is Phase.CHATTING and session.backlog is None and not session.held:
+            self._handle_lines(session, session.splitter.feed(event.data))
+        else:
+            session.held += event.data
+            self._carry_on(session)
+
+    def _on_input_ended(self, event):
+        session = self._sessions.get(event.conn)
+        if session is None or session.input_ended:
+            return
+        session.input_ended = True
+        self._carry_on(session)
+
+    def _on_connection_lost(self, event):
+        session = self._sessions.get(event.conn)
+        if session is not None:
+            self._end_session(session, "connection lost")
+
+    def _on_login_checked(self, event):
+        session = self._sessions.get(event.conn)
+        if session is None or session.phase is not Phase.CHECKING:
+            return
+        if event.ok:
+            self._log_in(session, event.user_id)
+        else:
+            self._login_failed(session, event.user_id)
+        self._carry_on(session)
+
+    def _on_account_looked_up(self, event):
+        session = self._sessions.get(event.conn)
+        if (session is None or session.phase is not Phase.LOOKING_UP
+                or session.looking_up != event.user_id):
+            return
+        session.phase = Phase.CHATTING
+        session.looking_up = None
+        self._answer_chatwith(session, event.user_id, event.registered, event.stored)
+        self._carry_on(session)
+
+    def _on_store_failed(self, event):
+        count = self._store_counts.get(event.recipient)
+        if count:
+            self._store_counts[event.recipient] = count - 1
+        session = self._sessions.get(event.sender_conn)
+        if session is not None and session.phase is not Phase.CLOSED:
+            self._send(session.conn, wire.NOTICE_NOT_STORED)
+
+    def _on_time_passed(self, event):
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= self._now:
+            when, conn = heapq.heappop(deadlines)
+            session = self._sessions.get(conn)
+            if session is None:
+                continue
+            if session.phase in LOGIN_PHASES and self._now >= session.login_deadline:
+                self._close(session, "login timeout", wire.NOTICE_LOGIN_TIMEOUT)
+            elif session.phase is Phase.DELAYED and self._now >= session.release_at:
+                self._answer_failure(session)
+                self._carry_on(session)
+
+    def _on_server_stopping(self, event):
+        # Everyone leaves at once: no "connection is destroyed" for partners
+        # who are about to be told the server is going away.
+        for session in self._sessions.values():
+            session.partner = None
+        self._watchers.clear()
+        for session in list(self._sessions.values()):
+            logged_in = session.phase in (Phase.CHATTING, Phase.LOOKING_UP)
+            self._close(session, "shutdown", wire.NOTICE_SHUTDOWN if logged_in else None)
+
+    # ================================================================ deadlines
+
+    def _deadline_pending(self, when, conn):
+        """False for a deadline whose session no longer waits for it."""
+        session = self._sessions.get(conn)
+        if session is None:
+            return False
+        if session.phase in LOGIN_PHASES and when == session.login_deadline:
+            return True
+        return session.phase is Phase.DELAYED and when == session.release_at
+
+    # ================================================================ input flow
+
+    def _carry_on(self, session):
+        """Handle whatever input the session can handle now, then tidy up.
+
+        Called after anything that may unblock a session: new bytes, an
+        answer, a deadline.  Stops when the input is used up, or when the
+        session starts waiting again or closes.
+        """
+        while True:
+            phase = session.phase
+            if phase is Phase.LOGIN and len(session.held) >= wire.FRAME_SIZE:
+                frame, session.held = session.held[:wire.FRAME_SIZE], session.held[wire.FRAME_SIZE:]
+                self._read_login_frame(session, frame)
+            elif phase is Phase.CHATTING and session.backlog is not None:
+                lines, session.backlog = session.backlog, None
+                self._handle_lines(session, lines)
+            elif phase is Phase.CHATTING and session.held:
+                data, session.held = session.held, b""
+                self._handle_lines(session, session.splitter.feed(data))
+            else:
+                break
+        if session.phase is Phase.CLOSED:
+            return
+        if session.input_ended and session.phase not in WAITING_PHASES:
+            self._close(session, "input ended")
+        else:
+            self._pause_or_resume(session)
+
+    def _pause_or_resume(self, session):
+        too_much = len(session.held) > self.config.hold_limit
+        if too_much and not session.paused:
+            session.paused = True
+            self._emit(PauseReading(session.conn))
+        elif session.paused and not too_much:
+            session.paused = False
+            self._emit(ResumeReading(session.conn))
+
+    # ================================================================ login (section 2)
+
+    def _read_login_frame(self, session, frame):
+        credentials = wire.parse_login_frame(frame)
+        if credentials is None:
+            self._login_failed(session, None)
+        else:
+            session.phase = Phase.CHECKING
+            self._emit(CheckLogin(session.conn, credentials.user_id, credentials.password))
+
+    def _login_failed(self, session, user_id):
+        session.failures += 1
+        self._emit(LoginFailed(session.conn, user_id, session.failures))
+        delays = self.config.failure_delays
+        delay = delays[min(session.failures, len(delays)) - 1] if delays else 0
+        if delay > 0:
+            session.phase = Phase.DELAYED
+            session.release_at = self._now + delay
+            heapq.heappush(self._deadlines, (session.release_at, session.conn))
+        else:
+            self._answer_failure(session)
+
+    def _answer_failure(self, session):
+        session.release_at = None
+        self._send(session.conn, wire.CODE_FAILED)
+        if session.failures >= self.config.max_failures:
+            self._close(session, "too many failed logins")
+        else:
+            session.phase = Phase.LOGIN
+
+    def _log_in(self, session, user_id):
+        replaced = self._sessions.get(self._online.get(user_id))
+        session.phase = Phase.CHATTING
+        session.user_id = user_id
+        session.relay_prefix = wire.relay_prefix(user_id)
+        self._online[user_id] = session.conn
+        self._store_counts.pop(user_id, None)       # delivery is about to empty it
+        self._emit(LoginSucceeded(session.conn, user_id))
+        if replaced is not None:
+            # The account stays online, so its watchers see no change.
+            self._close(replaced, "replaced", wire.NOTICE_REPLACED)
+        self._send(session.conn, wire.CODE_OK)
+        self._emit(DeliverStored(session.conn, user_id))
+        if replaced is None:
+            self._tell_watchers_online(user_id)
+
+    def _tell_watchers_online(self, user_id):
+        for conn in self._watchers.get(user_id, ()):
+            watcher = self._sessions[conn]
+            if not watcher.partner_online:
+                watcher.partner_online = True
+                self._send(conn, wire.CODE_ONLINE + wire.NOTICE_ONLINE)
+
+    # ================================================================ session lines (section 3)
+
+    def _handle_lines(self, session, lines):
+        """Handle split lines in order; keep the rest if the session starts waiting."""
+        for index, line in enumerate(lines):
+            self._handle_line(session, line)
+            if session.phase is not Phase.CHATTING:
+                rest = lines[index + 1:]
+                if rest and session.phase is Phase.LOOKING_UP:
+                    session.backlog = rest
+                return
+
+    def _handle_line(self, session, line):
+        if line is wire.LINE_TOO_LONG:
+            self._send(session.conn, self._notice_too_long)
+        elif not wire.is_utf8(line):
+            self._send(session.conn, wire.NOTICE_NOT_UTF8)
+        elif line.startswith(wire.CHAT):
+            self._chat(session, line[len(wire.CHAT):])
+        elif line.startswith(wire.CHATWITH):
+            self._chatwith(session, line[len(wire.CHATWITH):].strip())
+        elif line.strip():
+            self._send(session.conn, wire.NOTICE_UNKNOWN)
+        # A blank line is ignored silently: people press Enter in nc.
+
+    def _chat(self, session, text):
+        partner = session.partner
+        if partner is None:
+            self._send(session.conn, wire.NOTICE_NO_PARTNER)
+        elif session.partner_online:
+            self._send(self._online[partner], session.relay_prefix + text + b"\n")
+        else:
+            self._store(session, partner, text)
+
+    def _store(self, session, recipient, text):
+        count = self._store_counts.get(recipient, 0)
+        if count >= self.config.store_limit:
+            self._send(session.conn, wire.NOTICE_STORE_FULL)
+        else:
+            self._store_counts[recipient] = count + 1
+            self._emit(StoreMessage(recipient, session.user_id, text, session.conn))
+
+    def _chatwith(self, session, target):
+        if not wire.is_valid_id(target):
+            self._answer_chatwith(session, target, registered=False, stored=0)
+        elif target in self._online:
+            # Online implies registered: no need to ask the database.
+            self._answer_chatwith(session, target, registered=True, stored=0)
+        else:
+            session.phase = Phase.LOOKING_UP
+            session.looking_up = target
+            self._emit(LookUpAccount(session.conn, target))
+
+    def _answer_chatwith(self, session, target, registered, stored):
+        self._set_partner(session, None)
+        if not registered:
+            self._store_counts.pop(target, None)
+            self._send(session.conn, wire.CODE_FAILED + wire.NOTICE_NO_SUCH_USER)
+            return
+        self._set_partner(session, target)
+        session.partner_online = target in self._online
+        if session.partner_online:
+            self._send(session.conn, wire.CODE_ONLINE + wire.NOTICE_ONLINE)
+        else:
+            # Our own count, when we have one, already includes messages
+            # stored since the database was asked.
+            self._store_counts.setdefault(target, stored)
+            self._send(session.conn, wire.CODE_OK + wire.NOTICE_OFFLINE)
+
+    def _set_partner(self, session, partner):
+        old = session.partner
+        if old is not None:
+            watchers = self._watchers[old]
+            watchers.discard(session.conn)
+            if not watchers:
+                del self._watchers[old]
+        session.partner = partner
+        session.partner_online = False
+        if partner is not None:
+            self._watchers.setdefault(partner, set()).add(session.conn)
+
+    # ================================================================ leaving
+
+    def _close(self, session, reason, notice=None):
+        """Say ``notice`` (if any), forget the session, and ask for the close."""
+        if notice is not None:
+            self._send(session.conn, notice)
+        self._end_session(session, reason)
+        self._emit(Close(session.conn, reason))
+
+    def _end_session(self, session, reason):
+        session.phase = Phase.CLOSED
+        del self._sessions[session.conn]
+        self._set_partner(session, None)
+        user_id = session.user_id
+        if user_id is None:
+            return
+        if self._online.get(user_id) == session.conn:
+            del self._online[user_id]
+            for conn in self._watchers.pop(user_id, ()):
+                watcher = self._sessions[conn]
+                watcher.partner = None
+                watcher.partner_online = False
+                self._send(conn, wire.NOTICE_DESTROYED)
+        self._emit(LoggedOut(session.conn, user_id, reason))

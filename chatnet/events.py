@@ -1,0 +1,215 @@
+"""The values that cross the boundary between the reactor and the core.
+
+The core (``chatnet.core``) is driven by *inputs*: small immutable values that
+say what happened ("bytes arrived on connection 7", "the password check for
+connection 7 came back").  It answers each input with a list of *actions*:
+small immutable values that say what to do ("send these bytes to connection
+3", "store this message", "check this password").  The reactor
+(``chatnet.reactor``) turns socket events into inputs and carries out the
+actions, in order.
+
+Connections are named by plain ``int`` ids chosen by the reactor; account IDs,
+passwords and message texts are ``bytes``, exactly as on the wire.
+
+This module must stay a list of data types: no behaviour, no imports of I/O
+modules.  Read it as the vocabulary of the core's two tables in
+``chatnet.core``.
+"""
+
+from typing import NamedTuple, Optional
+
+
+def _compared_by_type(cls):
+    """Make a named tuple equal only to values of its own type.
+
+    A plain named tuple equals any tuple with the same items, so
+    ``PauseReading(1) == ResumeReading(1)`` would be true; tests compare lists
+    of actions, and must not be fooled by that.
+    """
+    def __eq__(self, other):
+        return type(self) is type(other) and tuple.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not __eq__(self, other)
+
+    def __hash__(self):
+        return hash((type(self).__name__,) + tuple(self))
+
+    cls.__eq__, cls.__ne__, cls.__hash__ = __eq__, __ne__, __hash__
+    return cls
+
+
+# ==================================================================== inputs
+# What the reactor tells the core.  Every input is handed over together with
+# the current time (``ChatCore.handle(event, now)``), so none carries a clock.
+
+@_compared_by_type
+class Connected(NamedTuple):
+    """A client connected; its login timeout starts now."""
+    conn: int
+
+
+@_compared_by_type
+class DataReceived(NamedTuple):
+    """Bytes arrived from the client, in order, in chunks of any size."""
+    conn: int
+    data: bytes
+
+
+@_compared_by_type
+class InputEnded(NamedTuple):
+    """The client closed its sending side (EOF).
+
+    Bytes that came before are still handled; then the core closes the
+    connection.  A client that only half-closed still gets every reply.
+    """
+    conn: int
+
+
+@_compared_by_type
+class ConnectionLost(NamedTuple):
+    """The connection is gone (reset, error, or closed by the reactor's policy).
+
+    Nothing more can be sent on it; held input is dropped.
+    """
+    conn: int
+
+
+@_compared_by_type
+class LoginChecked(NamedTuple):
+    """The answer to ``CheckLogin``: was the password right for that ID?"""
+    conn: int
+    user_id: bytes
+    ok: bool
+
+
+@_compared_by_type
+class AccountLookedUp(NamedTuple):
+    """The answer to ``LookUpAccount``.
+
+    ``stored`` is how many messages wait in that account's store right now.
+    """
+    conn: int
+    user_id: bytes
+    registered: bool
+    stored: int
+
+
+@_compared_by_type
+class StoreFailed(NamedTuple):
+    """A ``StoreMessage`` could not be written (disk full, database locked...).
+
+    The message is not stored; its sender is told.
+    """
+    sender_conn: int
+    recipient: bytes
+
+
+@_compared_by_type
+class TimePassed(NamedTuple):
+    """Nothing happened but time; due deadlines (login timeout, delays) fire."""
+
+
+@_compared_by_type
+class ServerStopping(NamedTuple):
+    """The server is shutting down: say goodbye to everyone and close."""
+
+
+# =================================================================== actions
+# What the core asks the reactor to do.  The reactor carries them out in the
+# order they are listed; the order is part of the protocol (a login's "1"
+# before its stored messages, stored messages before live ones).
+
+@_compared_by_type
+class Send(NamedTuple):
+    """Append ``data`` to connection ``conn``'s outgoing bytes."""
+    conn: int
+    data: bytes
+
+
+@_compared_by_type
+class Close(NamedTuple):
+    """Close ``conn`` once the bytes already queued for it have been sent.
+
+    The core has forgotten the connection when it asks for this; the reactor
+    must not report it back as ``ConnectionLost``.
+    """
+    conn: int
+    reason: str
+
+
+@_compared_by_type
+class CheckLogin(NamedTuple):
+    """Verify ``password`` for ``user_id`` (which may not exist); answer ``LoginChecked``."""
+    conn: int
+    user_id: bytes
+    password: bytes
+
+    def __repr__(self):
+        return "CheckLogin(conn=%r, user_id=%r, password=<%d bytes>)" % (
+            self.conn, self.user_id, len(self.password))
+
+
+@_compared_by_type
+class LookUpAccount(NamedTuple):
+    """Find out whether ``user_id`` is registered; answer ``AccountLookedUp``."""
+    conn: int
+    user_id: bytes
+
+
+@_compared_by_type
+class StoreMessage(NamedTuple):
+    """Append a message to ``recipient``'s store (durably, before any later reply).
+
+    ``sender_conn`` is where to report a failure (``StoreFailed``).
+    """
+    recipient: bytes
+    sender: bytes
+    text: bytes
+    sender_conn: int
+
+
+@_compared_by_type
+class DeliverStored(NamedTuple):
+    """Queue every message in ``user_id``'s store on ``conn``, oldest first.
+
+    Each message leaves the store only once its bytes were handed to the
+    socket; if the connection drops first, it stays stored.
+    """
+    conn: int
+    user_id: bytes
+
+
+@_compared_by_type
+class PauseReading(NamedTuple):
+    """Stop reading from ``conn`` for now (the core holds enough of its input)."""
+    conn: int
+
+
+@_compared_by_type
+class ResumeReading(NamedTuple):
+    """Read from ``conn`` again."""
+    conn: int
+
+
+@_compared_by_type
+class LoginSucceeded(NamedTuple):
+    """For the operator's log: ``conn`` is now logged in as ``user_id``."""
+    conn: int
+    user_id: bytes
+
+
+@_compared_by_type
+class LoginFailed(NamedTuple):
+    """For the operator's log: a login on ``conn`` failed (``user_id`` as sent, if readable)."""
+    conn: int
+    user_id: Optional[bytes]
+    failures: int
+
+
+@_compared_by_type
+class LoggedOut(NamedTuple):
+    """For the operator's log: the session of ``user_id`` on ``conn`` ended."""
+    conn: int
+    user_id: bytes
+    reason: str

@@ -1,0 +1,250 @@
+"""The database: accounts and the undelivered-message stores, in one SQLite file.
+
+This module owns the schema, the transactions and the durability settings.  It
+must not know about connections, sessions or the protocol's rules: the core
+decides *what* to store and deliver, the reactor decides *when*, and this
+module only does what it is told, durably.
+
+Durability
+----------
+* WAL journal and ``synchronous=FULL``: a committed store survives a crash of
+  the server process (``kill -9``) and, if the disk honours fsync, a power cut.
+* Writes are grouped: the reactor calls ``commit()`` once per loop pass,
+  before it sends any byte produced in that pass (``chatnet.reactor``).  So a
+  stored message is on disk before its sender sees any later reply.
+* ``busy_timeout`` lets ``python -m chatnet.accounts`` write to the file
+  while the server runs; the server keeps its transactions short.
+
+The file is created with mode 0600: it holds password hashes.
+
+IDs are ``str`` here (they are ASCII by the protocol); message texts are
+``bytes`` on the way in and out, kept as UTF-8 ``TEXT`` so the file is
+readable with the ``sqlite3`` shell.
+"""
+
+import os
+import sqlite3
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    id          TEXT PRIMARY KEY,
+    password    TEXT NOT NULL,
+    created_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS stored_messages (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,   -- delivery order
+    recipient   TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+    sender      TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    stored_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+);
+
+CREATE INDEX IF NOT EXISTS stored_messages_by_recipient
+    ON stored_messages (recipient, id);
+"""
+
+MEMORY = ":memory:"
+
+
+class StorageError(Exception):
+    """The database cannot be used; the message says why, in one line."""
+
+
+class AccountExists(StorageError):
+    pass
+
+
+class NoSuchAccount(StorageError):
+    pass
+
+
+class Storage(object):
+    """One SQLite connection, used from one thread."""
+
+    def __init__(self, path, synchronous="FULL", busy_timeout_ms=5000):
+        self.path = path
+        self._lock_fd = None
+        try:
+            if path != MEMORY:
+                _create_private(path)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout = %d" % busy_timeout_ms)
+            if path != MEMORY:
+                self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = %s" % synchronous)
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._create_schema()
+        except (sqlite3.Error, OSError) as error:
+            raise StorageError("cannot use database %s: %s" % (path, _reason(error)))
+        self._in_transaction = False
+
+    def _create_schema(self):
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError("made by a newer chatnet (schema %d)" % version)
+        if version < SCHEMA_VERSION:
+            self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA
+                                   + "PRAGMA user_version = %d; COMMIT;" % SCHEMA_VERSION)
+
+    # ---------------------------------------------------------------- transactions
+
+    def _write(self, sql, parameters=()):
+        """Run one write inside the open group transaction (opening it if needed)."""
+        if not self._in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_transaction = True
+        return self._db.execute(sql, parameters)
+
+    def commit(self):
+        """Make every write since the last commit durable.  Cheap when there were none."""
+        if self._in_transaction:
+            self._in_transaction = False
+            self._db.execute("COMMIT")
+
+    def rollback(self):
+        if self._in_transaction:
+            self._in_transaction = False
+            self._db.execute("ROLLBACK")
+
+    @property
+    def in_transaction(self):
+        return self._in_transaction
+
+    def close(self):
+        """Commit, fold the WAL back into the file, and close."""
+        try:
+            self.commit()
+            if self.path != MEMORY:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def lock_for_server(self):
+        """Make sure no other chatnet server uses this file; raise StorageError if one does.
+
+        Two servers on one file would each believe they know who is online and
+        how full every store is.  The lock is an ``flock`` on the database
+        file, which SQLite's own (POSIX) locks do not see; it is held until
+        ``close``.
+        """
+        if self.path == MEMORY:
+            return
+        import fcntl
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageError("database %s is in use by another chatnet server" % self.path)
+        self._lock_fd = fd
+
+    # ---------------------------------------------------------------- accounts
+
+    def add_accounts(self, accounts):
+        """Register ``(id, password_record)`` pairs: all of them, or none.
+
+        Raises ``AccountExists`` naming the first ID already registered.
+        """
+        self.commit()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for user_id, record in accounts:
+                try:
+                    self._db.execute("INSERT INTO accounts (id, password) VALUES (?, ?)",
+                                     (user_id, record))
+                except sqlite3.IntegrityError:
+                    raise AccountExists("account %s already exists" % user_id)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def remove_account(self, user_id):
+        """Delete an account and its stored messages."""
+        self.commit()
+        cursor = self._db.execute("DELETE FROM accounts WHERE id = ?", (user_id,))
+        if cursor.rowcount == 0:
+            raise NoSuchAccount("no account %s" % user_id)
+
+    def set_password(self, user_id, record):
+        self.commit()
+        cursor = self._db.execute("UPDATE accounts SET password = ? WHERE id = ?", (record, user_id))
+        if cursor.rowcount == 0:
+            raise NoSuchAccount("no account %s" % user_id)
+
+    def accounts(self):
+        """``(id, created_at, stored message count)`` for every account, by ID."""
+        return self._db.execute(
+            "SELECT a.id, a.created_at,"
+            " (SELECT count(*) FROM stored_messages s WHERE s.recipient = a.id)"
+            " FROM accounts a ORDER BY a.id").fetchall()
+
+    def account_count(self):
+        return self._db.execute("SELECT count(*) FROM accounts").fetchone()[0]
+
+    def existing_ids(self, user_ids):
+        """The subset of ``user_ids`` that are registered."""
+        found = set()
+        user_ids = list(user_ids)
+        for start in range(0, len(user_ids), 500):
+            chunk = user_ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute("SELECT id FROM accounts WHERE id IN (%s)" % marks, chunk)
+            found.update(row[0] for row in rows)
+        return found
+
+    def password_record(self, user_id):
+        """The stored-password record of ``user_id``, or None."""
+        row = self._db.execute("SELECT password FROM accounts WHERE id = ?", (user_id,)).fetchone()
+        return row[0] if row else None
+
+    def look_up(self, user_id):
+        """``(registered, stored message count)`` for ``user_id``."""
+        registered, stored = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = ?),"
+            " (SELECT count(*) FROM stored_messages WHERE recipient = ?)",
+            (user_id, user_id)).fetchone()
+        return bool(registered), stored
+
+    # ---------------------------------------------------------------- stores
+
+    def store_message(self, recipient, sender, text):
+        """Append ``text`` (UTF-8 bytes) to ``recipient``'s store; returns its row id."""
+        cursor = self._write(
+            "INSERT INTO stored_messages (recipient, sender, text) VALUES (?, ?, ?)",
+            (recipient, sender, text.decode("utf-8")))
+        return cursor.lastrowid
+
+    def stored_messages(self, recipient):
+        """``(row id, sender, text bytes)`` of ``recipient``'s store, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, sender, text FROM stored_messages WHERE recipient = ? ORDER BY id",
+            (recipient,)).fetchall()
+        return [(row_id, sender, text.encode("utf-8")) for row_id, sender, text in rows]
+
+    def delete_stored(self, row_ids):
+        """Remove delivered messages (inside the group transaction)."""
+        for row_id in row_ids:
+            self._write("DELETE FROM stored_messages WHERE id = ?", (row_id,))
+
+
+def _create_private(path):
+    """Create the database file readable by its owner only, if it is missing."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _reason(error):
+    text = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+    return text
