@@ -1,0 +1,352 @@
+"""PROTOCOL.md section 2 (the login phase), row by row, on the pure core."""
+
+import pytest
+
+from chatnet import wire
+from chatnet.core import CoreConfig, Phase
+from chatnet.events import (
+    CheckLogin, Close, DeliverStored, LoggedOut, LoginFailed, LoginSucceeded, Send,
+)
+from core_harness import NOTICE_DESTROYED, CoreHarness, frame
+
+ACCOUNTS = {b"alice": b"pw", b"bob": b"secret", b"abcdefg": b"1234567", b"Bob": b"upper"}
+
+
+@pytest.fixture
+def h():
+    return CoreHarness(accounts=ACCOUNTS)
+
+
+# ---------------------------------------------------------------- frames and fields
+
+def test_a_valid_frame_asks_for_a_password_check_and_success_answers_1(h):
+    """The core never judges a password itself: it asks, then answers 1."""
+    h.answer_checks = False
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"pw"))
+    assert h.pending_checks == [CheckLogin(conn, b"alice", b"pw")]
+    assert h.lines(conn) == []                      # nothing before the verdict
+    h.answer_check()
+    assert h.lines(conn) == [b"1"]
+
+
+@pytest.mark.parametrize("raw, why", [
+    (frame(b"alice", b"wrong"), "wrong password"),
+    (frame(b"nobody", b"pw"), "unknown ID"),
+    (b"alicealice" + b"pw\0\0\0\0\0\0"[:6], "ID field without NUL"),
+    (b"\0" * 8 + b"pw\0\0\0\0\0\0", "empty ID"),
+    (frame(b"alice", b""), "empty password"),
+    (b"alice\0\0\0" + b"12345678", "password field without NUL"),
+    (frame(b"a b", b"pw"), "space in the ID"),
+    (frame(b"b\xc3\xa9", b"pw"), "non-ASCII ID"),
+    (frame(b"bob", b"SECRET"), "password case matters"),
+    (frame(b"BOB", b"secret"), "ID case matters"),
+])
+def test_every_failure_gets_the_same_single_answer_0(h, raw, why):
+    """Malformed field, unknown ID, wrong password: all are just 0."""
+    conn = h.connect()
+    h.send(conn, raw)
+    assert h.lines(conn) == [b"0"], why
+    assert conn not in h.closed
+
+
+def test_a_malformed_frame_is_refused_without_a_password_check(h):
+    """Only a well-formed frame costs a KDF run."""
+    h.answer_checks = False
+    conn = h.connect()
+    h.send(conn, b"\0" * 16)
+    assert h.pending_checks == []
+    assert h.lines(conn) == [b"0"]
+
+
+def test_bytes_after_the_nul_are_padding(h):
+    conn = h.connect()
+    h.send(conn, b"bob\0junk" + b"secret\0z")
+    assert h.lines(conn) == [b"1"]
+
+
+def test_seven_byte_id_and_password_are_the_longest_allowed(h):
+    conn = h.connect()
+    h.send(conn, frame(b"abcdefg", b"1234567"))
+    assert h.lines(conn) == [b"1"]
+
+
+def test_ids_are_case_sensitive_accounts(h):
+    conn = h.connect()
+    h.send(conn, frame(b"Bob", b"upper"))
+    assert h.lines(conn) == [b"1"]
+    assert h.core.online() == {b"Bob": conn}
+
+
+def test_a_frame_split_into_single_bytes_is_one_frame(h):
+    conn = h.connect()
+    for byte in frame(b"alice", b"pw"):
+        h.send(conn, bytes([byte]))
+    assert h.lines(conn) == [b"1"]
+
+
+def test_after_0_the_next_16_bytes_are_the_next_attempt(h):
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"bad"))
+    assert h.lines(conn) == [b"0"]
+    h.send(conn, frame(b"alice", b"pw"))
+    assert h.lines(conn) == [b"1"]
+
+
+# ---------------------------------------------------------------- pipelining
+
+def test_pipelined_attempts_and_lines_are_handled_in_order(h):
+    """Bytes after a frame wait for its verdict, then count as what they are."""
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"bad") + frame(b"alice", b"pw") + b"chatwith/bob\n")
+    assert h.lines(conn) == [b"0", b"1", b"1", wire.NOTICE_OFFLINE.rstrip(b"\n")]
+
+
+def test_input_waits_untouched_while_the_password_is_checked(h):
+    h.answer_checks = False
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"pw") + b"chatwith/")
+    h.send(conn, b"bob\nchat/one\n")
+    assert h.lines(conn) == []
+    h.answer_check()
+    assert h.lines(conn) == [b"1", b"1", wire.NOTICE_OFFLINE.rstrip(b"\n")]
+    assert h.stores[b"bob"] == [(b"alice", b"one")]
+
+
+def test_a_flood_while_checking_pauses_reading_that_connection_only(h):
+    h = CoreHarness(accounts=ACCOUNTS, hold_limit=1000, answer_checks=False, failure_delays=())
+    conn = h.connect()
+    other = h.connect()
+    h.send(conn, frame(b"alice", b"pw") + b"chat/x\n" * 200)
+    assert h.paused == {conn}
+    h.answer_check()
+    assert h.paused == set()
+    assert other not in h.paused
+
+
+# ---------------------------------------------------------------- success
+
+def test_success_sends_1_then_the_store_oldest_first_then_empties_it(h):
+    h.stores[b"bob"] = [(b"alice", b"first"), (b"carol", "두번째".encode())]
+    conn = h.login(b"bob")
+    assert h.lines(conn) == [b"chat/alice: first", "chat/carol: 두번째".encode()]
+    assert h.stores.get(b"bob") is None
+    assert h.core.session(conn).partner is None                  # no partner yet (§7)
+
+
+def test_the_1_is_queued_before_the_store_is_delivered(h):
+    """Order of actions: Send(1), then DeliverStored."""
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"pw"))
+    kinds = [type(a) for a in h.actions if getattr(a, "conn", None) == conn]
+    assert kinds.index(Send) < kinds.index(DeliverStored)
+    assert h.actions_of(LoginSucceeded) == [LoginSucceeded(conn, b"alice")]
+
+
+# ---------------------------------------------------------------- the second login
+
+def test_a_second_login_replaces_the_first_with_one_notice_and_a_close(h):
+    first = h.login(b"alice")
+    second = h.login(b"alice")
+    assert h.received(first) == wire.NOTICE_REPLACED
+    assert h.closed[first] == "replaced"
+    assert h.core.online() == {b"alice": second}
+    assert LoggedOut(first, b"alice", "replaced") in h.log
+
+
+def test_a_second_login_changes_nothing_for_sessions_partnered_with_it(h):
+    alice = h.login(b"alice")
+    bob = h.login(b"bob")
+    h.send(bob, b"chatwith/alice\n")
+    h.lines(bob)
+    h.login(b"alice")
+    assert h.lines(bob) == []                         # no "destroyed", no "2"
+    h.send(bob, b"chat/still there?\n")
+    new_alice = h.core.online()[b"alice"]
+    assert new_alice != alice
+    assert h.lines(new_alice) == [b"chat/bob: still there?"]
+
+
+def test_the_replaced_connection_gets_nothing_after_its_notice(h):
+    alice = h.login(b"alice")
+    h.send(alice, b"chatwith/alice\n")
+    h.lines(alice)
+    h.login(b"alice")
+    assert h.received(alice) == wire.NOTICE_REPLACED
+    h.send(alice, b"chat/late\n")                     # ignored: the core forgot it
+    assert h.received(alice) == b""
+
+
+def test_the_old_session_logs_out_without_destroying_its_partners_view(h):
+    alice = h.login(b"alice")
+    bob = h.login(b"bob")
+    h.send(alice, b"chatwith/bob\n")
+    h.lines(alice)
+    h.login(b"alice")
+    assert h.lines(bob) == []
+
+
+# ---------------------------------------------------------------- throttling
+
+def test_failures_are_answered_after_a_growing_delay():
+    h = CoreHarness(accounts=ACCOUNTS, failure_delays=(0.25, 0.5, 1.0))
+    conn = h.connect()
+    expected_delays = [0.25, 0.5, 1.0, 1.0]
+    for delay in expected_delays:
+        h.send(conn, frame(b"alice", b"bad"))
+        h.advance(delay - 0.01)
+        assert h.lines(conn) == []
+        h.advance(0.01)
+        assert h.lines(conn) == [b"0"]
+
+
+def test_a_correct_login_after_three_failures_succeeds_within_5_seconds():
+    h = CoreHarness(accounts=ACCOUNTS, config=CoreConfig())     # the default policy
+    conn = h.connect()
+    start = h.now
+    for _ in range(3):
+        h.send(conn, frame(b"alice", b"bad"))
+        while not h.received(conn):
+            h.advance(0.05)
+    h.send(conn, frame(b"alice", b"pw"))
+    assert h.lines(conn) == [b"1"]
+    assert h.now - start < 5
+
+
+def test_a_delay_on_one_connection_never_delays_another():
+    h = CoreHarness(accounts=ACCOUNTS, failure_delays=(10.0,))
+    slow = h.connect()
+    h.send(slow, frame(b"alice", b"bad"))
+    fast = h.login(b"bob")
+    h.send(fast, b"chatwith/bob\n")
+    assert h.lines(fast) == [b"2", wire.NOTICE_ONLINE.rstrip(b"\n")]
+    assert h.lines(slow) == []
+
+
+def test_input_sent_during_a_delay_waits_for_the_0():
+    h = CoreHarness(accounts=ACCOUNTS, failure_delays=(1.0,))
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"bad") + frame(b"alice", b"pw"))
+    assert h.lines(conn) == []
+    h.advance(1.0)
+    assert h.lines(conn) == [b"0", b"1"]
+
+
+def test_too_many_failures_close_the_connection_after_the_last_0():
+    h = CoreHarness(accounts=ACCOUNTS, max_failures=3)
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"bad") * 3 + frame(b"alice", b"pw"))
+    assert h.received(conn) == b"0\n0\n0\n"         # and nothing else: still the login phase
+    assert h.closed[conn] == "too many failed logins"
+    assert [a.failures for a in h.actions_of(LoginFailed)] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- login timeout
+
+def test_a_silent_connection_is_closed_at_the_login_timeout_with_one_notice():
+    h = CoreHarness(accounts=ACCOUNTS, login_timeout=2.5)
+    conn = h.connect()
+    h.advance(2.4)
+    assert conn not in h.closed
+    h.advance(0.1)
+    assert h.received(conn) == wire.NOTICE_LOGIN_TIMEOUT
+    assert h.closed[conn] == "login timeout"
+
+
+def test_the_login_timeout_counts_from_accept_and_failures_do_not_reset_it():
+    h = CoreHarness(accounts=ACCOUNTS, login_timeout=2.0)
+    conn = h.connect()
+    h.advance(1.5)
+    h.send(conn, frame(b"alice", b"bad"))
+    assert h.lines(conn) == [b"0"]
+    h.advance(0.5)
+    assert h.closed.get(conn) == "login timeout"
+
+
+def test_a_partial_frame_is_closed_at_the_login_timeout():
+    h = CoreHarness(accounts=ACCOUNTS, login_timeout=1.0)
+    conn = h.connect()
+    h.send(conn, b"abc")
+    h.advance(1.0)
+    assert h.closed.get(conn) == "login timeout"
+
+
+def test_the_timeout_also_ends_a_login_stuck_in_its_password_check():
+    h = CoreHarness(accounts=ACCOUNTS, login_timeout=1.0, answer_checks=False)
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"pw"))
+    h.advance(1.0)
+    assert h.closed.get(conn) == "login timeout"
+    h.answer_check()                                  # a late answer is ignored
+    assert h.core.online() == {}
+
+
+def test_a_logged_in_session_has_no_timeout():
+    h = CoreHarness(accounts=ACCOUNTS, login_timeout=1.0)
+    conn = h.login(b"alice")
+    h.advance(3600)
+    assert conn not in h.closed
+    assert h.core.next_deadline() is None
+
+
+def test_next_deadline_is_the_earliest_pending_one():
+    h = CoreHarness(accounts=ACCOUNTS, login_timeout=30.0, failure_delays=(2.0,))
+    assert h.core.next_deadline() is None
+    conn = h.connect()
+    assert h.core.next_deadline() == h.now + 30.0
+    h.send(conn, frame(b"alice", b"bad"))
+    assert h.core.next_deadline() == h.now + 2.0
+
+
+# ---------------------------------------------------------------- leaving during login
+
+def test_eof_before_a_full_frame_closes_at_once(h):
+    conn = h.connect()
+    h.send(conn, b"alice\0\0")
+    h.hang_up(conn)
+    assert h.closed[conn] == "input ended"
+
+
+def test_eof_after_a_frame_still_gets_the_verdict_and_pipelined_lines(h):
+    """Lines that came before EOF are handled, then the connection closes."""
+    h.answer_checks = False
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"pw") + b"chatwith/bob\nchat/offline note\n")
+    h.hang_up(conn)
+    assert conn not in h.closed
+    h.answer_check()
+    assert h.lines(conn) == [b"1", b"1", wire.NOTICE_OFFLINE.rstrip(b"\n")]
+    assert h.stores[b"bob"] == [(b"alice", b"offline note")]
+    assert h.closed[conn] == "input ended"
+    assert h.core.online() == {}
+
+
+def test_a_reset_during_the_check_forgets_the_connection(h):
+    h.answer_checks = False
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"pw"))
+    h.drop(conn)
+    h.answer_check()
+    assert h.core.online() == {}
+    assert h.core.session(conn) is None
+
+
+def test_the_session_phases_follow_the_login(h):
+    h.answer_checks = False
+    conn = h.connect()
+    assert h.core.session(conn).phase is Phase.LOGIN
+    h.send(conn, frame(b"alice", b"pw"))
+    assert h.core.session(conn).phase is Phase.CHECKING
+    h.answer_check()
+    assert h.core.session(conn).phase is Phase.CHATTING
+    h.hang_up(conn)
+    assert h.core.session(conn) is None
+    assert [type(a) for a in h.actions][-2:] == [LoggedOut, Close]
+
+
+def test_logging_out_tells_partners_connection_is_destroyed(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    h.send(bob, b"chatwith/alice\n")
+    h.lines(bob)
+    h.hang_up(alice)
+    assert h.lines(bob) == [NOTICE_DESTROYED]

@@ -1,0 +1,103 @@
+"""The core as a state machine: every (phase, input) pair, and its purity."""
+
+import ast
+import itertools
+import os
+
+import pytest
+
+import chatnet.core
+from chatnet.core import Phase
+from chatnet.events import (
+    AccountLookedUp, Connected, ConnectionLost, DataReceived, InputEnded,
+    LoginChecked, ServerStopping, StoreFailed, TimePassed,
+)
+from core_harness import CoreHarness, frame
+
+ACCOUNTS = {b"alice": b"pw", b"bob": b"pw"}
+
+
+def session_in(phase):
+    """A harness and a connection whose session is in ``phase``."""
+    h = CoreHarness(accounts=ACCOUNTS, failure_delays=(5.0,), answer_checks=False)
+    conn = h.connect()
+    if phase is Phase.CHECKING:
+        h.send(conn, frame(b"alice", b"pw"))
+    elif phase is Phase.DELAYED:
+        h.send(conn, frame(b"alice", b"wrong"))
+        h.answer_check()
+    elif phase in (Phase.CHATTING, Phase.LOOKING_UP, Phase.CLOSED):
+        h.send(conn, frame(b"alice", b"pw"))
+        h.answer_check()
+        if phase is Phase.LOOKING_UP:
+            h.answer_lookups = False
+            h.send(conn, b"chatwith/bob\n")
+        elif phase is Phase.CLOSED:
+            h.hang_up(conn)
+    session = h.core.session(conn)
+    assert (session.phase if session else Phase.CLOSED) is phase
+    return h, conn
+
+
+def inputs_for(conn):
+    """One of every kind of input about ``conn``, with plausible contents."""
+    return [
+        Connected(conn + 100),
+        DataReceived(conn, frame(b"alice", b"pw")),
+        DataReceived(conn, b"chatwith/bob\nchat/hi\n"),
+        DataReceived(conn, b"\xff" * 40 + b"\n"),
+        InputEnded(conn),
+        ConnectionLost(conn),
+        LoginChecked(conn, b"alice", True),
+        LoginChecked(conn, b"alice", False),
+        AccountLookedUp(conn, b"bob", True, 0),
+        AccountLookedUp(conn, b"bob", False, 0),
+        StoreFailed(conn, b"bob"),
+        TimePassed(),
+        ServerStopping(),
+    ]
+
+
+@pytest.mark.parametrize("phase, event_index", list(itertools.product(
+    list(Phase), range(len(inputs_for(0))))))
+def test_every_input_in_every_phase_is_handled_without_error(phase, event_index):
+    """h2's exhaustive walk, with itertools: nothing the reactor can say crashes the core."""
+    h, conn = session_in(phase)
+    h.advance(1.0)
+    h.feed(inputs_for(conn)[event_index])
+    h.advance(60.0)
+    online = h.core.online()
+    for user_id, online_conn in online.items():
+        assert h.core.session(online_conn).user_id == user_id
+
+
+def test_inputs_about_unknown_connections_are_ignored():
+    h = CoreHarness(accounts=ACCOUNTS)
+    for event in inputs_for(42)[1:-2]:
+        assert h.core.handle(event, 0.0) == []
+
+
+def test_connecting_the_same_id_twice_is_a_programming_error():
+    h = CoreHarness(accounts=ACCOUNTS)
+    h.feed(Connected(1))
+    with pytest.raises(ValueError):
+        h.core.handle(Connected(1), 0.0)
+
+
+FORBIDDEN = {"socket", "selectors", "select", "sqlite3", "time", "threading", "random",
+             "asyncio", "os", "signal", "logging", "concurrent"}
+
+
+@pytest.mark.parametrize("module", ["core", "events", "wire"])
+def test_the_core_and_its_vocabulary_import_no_io_module(module):
+    """trio-style layering, enforced: the pure modules cannot reach the outside world."""
+    path = os.path.join(os.path.dirname(chatnet.core.__file__), module + ".py")
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    assert imported & FORBIDDEN == set()

@@ -1,0 +1,393 @@
+"""PROTOCOL.md section 3 (the session phase) and section 5, row by row, on the pure core."""
+
+import pytest
+
+from chatnet import wire
+from chatnet.events import LookUpAccount, Send, StoreMessage
+from core_harness import NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, CoreHarness, frame
+
+ACCOUNTS = {b"alice": b"pw", b"bob": b"pw", b"carol": b"pw", b"dave": b"pw"}
+NO_SUCH_USER = wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
+
+
+@pytest.fixture
+def h():
+    return CoreHarness(accounts=ACCOUNTS, store_limit=3, max_line=64)
+
+
+def chatwith(h, conn, target):
+    h.send(conn, b"chatwith/" + target + b"\n")
+    return h.lines(conn)
+
+
+def is_notice(line):
+    return line.startswith(b"chat/") and not wire.RELAY_PATTERN.match(line + b"\n")
+
+
+# ---------------------------------------------------------------- chatwith/<ID> (§8)
+
+def test_chatwith_an_unregistered_id_answers_0_and_one_notice(h):
+    alice = h.login(b"alice")
+    assert chatwith(h, alice, b"nobody") == [b"0", NO_SUCH_USER]
+
+
+def test_chatwith_a_registered_offline_account_answers_1_and_the_exact_notice(h):
+    alice = h.login(b"alice")
+    assert chatwith(h, alice, b"bob") == [b"1", NOTICE_OFFLINE]
+
+
+def test_chatwith_an_online_account_answers_2_and_the_exact_notice(h):
+    alice = h.login(b"alice")
+    h.login(b"bob")
+    assert chatwith(h, alice, b"bob") == [b"2", NOTICE_ONLINE]
+
+
+def test_chatwith_an_online_account_needs_no_database_lookup(h):
+    alice = h.login(b"alice")
+    h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    assert h.actions_of(LookUpAccount) == []
+
+
+def test_chatwith_an_offline_account_asks_the_database(h):
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"bob")
+    assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob")]
+
+
+@pytest.mark.parametrize("spelled", [b" bob", b"bob ", b"\tbob  ", b" \t bob\t"])
+def test_whitespace_around_the_id_is_stripped(h, spelled):
+    alice = h.login(b"alice")
+    h.login(b"bob")
+    assert chatwith(h, alice, spelled) == [b"2", NOTICE_ONLINE]
+
+
+@pytest.mark.parametrize("blank", [b"", b" ", b"\t \t"])
+def test_an_empty_or_blank_id_answers_0(h, blank):
+    alice = h.login(b"alice")
+    assert chatwith(h, alice, blank)[0] == b"0"
+
+
+@pytest.mark.parametrize("bad", [b"toolongid", b"a b", b"bo/b", "밥".encode(), b"BOB"])
+def test_an_id_that_is_not_registered_answers_0(h, bad):
+    alice = h.login(b"alice")
+    assert chatwith(h, alice, bad)[0] == b"0"
+
+
+def test_choosing_yourself_answers_2_and_your_messages_come_back(h):
+    alice = h.login(b"alice")
+    assert chatwith(h, alice, b"alice") == [b"2", NOTICE_ONLINE]
+    h.send(alice, b"chat/me\n")
+    assert h.lines(alice) == [b"chat/alice: me"]
+
+
+def test_a_new_chatwith_replaces_the_partner(h):
+    alice, bob, carol = h.login(b"alice"), h.login(b"bob"), h.login(b"carol")
+    chatwith(h, alice, b"bob")
+    chatwith(h, alice, b"carol")
+    h.send(alice, b"chat/hi\n")
+    assert h.lines(carol) == [b"chat/alice: hi"]
+    assert h.lines(bob) == []
+
+
+def test_after_a_0_the_session_has_no_partner(h):
+    alice = h.login(b"alice")
+    h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    chatwith(h, alice, b"nobody")
+    h.send(alice, b"chat/lost?\n")
+    assert h.lines(alice) == [wire.NOTICE_NO_PARTNER.rstrip(b"\n")]
+
+
+def test_chatwith_from_storing_back_to_an_online_partner_relays_live(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"carol")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/live\n")
+    assert h.lines(bob) == [b"chat/alice: live"]
+    assert h.stores.get(b"carol", []) == []
+
+
+# ---------------------------------------------------------------- chat/<text>
+
+def test_chat_with_no_partner_is_neither_delivered_nor_stored_but_noticed(h):
+    alice = h.login(b"alice")
+    h.send(alice, b"chat/anyone?\n")
+    assert h.lines(alice) == [wire.NOTICE_NO_PARTNER.rstrip(b"\n")]
+    assert h.actions_of(StoreMessage) == []
+
+
+def test_chat_to_an_online_partner_sends_exactly_one_relay_line_and_no_ack(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    h.send(alice, "chat/hello 안녕하세요 🙂\n".encode())
+    assert h.lines(bob) == ["chat/alice: hello 안녕하세요 🙂".encode()]
+    assert h.lines(alice) == []
+
+
+def test_relay_works_both_ways(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    chatwith(h, bob, b"alice")
+    h.send(alice, b"chat/ping\n")
+    h.send(bob, b"chat/pong\n")
+    assert h.lines(bob) == [b"chat/alice: ping"]
+    assert h.lines(alice) == [b"chat/bob: pong"]
+
+
+@pytest.mark.parametrize("text", [b"", b"with: colon / slash", b"chat/nested", b"  spaces  ",
+                                  b"tab\there", b"nul\0byte"])
+def test_any_text_is_relayed_as_is(h, text):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/" + text + b"\n")
+    assert h.received(bob) == b"chat/alice: " + text + b"\n"
+
+
+def test_many_lines_in_one_chunk_are_relayed_in_order_as_one_send(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    before = len(h.actions)
+    h.send(alice, b"".join(b"chat/n%d\n" % i for i in range(20)))
+    assert h.lines(bob) == [b"chat/alice: n%d" % i for i in range(20)]
+    assert [type(a) for a in h.actions[before:]] == [Send]
+
+
+def test_chat_to_an_offline_partner_is_stored_and_not_acknowledged(h):
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/one\nchat/two\n")
+    assert h.stores[b"bob"] == [(b"alice", b"one"), (b"alice", b"two")]
+    assert h.lines(alice) == []
+
+
+def test_a_full_store_refuses_with_a_notice_containing_full(h):
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/1\nchat/2\nchat/3\nchat/4\n")
+    assert len(h.stores[b"bob"]) == 3
+    (notice,) = h.lines(alice)
+    assert is_notice(notice) and b"full" in notice
+
+
+def test_the_store_limit_counts_messages_already_in_the_database(h):
+    h.stores[b"bob"] = [(b"carol", b"old"), (b"carol", b"older")]
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/fits\nchat/too many\n")
+    assert h.stores[b"bob"][-1] == (b"alice", b"fits")
+    assert b"full" in h.lines(alice)[0]
+
+
+def test_two_senders_share_one_store_limit(h):
+    alice, carol = h.login(b"alice"), h.login(b"carol")
+    chatwith(h, alice, b"bob")
+    chatwith(h, carol, b"bob")
+    h.send(alice, b"chat/a1\nchat/a2\n")
+    h.send(carol, b"chat/c1\nchat/c2\n")
+    assert len(h.stores[b"bob"]) == 3
+    assert b"full" in h.lines(carol)[0]
+
+
+def test_a_store_that_fails_to_write_is_answered_with_a_notice(h):
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"bob")
+    h.fail_stores = True
+    h.send(alice, b"chat/lost?\n")
+    assert h.lines(alice) == [wire.NOTICE_NOT_STORED.rstrip(b"\n")]
+    assert h.core.store_count(b"bob") == 0
+
+
+# ---------------------------------------------------------------- anything else
+
+@pytest.mark.parametrize("junk", [b"hello", b"CHAT/x", b"chatwith", b"chat", b"Chatwith/bob"])
+def test_any_other_line_is_ignored_with_one_notice(h, junk):
+    alice = h.login(b"alice")
+    h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    h.send(alice, junk + b"\n")
+    assert h.lines(alice) == [wire.NOTICE_UNKNOWN.rstrip(b"\n")]
+    h.send(alice, b"chat/still paired\n")
+    assert h.lines(h.core.online()[b"bob"]) == [b"chat/alice: still paired"]
+
+
+def test_a_blank_line_is_ignored_silently(h):
+    alice = h.login(b"alice")
+    h.send(alice, b"\n\r\n  \n")
+    assert h.lines(alice) == []
+
+
+# ---------------------------------------------------------------- line framing (§3, §5)
+
+def test_crlf_lines_lose_only_the_cr(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    h.send(alice, b"chatwith/bob\r\n")
+    assert h.lines(alice) == [b"2", NOTICE_ONLINE]
+    h.send(alice, b"chat/a\rb\r\n")
+    assert h.lines(bob) == [b"chat/alice: a\rb"]
+
+
+def test_a_line_of_exactly_max_line_bytes_passes(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    text = b"y" * (64 - len(b"chat/") - 1)
+    h.send(alice, b"chat/" + text + b"\n")
+    assert h.lines(bob) == [b"chat/alice: " + text]
+
+
+def test_the_cr_of_a_crlf_counts_toward_the_limit(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    text = b"y" * (64 - len(b"chat/") - 1)
+    h.send(alice, b"chat/" + text + b"\r\n")
+    assert h.lines(alice) == [wire.notice_line_too_long(64).rstrip(b"\n")]
+    assert h.lines(bob) == []
+
+
+@pytest.mark.parametrize("extra", [1, 100, 10000])
+def test_an_over_long_line_is_dropped_with_one_notice_and_later_lines_work(h, extra):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/" + b"x" * (64 - 5 + extra) + b"\nchat/after\n")
+    assert h.lines(alice) == [wire.notice_line_too_long(64).rstrip(b"\n")]
+    assert h.lines(bob) == [b"chat/alice: after"]
+
+
+def test_an_over_long_line_in_pieces_is_dropped_once(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/" + b"p" * 50)
+    h.send(alice, b"p" * 100)
+    h.send(alice, b"p" * 100)
+    assert len(h.lines(alice)) == 1                 # told as soon as it is too long
+    h.send(alice, b"p\nchat/after\n")
+    assert h.lines(alice) == []
+    assert h.lines(bob) == [b"chat/alice: after"]
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf", b"ok\x80"])
+def test_a_line_that_is_not_utf8_is_dropped_with_a_notice(h, bad):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/" + bad + b"\nchat/ok\n")
+    assert h.lines(alice) == [wire.NOTICE_NOT_UTF8.rstrip(b"\n")]
+    assert h.lines(bob) == [b"chat/alice: ok"]
+
+
+def test_utf8_split_across_chunks_is_joined_before_it_is_checked(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    data = "chat/한국어\n".encode()
+    for byte in data:
+        h.send(alice, bytes([byte]))
+    assert h.lines(bob) == ["chat/alice: 한국어".encode()]
+
+
+# ---------------------------------------------------------------- pushed events
+
+def test_my_online_partner_disconnecting_sends_destroyed_and_clears_the_partner(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    h.drop(bob)
+    assert h.lines(alice) == [NOTICE_DESTROYED]
+    h.send(alice, b"chat/after\n")
+    assert h.lines(alice) == [wire.NOTICE_NO_PARTNER.rstrip(b"\n")]
+    assert h.stores.get(b"bob", []) == []
+
+
+def test_everyone_partnered_with_a_leaver_is_told(h):
+    alice, bob, carol = h.login(b"alice"), h.login(b"bob"), h.login(b"carol")
+    chatwith(h, alice, b"carol")
+    chatwith(h, bob, b"carol")
+    h.hang_up(carol)
+    assert h.lines(alice) == [NOTICE_DESTROYED]
+    assert h.lines(bob) == [NOTICE_DESTROYED]
+
+
+def test_the_leaver_is_not_told_about_itself(h):
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"alice")
+    h.hang_up(alice)
+    assert h.lines(alice) == []
+
+
+def test_my_offline_partner_logging_in_pushes_2_and_the_notice(h):
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"bob")
+    bob = h.login(b"bob")
+    assert h.lines(alice) == [b"2", NOTICE_ONLINE]
+    h.send(alice, b"chat/now live\n")
+    assert h.lines(bob) == [b"chat/alice: now live"]
+
+
+def test_the_push_comes_even_if_i_sent_nothing_since_the_1(h):
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"bob")
+    h.login(b"bob")
+    assert h.lines(alice) == [b"2", NOTICE_ONLINE]
+
+
+def test_the_push_is_not_sent_to_someone_who_changed_partner(h):
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"bob")
+    chatwith(h, alice, b"carol")
+    h.login(b"bob")
+    assert h.lines(alice) == []
+
+
+def test_stored_messages_come_before_live_ones_and_before_pipelined_answers(h):
+    alice = h.login(b"alice")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/stored\n")
+    bob = h.connect()
+    h.send(bob, frame(b"bob", b"pw") + b"chatwith/carol\n")
+    h.send(alice, b"chat/live\n")
+    assert h.lines(bob) == [b"1", b"chat/alice: stored", b"1", NOTICE_OFFLINE, b"chat/alice: live"]
+
+
+def test_after_the_partner_leaves_and_returns_nothing_reattaches(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    h.hang_up(bob)
+    h.lines(alice)
+    h.login(b"bob")
+    assert h.lines(alice) == []
+
+
+# ---------------------------------------------------------------- leaving
+
+def test_lines_before_eof_are_handled_then_the_connection_closes(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    h.send(alice, b"chatwith/bob\nchat/bye\n")
+    h.hang_up(alice)
+    assert h.lines(bob) == [b"chat/alice: bye"]
+    assert h.closed[alice] == "input ended"
+
+
+def test_eof_while_a_lookup_is_pending_still_handles_the_rest(h):
+    alice = h.login(b"alice")
+    h.send(alice, b"chatwith/bob\nchat/stored before leaving\n")
+    h.hang_up(alice)
+    assert h.stores[b"bob"] == [(b"alice", b"stored before leaving")]
+    assert h.closed[alice] == "input ended"
+
+
+def test_an_unfinished_line_at_eof_is_dropped(h):
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    chatwith(h, alice, b"bob")
+    h.send(alice, b"chat/no newline")
+    h.hang_up(alice)
+    assert h.lines(bob) == []
+
+
+def test_server_stopping_says_goodbye_to_sessions_and_closes_everyone(h):
+    from chatnet.events import ServerStopping
+    alice, bob = h.login(b"alice"), h.login(b"bob")
+    waiting = h.connect()
+    chatwith(h, alice, b"bob")
+    h.feed(ServerStopping())
+    assert h.lines(alice) == [wire.NOTICE_SHUTDOWN.rstrip(b"\n")]
+    assert h.lines(bob) == [wire.NOTICE_SHUTDOWN.rstrip(b"\n")]
+    assert h.lines(waiting) == []
+    assert set(h.closed) == {alice, bob, waiting}
+    assert h.core.online() == {}
