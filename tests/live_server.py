@@ -1,0 +1,217 @@
+"""Real servers and raw clients for integration tests.
+
+``LiveServer`` runs ``python -m chatnet.server`` in a subprocess on 127.0.0.1
+port 0 and reads the real port from its ``listening on`` line.  ``RawClient``
+speaks the protocol over a plain socket; every wait is bounded by a timeout.
+
+To check that *nothing* arrived without sleeping, ``RawClient.sync()`` sends a
+line the server answers with a known notice (an unknown line) and returns
+whatever came before that answer: the server handles a connection's lines in
+order, so anything caused earlier is already queued ahead of it.
+"""
+
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from chatnet import passwords, wire
+from chatnet.storage import Storage
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNC_LINE = b"sync\n"
+SYNC_REPLY = wire.NOTICE_UNKNOWN.rstrip(b"\n")
+
+NOTICE_ONLINE = wire.NOTICE_ONLINE.rstrip(b"\n")
+NOTICE_OFFLINE = wire.NOTICE_OFFLINE.rstrip(b"\n")
+NOTICE_DESTROYED = wire.NOTICE_DESTROYED.rstrip(b"\n")
+
+
+def python_env():
+    """The environment for chatnet subprocesses: this checkout first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_module(module, *args, stdin=b"", timeout=60):
+    """Run ``python -m <module> args``; returns the CompletedProcess (bytes)."""
+    return subprocess.run([sys.executable, "-m", module] + list(args), input=stdin,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(),
+                          cwd=REPO, timeout=timeout)
+
+
+def make_database(path, accounts):
+    """Create ``path`` with ``accounts`` ({ID: password}, str or bytes)."""
+    storage = Storage(path)
+    try:
+        storage.add_accounts((_text(user_id), passwords.hash_password(_bytes(password)))
+                             for user_id, password in accounts.items())
+    finally:
+        storage.close()
+
+
+def _text(value):
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+def _bytes(value):
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+class LiveServer(object):
+    """``python -m chatnet.server --db DB --host 127.0.0.1 --port 0 ARGS``."""
+
+    def __init__(self, db, *args):
+        self.db = db
+        self.args = list(args)
+        self.proc = None
+        self.port = None
+        self.stderr_lines = []
+
+    def start(self, timeout=30):
+        command = [sys.executable, "-m", "chatnet.server", "--db", self.db,
+                   "--host", "127.0.0.1", "--port", "0"] + self.args
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=python_env(), cwd=REPO)
+        stdout_lines = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.proc.stdout, stdout_lines.put),
+                         daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines.append),
+                         daemon=True).start()
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = stdout_lines.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                raise AssertionError("no 'listening on' line; stderr: %r" % self.stderr_lines)
+            if line is None:
+                raise AssertionError("server exited early: %r" % self.stderr_lines)
+            if "listening on " in line:
+                self.port = int(line.rsplit(":", 1)[1])
+                return self
+
+    @staticmethod
+    def _pump(stream, put):
+        for raw in iter(stream.readline, b""):
+            put(raw.decode("utf-8", "replace").rstrip("\n"))
+        put(None)
+
+    def client(self, timeout=5.0):
+        return RawClient(self.port, timeout)
+
+    def login(self, user_id, password):
+        """A client logged in as ``user_id`` (bytes)."""
+        client = self.client()
+        assert client.login(user_id, password) == b"1", "login of %r failed" % user_id
+        return client
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, signum=signal.SIGTERM, timeout=20):
+        """Signal the server and return its exit status."""
+        if self.alive():
+            self.proc.send_signal(signum)
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        if self.alive():
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def problems(self):
+        """stderr lines that mean the server hit a bug."""
+        return [line for line in self.stderr_lines
+                if line and ("Traceback" in line or "internal error" in line)]
+
+
+class RawClient(object):
+    """A protocol client over a plain blocking socket with timeouts."""
+
+    def __init__(self, port, timeout=5.0):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.timeout = timeout
+        self.buffer = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def login(self, user_id, password):
+        self.send(wire.login_frame(_bytes(user_id), _bytes(password)))
+        return self.line()
+
+    def line(self, timeout=None):
+        """The next line (without ``\\n``); fails after ``timeout`` seconds."""
+        end = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self.buffer:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no line within the timeout; have %r" % self.buffer[:200])
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                raise AssertionError("connection closed; have %r" % self.buffer[:200])
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def lines(self, count):
+        return [self.line() for _ in range(count)]
+
+    def expect(self, *expected):
+        for want in expected:
+            got = self.line()
+            assert got == want, "expected %r, got %r" % (want[:200], got[:200])
+
+    def sync(self):
+        """Lines that arrived before the answer to a barrier line (see the module docstring)."""
+        self.send(SYNC_LINE)
+        before = []
+        while True:
+            line = self.line()
+            if line == SYNC_REPLY:
+                return before
+            before.append(line)
+
+    def chatwith(self, user_id, code):
+        self.send(b"chatwith/" + _bytes(user_id) + b"\n")
+        self.expect(code)
+        if code == b"2":
+            self.expect(NOTICE_ONLINE)
+        elif code == b"1":
+            self.expect(NOTICE_OFFLINE)
+        else:
+            assert self.line() == wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
+
+    def wait_closed(self, timeout=None):
+        """Read until the server closes; return the bytes that came first."""
+        end = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError("the server did not close the connection")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                rest, self.buffer = self.buffer, b""
+                return rest
+            self.buffer += data
+
+    def close(self):
+        self.sock.close()

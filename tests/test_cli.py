@@ -1,0 +1,198 @@
+"""The command lines (PROTOCOL.md section 7): their work and every error path.
+
+Every error must be one line on stderr with a non-zero status, never a
+traceback.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from live_server import REPO, LiveServer, python_env, run_module
+
+
+def accounts(db, *args, stdin=b""):
+    return run_module("chatnet.accounts", "--db", db, *args, stdin=stdin)
+
+
+def one_line_error(result, status=1):
+    """The result failed with ``status`` and exactly one stderr line; return it."""
+    assert result.returncode == status, (result.returncode, result.stderr)
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+@pytest.fixture
+def db(tmp_path):
+    return str(tmp_path / "accounts.db")
+
+
+# ---------------------------------------------------------------- chatnet.accounts
+
+def test_add_list_passwd_remove(db):
+    assert accounts(db, "add", "alice", "--password-stdin", stdin=b"pw\n").returncode == 0
+    assert accounts(db, "add", "bob", "--password-stdin", stdin=b"secret\r\n").returncode == 0
+    assert accounts(db, "list").stdout == b"alice\nbob\n"
+    long = accounts(db, "list", "--long").stdout.decode()
+    assert "alice" in long and "0 stored messages" in long
+    assert accounts(db, "passwd", "bob", "--password-stdin", stdin=b"new\n").returncode == 0
+    assert accounts(db, "remove", "alice").returncode == 0
+    assert accounts(db, "list").stdout == b"bob\n"
+
+
+def test_the_database_file_is_private(db):
+    accounts(db, "add", "alice", "--password-stdin", stdin=b"pw\n")
+    assert os.stat(db).st_mode & 0o077 == 0
+
+
+def test_passwords_set_by_the_cli_work_on_the_wire(db):
+    accounts(db, "add", "alice", "--password-stdin", stdin=b"old\n")
+    accounts(db, "passwd", "alice", "--password-stdin", stdin="새암호\n".encode()[:7] + b"\n")
+    server = LiveServer(db).start()
+    try:
+        assert server.client().login(b"alice", b"old") == b"0"
+        assert server.client().login(b"alice", "새암호".encode()[:7]) == b"1"
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("args, stdin, fragment", [
+    (["add", "toolongid", "--password-stdin"], b"pw\n", "invalid ID"),
+    (["add", "a b", "--password-stdin"], b"pw\n", "invalid ID"),
+    (["add", "bob", "--password-stdin"], b"12345678\n", "invalid password"),
+    (["add", "bob", "--password-stdin"], b"\n", "invalid password"),
+    (["add", "bob", "--password-stdin"], b"", "no password"),
+    (["add", "bob"], b"", "not a terminal"),
+    (["remove", "nobody"], b"", "no account nobody"),
+    (["passwd", "nobody", "--password-stdin"], b"pw\n", "no account nobody"),
+    (["import", "/no/such/file"], b"", "cannot read"),
+])
+def test_account_errors_are_one_line(db, args, stdin, fragment):
+    assert fragment in one_line_error(accounts(db, *args, stdin=stdin))
+
+
+def test_adding_an_existing_id_fails(db):
+    accounts(db, "add", "alice", "--password-stdin", stdin=b"pw\n")
+    assert "already exists" in one_line_error(accounts(db, "add", "alice", "--password-stdin",
+                                                       stdin=b"pw\n"))
+
+
+def test_usage_errors_are_one_line_with_status_2(db):
+    assert "error" in one_line_error(accounts(db), status=2)
+    assert "error" in one_line_error(accounts(db, "frobnicate"), status=2)
+
+
+def test_import_from_a_file_and_from_stdin(db, tmp_path):
+    listing = tmp_path / "accounts.txt"
+    listing.write_bytes(b"alice:pw\n\n  \nbob:a:b:c\r\ncarol:\xed\x95\x9c\n")
+    assert accounts(db, "import", str(listing)).returncode == 0
+    assert accounts(db, "import", "-", stdin=b"dave:pw\n").returncode == 0
+    assert accounts(db, "list").stdout == b"alice\nbob\ncarol\ndave\n"
+    server = LiveServer(db).start()
+    try:
+        assert server.client().login(b"bob", b"a:b:c") == b"1"
+        assert server.client().login(b"carol", b"\xed\x95\x9c") == b"1"
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"alice:pw\nno colon here\n", "line 2"),
+    (b"alice:pw\nbad id:pw\n", "invalid ID"),
+    (b"alice:pw\nbob:12345678\n", "invalid password"),
+    (b"alice:pw\nbob:\n", "invalid password"),
+    (b"alice:pw\nalice:again\n", "listed twice"),
+    (b"carol:pw\nexists:pw\n", "already exists"),
+])
+def test_import_is_all_or_nothing(db, content, fragment):
+    accounts(db, "add", "exists", "--password-stdin", stdin=b"pw\n")
+    line = one_line_error(accounts(db, "import", "-", stdin=content))
+    assert fragment in line and "nothing was imported" in line
+    assert accounts(db, "list").stdout == b"exists\n"
+
+
+def test_import_of_many_accounts(db):
+    content = b"".join(b"u%d:pw\n" % i for i in range(2000))
+    assert accounts(db, "import", "-", stdin=content).returncode == 0
+    assert len(accounts(db, "list").stdout.splitlines()) == 2000
+
+
+# ---------------------------------------------------------------- chatnet.server
+
+def server_run(*args, timeout=20):
+    return run_module("chatnet.server", *args, timeout=timeout)
+
+
+@pytest.mark.parametrize("args", [
+    ["--port", "x"], ["--port", "70000"], ["--store-limit", "0"], ["--max-line", "abc"],
+    ["--login-timeout", "-1"], ["--login-timeout", "nan"], ["--log-level", "loud"],
+    ["--demo", "--db", "x.db"], ["--frobnicate"], ["--max-line", "4"],
+])
+def test_bad_server_flags_are_one_line_with_status_2(args):
+    assert "error" in one_line_error(server_run(*args), status=2)
+
+
+def test_an_unusable_database_path_is_one_line(tmp_path):
+    line = one_line_error(server_run("--db", str(tmp_path / "missing" / "dir" / "x.db"), "--port", "0"))
+    assert "cannot use database" in line
+
+
+def test_a_file_that_is_not_a_database_is_one_line(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    assert "cannot use database" in one_line_error(server_run("--db", str(junk), "--port", "0"))
+
+
+def test_a_second_server_on_the_same_database_is_refused(database):
+    server = LiveServer(database).start()
+    try:
+        line = one_line_error(server_run("--db", database, "--port", "0"))
+        assert "in use" in line
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_port_in_use_is_one_line(database):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        port = str(blocker.getsockname()[1])
+        assert "cannot listen" in one_line_error(server_run("--db", database, "--port", port))
+    finally:
+        blocker.close()
+
+
+def test_demo_prints_its_accounts_and_they_log_in(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "chatnet.server", "--demo", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(),
+                            cwd=str(tmp_path))
+    try:
+        demo = proc.stdout.readline().decode()
+        listening = proc.stdout.readline().decode()
+        assert demo.startswith("demo accounts") and "alice:alice" in demo
+        port = int(listening.rsplit(":", 1)[1])
+        from live_server import RawClient
+        assert RawClient(port).login(b"alice", b"alice") == b"1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    assert not list(tmp_path.iterdir())            # no database file was made
+
+
+def test_help_works_for_every_command():
+    for module in ("chatnet.server", "chatnet.accounts", "chatnet"):
+        result = run_module(module, *(["--help"] if module != "chatnet" else []))
+        assert result.returncode == 0 and b"chatnet" in result.stdout
+
+
+def test_console_scripts_are_declared():
+    with open(os.path.join(REPO, "pyproject.toml")) as handle:
+        text = handle.read()
+    assert 'chatnet-server = "chatnet.server:entry_point"' in text
+    assert 'chatnet-accounts = "chatnet.accounts:entry_point"' in text

@@ -1,0 +1,98 @@
+"""PROTOCOL.md section 6: stored messages survive kill -9 and restarts, and leave once."""
+
+import signal
+import sqlite3
+
+from live_server import LiveServer
+
+
+def stored_rows(db):
+    with sqlite3.connect(db) as connection:
+        return connection.execute(
+            "SELECT recipient, sender, text FROM stored_messages ORDER BY id").fetchall()
+
+
+def test_a_message_answered_by_a_later_reply_survives_kill_9(database):
+    server = LiveServer(database).start()
+    alice = server.login(b"alice", b"pw")
+    alice.chatwith(b"bob", b"1")
+    alice.send("chat/before the crash\nchat/두 번째\n".encode())
+    assert alice.sync() == []                  # a later line was answered: both are on disk
+    server.stop(signal.SIGKILL)
+
+    server = LiveServer(database).start()
+    try:
+        bob = server.login(b"bob", b"secret")
+        bob.expect(b"chat/alice: before the crash", "chat/alice: 두 번째".encode())
+        assert bob.sync() == []
+    finally:
+        assert server.stop() == 0
+
+
+def test_kill_9_over_and_over_loses_no_acknowledged_message(database):
+    sent = []
+    for round_number in range(5):
+        server = LiveServer(database).start()
+        alice = server.login(b"alice", b"pw")
+        alice.chatwith(b"carol", b"1")
+        for index in range(10):
+            text = b"r%d-m%d" % (round_number, index)
+            alice.send(b"chat/" + text + b"\n")
+            sent.append(text)
+        assert alice.sync() == []
+        server.stop(signal.SIGKILL)
+    assert [row[2].encode() for row in stored_rows(database)] == sent
+
+    server = LiveServer(database, "--store-limit", "100").start()
+    try:
+        carol = server.login(b"carol", b"pw")
+        carol.expect(*[b"chat/alice: " + text for text in sent])
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_exits_0_keeps_the_store_and_a_clean_restart_never_delivers_twice(database):
+    server = LiveServer(database).start()
+    alice = server.login(b"alice", b"pw")
+    alice.chatwith(b"dave", b"1")
+    alice.send(b"chat/kept\n")
+    assert alice.sync() == []
+    assert server.stop(signal.SIGTERM) == 0
+    assert stored_rows(database) == [("dave", "alice", "kept")]
+
+    server = LiveServer(database).start()
+    dave = server.login(b"dave", b"pw")
+    dave.expect(b"chat/alice: kept")
+    assert dave.sync() == []                   # the message was handed to the socket ...
+    assert server.stop(signal.SIGINT) == 0     # ... SIGINT is a clean stop too
+    assert stored_rows(database) == []
+
+    server = LiveServer(database).start()
+    try:
+        dave = server.login(b"dave", b"pw")
+        assert dave.sync() == []               # not delivered again
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_stored_message_leaves_the_store_only_once_delivered(database):
+    server = LiveServer(database).start()
+    try:
+        alice = server.login(b"alice", b"pw")
+        alice.chatwith(b"erin", b"1")
+        alice.send(b"chat/waiting\n")
+        assert alice.sync() == []
+        assert len(stored_rows(database)) == 1
+        erin = server.login(b"erin", b"pw")
+        erin.expect(b"chat/alice: waiting")
+        assert erin.sync() == []
+        assert stored_rows(database) == []
+    finally:
+        assert server.stop() == 0
+
+
+def test_shutdown_tells_connected_users(database):
+    server = LiveServer(database).start()
+    alice = server.login(b"alice", b"pw")
+    assert server.stop() == 0
+    assert alice.wait_closed() == b"chat/the server is shutting down\n"
