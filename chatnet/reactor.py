@@ -219,7 +219,13 @@ class Reactor(object):
         """Run passes until a stop is requested, then shut down cleanly."""
         try:
             while not self._stop_requested:
-                self.run_once()
+                try:
+                    self.run_once()
+                except Exception:
+                    # A bug outside any one connection: report it and keep serving.
+                    if self._strict:
+                        raise
+                    log.exception("internal error in the event loop; carrying on")
             self._shut_down()
         finally:
             self._release()
@@ -257,10 +263,13 @@ class Reactor(object):
         elif target is _WAKEUP:
             self._wakeup_ready()
         else:
-            if mask & selectors.EVENT_READ and not target.closed:
-                self._read_ready(target)
-            if mask & selectors.EVENT_WRITE and not target.closed:
-                self._mark_dirty(target)
+            try:
+                if mask & selectors.EVENT_READ and not target.closed:
+                    self._read_ready(target)
+                if mask & selectors.EVENT_WRITE and not target.closed:
+                    self._mark_dirty(target)
+            except Exception:
+                self._connection_failed(target)
 
     # ================================================================ accepting
 
@@ -358,6 +367,7 @@ class Reactor(object):
             handlers[type(action)](action)
 
     def _contain_failure(self, event):
+        """The core or an action failed on ``event``: close that event's connection."""
         conn = getattr(event, "conn", None)
         log.exception("internal error while handling %s; closing connection %s",
                       type(event).__name__, conn)
@@ -369,6 +379,17 @@ class Reactor(object):
             self._apply(self._core.handle(ConnectionLost(conn), self._now))
         except Exception:
             log.exception("internal error while forgetting connection %s", conn)
+
+    def _connection_failed(self, connection):
+        """Reading or writing ``connection`` raised something unexpected: drop it alone."""
+        if self._strict:
+            raise
+        log.exception("internal error on connection %d from %s; closing it",
+                      connection.conn, connection.peer)
+        try:
+            self._drop(connection, "internal error")
+        except Exception:
+            log.exception("internal error while closing connection %d", connection.conn)
 
     # ================================================================ actions
 
@@ -525,7 +546,10 @@ class Reactor(object):
         for connection in dirty:
             connection.dirty = False
             if not connection.closed:
-                self._write(connection)
+                try:
+                    self._write(connection)
+                except Exception:
+                    self._connection_failed(connection)
 
     def _write(self, connection):
         if connection.outgoing:

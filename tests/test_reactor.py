@@ -1,0 +1,174 @@
+"""The reactor's own promises, checked on an in-process server.
+
+These tests look inside the reactor where its promises are about internals:
+EVENT_WRITE registered only while bytes wait, partial sends kept, the group
+commit before any send, and one failing connection never stopping the loop.
+"""
+
+import selectors
+import socket
+import threading
+import time
+
+import pytest
+
+from chatnet import passwords
+from chatnet.core import ChatCore
+from chatnet.events import DataReceived
+from chatnet.reactor import Reactor, open_listener
+from chatnet.storage import MEMORY, Storage
+from live_server import RawClient
+
+
+class InProcessServer(object):
+    """A Reactor serving on 127.0.0.1:0 from a thread of the test process."""
+
+    def __init__(self, core=None, strict=True, storage=None):
+        if storage is None:
+            storage = Storage(MEMORY)
+            storage.add_accounts([(name, passwords.hash_password(b"pw"))
+                                  for name in ("alice", "bob", "carol", "dave")])
+        self.storage = storage
+        self.reactor = Reactor(open_listener("127.0.0.1", 0), core or ChatCore(), storage,
+                               workers=1, strict=strict)
+        self.port = self.reactor.address[1]
+        self.errors = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        try:
+            self.reactor.serve_forever()
+        except BaseException as error:         # strict mode: a bug ends the test
+            self.errors.append(error)
+
+    def login(self, user_id):
+        client = RawClient(self.port)
+        assert client.login(user_id, b"pw") == b"1"
+        return client
+
+    def connection_of(self, conn_id):
+        return self.reactor._connections.get(conn_id)
+
+    def stop(self):
+        self.reactor.request_stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        assert self.errors == []
+
+
+@pytest.fixture
+def served():
+    servers = []
+
+    def start(**options):
+        server = InProcessServer(**options)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def wait_until(condition, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not reached in time"
+        time.sleep(0.005)
+
+
+class BrokenCore(ChatCore):
+    """A core with a bug: any input containing b"boom" raises."""
+
+    def handle(self, event, now):
+        if isinstance(event, DataReceived) and b"boom" in event.data:
+            raise RuntimeError("a bug in the core")
+        return ChatCore.handle(self, event, now)
+
+
+def test_a_bug_on_one_connection_closes_only_that_connection(served, caplog):
+    server = served(core=BrokenCore(), strict=False)
+    victim, alice, bob = server.login(b"carol"), server.login(b"alice"), server.login(b"bob")
+    victim.send(b"chat/boom\n")
+    assert victim.wait_closed() == b""
+    alice.chatwith(b"bob", b"2")
+    alice.send(b"chat/still serving\n")
+    bob.expect(b"chat/alice: still serving")
+    assert "internal error while handling DataReceived" in caplog.text
+
+
+def test_write_interest_is_registered_only_while_bytes_wait(served):
+    server = served()
+    alice, bob = server.login(b"alice"), server.login(b"bob")
+    alice.chatwith(b"bob", b"2")
+    bob_connection = server.connection_of(2)
+    # Loopback buffers grow to megabytes; a small one makes partial sends certain.
+    bob_connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    assert not bob_connection.mask & selectors.EVENT_WRITE
+    alice.send(b"".join(b"chat/" + b"%06d" % i + b"x" * 1000 + b"\n" for i in range(3000)))
+    wait_until(lambda: bob_connection.mask & selectors.EVENT_WRITE)
+    assert len(bob_connection.outgoing) > 0                 # a partial send kept the tail
+    for i in range(3000):                                   # now bob reads everything, in order
+        assert bob.line(timeout=10) == b"chat/alice: " + b"%06d" % i + b"x" * 1000
+    wait_until(lambda: not bob_connection.mask & selectors.EVENT_WRITE)
+    assert len(bob_connection.outgoing) == 0
+
+
+class RecordingStorage(Storage):
+    """Storage that notes when messages are stored and when transactions commit."""
+
+    def __init__(self, journal):
+        Storage.__init__(self, MEMORY)
+        self.journal = journal
+
+    def store_message(self, recipient, sender, text):
+        self.journal.append(("store", text))
+        return Storage.store_message(self, recipient, sender, text)
+
+    def commit(self):
+        if self.in_transaction:
+            self.journal.append(("commit", None))
+        Storage.commit(self)
+
+
+def test_stored_messages_are_committed_before_any_reply_of_the_same_pass_is_sent(served):
+    journal = []
+    storage = RecordingStorage(journal)
+    storage.add_accounts([(name, passwords.hash_password(b"pw")) for name in ("alice", "bob")])
+    server = served(storage=storage)
+    original_write = server.reactor._write
+
+    def recording_write(connection):
+        if connection.outgoing:
+            journal.append(("send", bytes(connection.outgoing)))
+        original_write(connection)
+
+    server.reactor._write = recording_write
+    alice = server.login(b"alice")
+    alice.chatwith(b"bob", b"1")
+    alice.send(b"chat/durable\nchat/\xff\n")                # the second line gets a reply
+    alice.line()
+    stored_at = journal.index(("store", b"durable"))
+    reply_at = next(i for i, (kind, data) in enumerate(journal)
+                    if kind == "send" and b"UTF-8" in data)
+    assert ("commit", None) in journal[stored_at:reply_at]
+
+
+def test_request_stop_shuts_down_cleanly_with_goodbyes(served):
+    server = served()
+    alice = server.login(b"alice")
+    server.reactor.request_stop()
+    assert alice.wait_closed() == b"chat/the server is shutting down\n"
+    server.thread.join(10)
+    assert not server.thread.is_alive()
+
+
+def test_a_client_closing_mid_flood_is_cleaned_up(served):
+    server = served()
+    alice, bob = server.login(b"alice"), server.login(b"bob")
+    alice.chatwith(b"bob", b"2")
+    alice.send(b"".join(b"chat/" + b"y" * 2000 + b"\n" for _ in range(500)))
+    bob.close()
+    alice.expect(b"chat/connection is destroyed")
+    wait_until(lambda: server.connection_of(2) is None)
