@@ -194,6 +194,19 @@ class RawClient(object):
         else:
             assert self.line() == wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
 
+    def wait_until_online(self, user_id, timeout=20.0):
+        """Partner with ``user_id`` and return once it is online (answer 2, or the push of 2)."""
+        self.send(b"chatwith/" + _bytes(user_id) + b"\n")
+        code = self.line()
+        assert code in (b"1", b"2"), "chatwith/%r answered %r" % (user_id, code)
+        self.line()
+        if code == b"1":
+            self.timeout, saved = timeout, self.timeout
+            try:
+                self.expect(b"2", NOTICE_ONLINE)
+            finally:
+                self.timeout = saved
+
     def wait_closed(self, timeout=None):
         """Read until the server closes; return the bytes that came first."""
         end = time.monotonic() + (self.timeout if timeout is None else timeout)

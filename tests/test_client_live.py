@@ -1,0 +1,133 @@
+"""``python -m chatnet.client`` in scripted mode against a real server."""
+
+import signal
+import socket
+import subprocess
+import sys
+
+from live_server import REPO, LiveServer, python_env
+
+
+def client(port, user, script, *flags, timeout=30):
+    """Run a scripted client; ``script`` is its stdin (password first)."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatnet.client", "--port", str(port), "--user", user,
+         "--password-stdin"] + list(flags),
+        input=script.encode(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=python_env(), cwd=REPO, timeout=timeout)
+
+
+def start_client(port, user, *flags):
+    """A scripted client whose stdin stays open; write lines to ``proc.stdin``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "chatnet.client", "--port", str(port), "--user", user,
+         "--password-stdin"] + list(flags),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=python_env(), cwd=REPO)
+
+
+def bodies(output):
+    """The printed lines without their "[HH:MM] " time stamps."""
+    return [line[8:] if line.startswith("[") else line for line in output.decode().splitlines()]
+
+
+def test_two_scripted_clients_chat_and_the_offline_store_delivers(server):
+    first = client(server.port, "alice", "pw\n/chatwith bob\nhello 안녕하세요 🙂\nsecond\n")
+    assert first.returncode == 0, first.stderr
+    assert bodies(first.stdout) == [
+        "-!- logged in as alice",
+        "-!- bob is offline; your messages will be stored and delivered when they log in",
+    ]
+    second = client(server.port, "bob", "secret\n/to alice\nthanks!\n")
+    assert second.returncode == 0, second.stderr
+    assert bodies(second.stdout) == [
+        "-!- logged in as bob",
+        "--- while you were away ---",
+        "alice: hello 안녕하세요 🙂",
+        "alice: second",
+        "-!- alice is offline; your messages will be stored and delivered when they log in",
+    ]
+
+
+def test_a_live_conversation_between_two_scripted_clients(server):
+    bob = start_client(server.port, "bob", "--to", "alice")
+    bob.stdin.write(b"secret\n")
+    bob.stdin.flush()
+    server.login(b"carol", b"pw").wait_until_online(b"bob")
+    alice = client(server.port, "alice", "pw\n/chatwith bob\nlive hello\n")
+    assert alice.returncode == 0
+    out, err = bob.communicate(timeout=30)
+    assert bob.returncode == 0, err
+    assert "alice: live hello" in bodies(out)
+
+
+def test_a_failed_login_exits_4_with_one_line(server):
+    result = client(server.port, "alice", "wrong\n")
+    assert result.returncode == 4
+    assert result.stderr.decode().strip().endswith("wrong ID or password")
+
+
+def test_no_server_exits_3_with_one_line():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    result = client(port, "alice", "pw\n")
+    assert result.returncode == 3
+    assert len(result.stderr.decode().splitlines()) == 1
+    assert "cannot connect" in result.stderr.decode()
+
+
+def test_a_lost_connection_exits_5_with_one_line(database):
+    server = LiveServer(database).start()
+    proc = start_client(server.port, "alice")
+    proc.stdin.write(b"pw\n")
+    proc.stdin.flush()
+    server.login(b"bob", b"secret").wait_until_online(b"alice")
+    server.stop(signal.SIGKILL)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 5
+    assert len(err.decode().splitlines()) == 1 and "closed the connection" in err.decode()
+
+
+def test_usage_errors_exit_2():
+    result = subprocess.run([sys.executable, "-m", "chatnet.client", "--password-stdin"],
+                            input=b"pw\n", capture_output=True, env=python_env(), cwd=REPO)
+    assert result.returncode == 2 and b"--user" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "chatnet.client", "--port", "nope"],
+                            capture_output=True, env=python_env(), cwd=REPO)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+
+
+def test_raw_prints_the_server_lines_unchanged(server):
+    result = client(server.port, "alice", "pw\n/chatwith nobody\n", "--raw")
+    assert result.stdout == b"1\n0\nchat/no such user\n"
+
+
+def test_local_mistakes_go_to_stderr_and_nothing_is_sent(server):
+    result = client(server.port, "alice", "pw\n/frobnicate\nno partner yet\n")
+    assert result.returncode == 0
+    assert b"unknown command" in result.stderr and b"pick someone" in result.stderr
+
+
+def test_reconnect_logs_in_again_and_picks_the_partner_again(database):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = str(probe.getsockname()[1])
+    probe.close()
+    server = LiveServer(database, "--port", port).start()     # the last --port wins
+    proc = start_client(int(port), "alice", "--reconnect", "--to", "bob")
+    proc.stdin.write(b"pw\n")
+    proc.stdin.flush()
+    server.login(b"carol", b"pw").wait_until_online(b"alice")
+    assert server.stop() == 0                                 # the connection drops ...
+    server = LiveServer(database, "--port", port).start()     # ... and the server comes back
+    try:
+        bob = server.login(b"bob", b"secret")
+        bob.wait_until_online(b"alice")                       # alice is back
+        out, err = proc.communicate(b"after the restart\n", timeout=30)
+        assert proc.returncode == 0, err
+        bob.expect(b"chat/alice: after the restart")
+        assert "reconnecting in" in out.decode()
+    finally:
+        assert server.stop() == 0
