@@ -9,6 +9,9 @@ Reading order for learners (each module's docstring says what it owns):
 5. ``chatnet.storage``  -- accounts and stored messages in SQLite.
 6. ``chatnet.passwords``-- how passwords are hashed and checked.
 7. ``chatnet.server``, ``chatnet.accounts`` -- the command lines.
+8. ``chatnet.client_core``, ``chatnet.screen``, ``chatnet.client`` -- the
+   terminal client, built the same way: a pure protocol machine, the screen,
+   and a ``selectors`` loop.
 """
 
 __version__ = "1.0.0"

@@ -135,6 +135,7 @@ class ClientCore(object):
         self._splitter = wire.LineSplitter(LONGEST_SERVER_LINE)
         self._logged_in_at = None
         self._sent_since_login = False
+        self._hinted = set()         # senders we told how to answer while partnerless
         self._effects = []
 
     # ---------------------------------------------------------------- inputs
@@ -246,7 +247,11 @@ class ClientCore(object):
         if relay is not None:
             stored = (self._logged_in_at is not None and not self._sent_since_login
                       and now - self._logged_in_at <= STORED_WINDOW)
-            self._effects.append(Message(_text(relay.group(1)), _text(relay.group(2)), stored))
+            sender = relay.group(1)
+            self._effects.append(Message(_text(sender), _text(relay.group(2)), stored))
+            if self.partner is None and not stored and sender not in self._hinted:
+                self._hinted.add(sender)
+                self._info("to answer %s, pick them: /chatwith %s" % (_text(sender), _text(sender)))
         elif line == wire.NOTICE_DESTROYED.rstrip(b"\n"):
             gone = self.partner
             self._set_partner(None, None)
@@ -296,6 +301,8 @@ class ClientCore(object):
         self._effects.append(SendBytes(data))
 
     def _set_partner(self, partner, state):
+        if partner is not None:
+            self._hinted.clear()
         if (partner, state) != (self.partner, self.partner_state):
             self.partner, self.partner_state = partner, state
             self._effects.append(PartnerChanged(_text(partner) if partner else None, state))

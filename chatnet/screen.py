@@ -71,18 +71,34 @@ def text_width(text):
 
 
 def wrap(text, width):
-    """Cut ``text`` into rows of at most ``width`` columns (never inside a character)."""
+    """Cut ``text`` into rows of at most ``width`` columns, at spaces where it can.
+
+    A word longer than a row is cut where the row ends, never inside a character.
+    """
     width = max(width, 2)
     rows, row, used = [], [], 0
     for char in text:
         columns = char_width(char)
         if used + columns > width:
-            rows.append("".join(row))
-            row, used = [], 0
+            space = _last_space(row)
+            if space > 0:
+                rows.append("".join(row[:space + 1]).rstrip(" "))
+                row = row[space + 1:]
+            else:
+                rows.append("".join(row))
+                row = []
+            used = text_width("".join(row))
         row.append(char)
         used += columns
     rows.append("".join(row))
     return rows
+
+
+def _last_space(row):
+    for index in range(len(row) - 1, 0, -1):
+        if row[index] == " ":
+            return index
+    return -1
 
 
 def timestamp(now=None):

@@ -57,21 +57,32 @@ def test_messages_right_behind_the_1_are_marked_stored():
     assert effects[1] == Message("bob", "while away", stored=True)
 
 
+def messages(effects):
+    return [effect for effect in effects if type(effect) is Message]
+
+
 def test_later_messages_are_not_marked_stored():
     core = logged_in()
-    assert without_raw(core.receive(b"chat/bob: live\n", 100.0 + 5)) == [Message("bob", "live")]
+    assert messages(core.receive(b"chat/bob: live\n", 100.0 + 5)) == [Message("bob", "live")]
     core = logged_in()
     core.typed("/chatwith bob", 100.1)
-    effects = without_raw(core.receive(b"chat/carol: after I spoke\n", 100.2))
-    assert effects == [Message("carol", "after I spoke")]
+    effects = core.receive(b"chat/carol: after I spoke\n", 100.2)
+    assert messages(effects) == [Message("carol", "after I spoke")]
+
+
+def test_a_message_while_partnerless_hints_how_to_answer_once():
+    core = logged_in()
+    effects = without_raw(core.receive(b"chat/bob: back again\nchat/bob: hello?\n", 200.0))
+    assert [type(effect) for effect in effects] == [Message, Info, Message]
+    assert "/chatwith bob" in effects[1].text
 
 
 def test_lines_split_anywhere_are_joined():
     core = logged_in()
     effects = []
     for byte in "chat/bob: 안녕\n".encode():
-        effects += without_raw(core.receive(bytes([byte]), 200.0))
-    assert effects == [Message("bob", "안녕")]
+        effects += core.receive(bytes([byte]), 200.0)
+    assert messages(effects) == [Message("bob", "안녕")]
 
 
 # ---------------------------------------------------------------- chatwith codes in words

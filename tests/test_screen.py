@@ -29,6 +29,14 @@ def test_wrap_respects_columns_and_never_splits_a_character():
     assert wrap("", 10) == [""]
 
 
+def test_wrap_breaks_at_spaces_when_it_can():
+    assert wrap("delivered when they log in", 12) == ["delivered", "when they", "log in"]
+    assert wrap("a verylongwordhere", 8) == ["a", "verylong", "wordhere"]
+    for width in range(2, 30):
+        for row in wrap("Hi Bob! 오늘 저녁에 시간 있어요? 🙂 see you", width):
+            assert text_width(row) <= width
+
+
 def test_format_effect_styles():
     assert format_effect(Message("bob", "hi"), now=0)[0] == MESSAGE
     assert format_effect(Message("me", "hi", mine=True), now=0)[0] == MINE
