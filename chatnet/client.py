@@ -552,14 +552,16 @@ def log_in_interactively(options):
     Returns ``(socket, core, effects)`` with the core logged in; the effects
     (stored messages that came right behind the ``1``) are for the screen.
     """
-    sock = None
+    # Connect first, as ssh does: a server that is down is reported before
+    # anyone types a password.  If the server's login timeout runs out while
+    # the person types, the verdict below finds the connection closed and a
+    # new one is made.
+    sock = connect_blocking(options.host, options.port)
     user = options.user
     failed = False
     while True:
         user, password = ask_credentials(user, again=failed)
         core = ClientCore(user.encode(), password, bare_line_picks_partner=True)
-        if sock is None:
-            sock = connect_blocking(options.host, options.port)
         result = wait_for_verdict(sock, core)
         if result is None:                     # the server closed: try again on a new connection
             sock.close()
