@@ -64,6 +64,13 @@ def positive_float(text):
     return value
 
 
+def non_negative_float(text):
+    value = _number(float, text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of seconds, 0 or more, not %s" % text)
+    return value
+
+
 def port_number(text):
     value = _number(int, text)
     if not 0 <= value <= 65535:

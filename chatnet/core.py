@@ -2,7 +2,7 @@
 
 Rule 1: every decision the protocol makes lives in this file -- who is online,
 who chats with whom, what each line means, what is relayed, stored, refused or
-pushed, when a connection is closed.
+pushed, when a connection is closed, and who must wait for whom.
 
 Rule 2: this file knows nothing about sockets, clocks or the database.  It sees
 connection ids, bytes and the time it is given.  It imports no ``socket``,
@@ -30,8 +30,7 @@ Each connection has a ``Session`` that moves through these phases::
 * CHECKING, DELAYED and LOOKING_UP *hold* the connection's later input
   untouched until the answer or the deadline, then carry on where they
   stopped: this is how pipelined bytes are handled in order (PROTOCOL.md
-  section 2).  Above ``hold_limit`` held bytes the core asks the reactor to
-  stop reading that one connection.
+  section 2).
 * CHATTING reads lines: ``chatwith/<ID>`` picks a partner, ``chat/<text>``
   goes to the partner: relayed when the partner is online, stored when it is
   offline.
@@ -53,6 +52,31 @@ database, which the reactor reads and writes for ``StoreMessage`` and
 (``AccountLookedUp.stored``), then kept up to date by the core itself; it is
 dropped when the account logs in, because delivery empties the store.
 
+Waiting: who stops being read, and why
+--------------------------------------
+The core asks the reactor to stop reading a connection (``PauseReading``)
+while at least one of these reasons holds, and to read it again
+(``ResumeReading``) when none is left:
+
+* ``HELD_INPUT``: more than ``hold_limit`` bytes wait for a password check,
+  a delay or an account lookup;
+* ``OWN_QUEUE``: the reactor reported the connection's own send queue full
+  (``SendQueueFull``): a client that does not read its replies is not given
+  more to reply to;
+* ``(PARTNER_QUEUE, conn)``: the connection relays to ``conn``, whose send
+  queue is full.  Only the senders of a slow reader wait; nobody else does.
+
+Failed logins
+-------------
+Each failure on a connection holds back its ``0`` a little longer
+(``failure_delays``), and ``max_failures`` end the connection.  Failures for
+one account from untrusted addresses are counted over
+``account_failure_window``; past ``account_failure_limit`` of them, attempts on
+that account from untrusted addresses are answered ``0`` without checking the
+password, so many connections together cannot guess faster.  Addresses that
+have logged in to the account before are spared, so its owner is not locked
+out by an attacker.
+
 Bytes for the same connection produced while handling one input are joined
 into one ``Send``, placed so that the order of everything a connection
 receives is exactly the order in which the rules produced it.
@@ -60,22 +84,22 @@ receives is exactly the order in which the rules produced it.
 
 import enum
 import heapq
-from collections import deque
+from collections import OrderedDict, deque
 from typing import NamedTuple
 
 from . import wire
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
-    DeliverStored, InputEnded, LoggedOut, LoginChecked, LoginFailed,
-    LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send,
-    ServerStopping, StoreFailed, StoreMessage, TimePassed,
+    DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
+    LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send, SendQueueDrained,
+    SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed,
 )
 
 
 class CoreConfig(NamedTuple):
-    """The protocol's tunable limits, with PROTOCOL.md's defaults."""
+    """The protocol's tunable limits, with chatnet's defaults."""
 
-    #: Messages an offline account's store holds (section 6).
+    #: Messages an offline account's store holds (PROTOCOL.md section 6).
     store_limit: int = 100
     #: Longest session line, counting every byte up to and including ``\\n``.
     max_line: int = wire.DEFAULT_MAX_LINE
@@ -87,6 +111,11 @@ class CoreConfig(NamedTuple):
     failure_delays: tuple = (0.25, 0.5, 1.0)
     #: Failed logins after which the connection is closed (after its ``0``).
     max_failures: int = 10
+    #: Failures for one account, from untrusted addresses, within
+    #: ``account_failure_window`` seconds, after which further attempts from
+    #: untrusted addresses are refused without a check.
+    account_failure_limit: int = 10
+    account_failure_window: float = 600.0
     #: Input bytes held for a waiting connection before reading it pauses.
     hold_limit: int = 64 * 1024
 
@@ -105,18 +134,30 @@ LOGIN_PHASES = frozenset((Phase.LOGIN, Phase.CHECKING, Phase.DELAYED))
 #: Phases that wait for something outside the connection's own input.
 WAITING_PHASES = frozenset((Phase.CHECKING, Phase.DELAYED, Phase.LOOKING_UP))
 
+# Reasons to stop reading a connection (see "Waiting" in the module docstring).
+HELD_INPUT = "held input"
+OWN_QUEUE = "own send queue"
+PARTNER_QUEUE = "partner's send queue"
+
+#: Accounts whose recent failures are remembered; the oldest are forgotten first.
+TRACKED_ACCOUNTS = 10000
+#: Addresses remembered per account as having logged in to it.
+KNOWN_ADDRESSES = 16
+
 
 class Session(object):
     """What the core knows about one connection."""
 
     __slots__ = (
-        "conn", "phase", "user_id", "relay_prefix", "partner", "partner_online",
-        "splitter", "held", "backlog", "paused", "input_ended",
-        "login_deadline", "release_at", "failures", "looking_up",
+        "conn", "peer", "trusted", "phase", "user_id", "relay_prefix", "partner",
+        "partner_online", "splitter", "held", "backlog", "pause_reasons", "congested",
+        "input_ended", "login_deadline", "release_at", "failures", "looking_up",
     )
 
-    def __init__(self, conn, max_line, login_deadline):
+    def __init__(self, conn, peer, trusted, max_line, login_deadline):
         self.conn = conn
+        self.peer = peer             # the client's host, for the account throttle
+        self.trusted = trusted       # on a trusted network: spared by the account throttle
         self.phase = Phase.LOGIN
         self.user_id = None          # the account, once logged in
         self.relay_prefix = None     # b"chat/<user_id>: ", built once at login
@@ -125,7 +166,8 @@ class Session(object):
         self.splitter = wire.LineSplitter(max_line)
         self.held = b""              # raw input not looked at yet
         self.backlog = None          # lines already split, waiting (list) or None
-        self.paused = False          # we asked the reactor to stop reading
+        self.pause_reasons = ()      # why reading is paused (a set once there is one)
+        self.congested = False       # my own send queue is full
         self.input_ended = False     # the client sent EOF
         self.login_deadline = login_deadline
         self.release_at = None       # when a DELAYED failure is answered
@@ -147,6 +189,9 @@ class ChatCore(object):
         self._online = {}            # account ID -> conn
         self._watchers = {}          # account ID -> set of conns whose partner it is
         self._store_counts = {}      # account ID -> messages in its store (when known)
+        self._held_back = {}         # conn with a full send queue -> conns paused for it
+        self._account_failures = OrderedDict()   # account ID -> deque of failure times
+        self._known_addresses = OrderedDict()    # account ID -> addresses that logged in
         self._deadlines = []         # heap of (when, conn): login timeouts and delays
         self._now = 0.0
         self._actions = []           # actions produced by the current input
@@ -160,6 +205,8 @@ class ChatCore(object):
             LoginChecked: self._on_login_checked,
             AccountLookedUp: self._on_account_looked_up,
             StoreFailed: self._on_store_failed,
+            SendQueueFull: self._on_send_queue_full,
+            SendQueueDrained: self._on_send_queue_drained,
             TimePassed: self._on_time_passed,
             ServerStopping: self._on_server_stopping,
         }
@@ -191,9 +238,17 @@ class ChatCore(object):
         """The ``Session`` of ``conn``, or None.  Do not modify it."""
         return self._sessions.get(conn)
 
+    def sessions(self):
+        """A list of every open ``Session``.  Do not modify them."""
+        return list(self._sessions.values())
+
     def online(self):
         """A copy of the account ID -> conn mapping of everyone logged in."""
         return dict(self._online)
+
+    def watchers(self, user_id):
+        """The conns whose partner is ``user_id`` (a copy)."""
+        return set(self._watchers.get(user_id, ()))
 
     def store_count(self, user_id):
         """The core's count of ``user_id``'s stored messages, or None if unknown."""
@@ -232,7 +287,8 @@ class ChatCore(object):
         if event.conn in self._sessions:
             raise ValueError("connection %d is already known" % event.conn)
         deadline = self._now + self.config.login_timeout
-        self._sessions[event.conn] = Session(event.conn, self.config.max_line, deadline)
+        self._sessions[event.conn] = Session(event.conn, event.peer, event.trusted,
+                                             self.config.max_line, deadline)
         heapq.heappush(self._deadlines, (deadline, event.conn))
 
     def _on_data_received(self, event):
@@ -264,6 +320,8 @@ class ChatCore(object):
         if event.ok:
             self._log_in(session, event.user_id)
         else:
+            if not session.trusted:
+                self._note_account_failure(event.user_id)
             self._login_failed(session, event.user_id)
         self._carry_on(session)
 
@@ -282,8 +340,28 @@ class ChatCore(object):
         if count:
             self._store_counts[event.recipient] = count - 1
         session = self._sessions.get(event.sender_conn)
-        if session is not None and session.phase is not Phase.CLOSED:
+        if session is not None:
             self._send(session.conn, wire.NOTICE_NOT_STORED)
+
+    def _on_send_queue_full(self, event):
+        session = self._sessions.get(event.conn)
+        if session is None or session.congested:
+            return
+        session.congested = True
+        self._emit(LimitReached(session.conn, "send queue", "the client is not reading; "
+                                "pausing it and whoever sends to it"))
+        self._pause(session, OWN_QUEUE)
+        if session.user_id is not None and self._online.get(session.user_id) == session.conn:
+            for conn in self._watchers.get(session.user_id, ()):
+                self._hold_back(self._sessions[conn], session.conn)
+
+    def _on_send_queue_drained(self, event):
+        session = self._sessions.get(event.conn)
+        if session is None or not session.congested:
+            return
+        session.congested = False
+        self._unpause(session, OWN_QUEUE)
+        self._release_held_back(session.conn)
 
     def _on_time_passed(self, event):
         deadlines = self._deadlines
@@ -293,6 +371,7 @@ class ChatCore(object):
             if session is None:
                 continue
             if session.phase in LOGIN_PHASES and self._now >= session.login_deadline:
+                self._emit(LimitReached(conn, "login timeout"))
                 self._close(session, "login timeout", wire.NOTICE_LOGIN_TIMEOUT)
             elif session.phase is Phase.DELAYED and self._now >= session.release_at:
                 self._answer_failure(session)
@@ -304,6 +383,7 @@ class ChatCore(object):
         for session in self._sessions.values():
             session.partner = None
         self._watchers.clear()
+        self._held_back.clear()
         for session in list(self._sessions.values()):
             logged_in = session.phase in (Phase.CHATTING, Phase.LOOKING_UP)
             self._close(session, "shutdown", wire.NOTICE_SHUTDOWN if logged_in else None)
@@ -345,17 +425,39 @@ class ChatCore(object):
             return
         if session.input_ended and session.phase not in WAITING_PHASES:
             self._close(session, "input ended")
+        elif len(session.held) > self.config.hold_limit:
+            if HELD_INPUT not in session.pause_reasons:
+                self._emit(LimitReached(session.conn, "held input",
+                                        "more than %d bytes wait" % self.config.hold_limit))
+            self._pause(session, HELD_INPUT)
         else:
-            self._pause_or_resume(session)
+            self._unpause(session, HELD_INPUT)
 
-    def _pause_or_resume(self, session):
-        too_much = len(session.held) > self.config.hold_limit
-        if too_much and not session.paused:
-            session.paused = True
+    def _pause(self, session, reason):
+        if reason in session.pause_reasons:
+            return
+        if not session.pause_reasons:
+            session.pause_reasons = set()
             self._emit(PauseReading(session.conn))
-        elif session.paused and not too_much:
-            session.paused = False
+        session.pause_reasons.add(reason)
+
+    def _unpause(self, session, reason):
+        if reason not in session.pause_reasons:
+            return
+        session.pause_reasons.discard(reason)
+        if not session.pause_reasons:
             self._emit(ResumeReading(session.conn))
+
+    def _hold_back(self, sender, congested_conn):
+        """Pause ``sender``: what it relays piles up at ``congested_conn``."""
+        self._held_back.setdefault(congested_conn, set()).add(sender.conn)
+        self._pause(sender, (PARTNER_QUEUE, congested_conn))
+
+    def _release_held_back(self, congested_conn):
+        for conn in self._held_back.pop(congested_conn, ()):
+            sender = self._sessions.get(conn)
+            if sender is not None:
+                self._unpause(sender, (PARTNER_QUEUE, congested_conn))
 
     # ================================================================ login (section 2)
 
@@ -363,6 +465,11 @@ class ChatCore(object):
         credentials = wire.parse_login_frame(frame)
         if credentials is None:
             self._login_failed(session, None)
+        elif self._account_throttled(session, credentials.user_id):
+            self._emit(LimitReached(session.conn, "account throttle",
+                                    "too many failed logins for %s; refused unchecked"
+                                    % credentials.user_id.decode("ascii")))
+            self._login_failed(session, credentials.user_id)
         else:
             session.phase = Phase.CHECKING
             self._emit(CheckLogin(session.conn, credentials.user_id, credentials.password))
@@ -383,9 +490,50 @@ class ChatCore(object):
         session.release_at = None
         self._send(session.conn, wire.CODE_FAILED)
         if session.failures >= self.config.max_failures:
+            self._emit(LimitReached(session.conn, "failed logins",
+                                    "%d on one connection" % session.failures))
             self._close(session, "too many failed logins")
         else:
             session.phase = Phase.LOGIN
+
+    def _account_throttled(self, session, user_id):
+        if session.trusted or session.peer in self._known_addresses.get(user_id, ()):
+            return False
+        failures = self._account_failures.get(user_id)
+        if not failures:
+            return False
+        self._forget_old_failures(user_id, failures)
+        return len(failures) >= self.config.account_failure_limit
+
+    def _note_account_failure(self, user_id):
+        failures = self._account_failures.get(user_id)
+        if failures is None:
+            failures = self._account_failures[user_id] = deque()
+            if len(self._account_failures) > TRACKED_ACCOUNTS:
+                self._account_failures.popitem(last=False)
+        else:
+            self._account_failures.move_to_end(user_id)
+            self._forget_old_failures(user_id, failures)
+        failures.append(self._now)
+
+    def _forget_old_failures(self, user_id, failures):
+        oldest = self._now - self.config.account_failure_window
+        while failures and failures[0] <= oldest:
+            failures.popleft()
+        if not failures:
+            del self._account_failures[user_id]
+
+    def _remember_address(self, session, user_id):
+        if session.trusted or not session.peer:
+            return
+        addresses = self._known_addresses.pop(user_id, None) or OrderedDict()
+        addresses.pop(session.peer, None)
+        addresses[session.peer] = True
+        while len(addresses) > KNOWN_ADDRESSES:
+            addresses.popitem(last=False)
+        self._known_addresses[user_id] = addresses
+        if len(self._known_addresses) > TRACKED_ACCOUNTS:
+            self._known_addresses.popitem(last=False)
 
     def _log_in(self, session, user_id):
         replaced = self._sessions.get(self._online.get(user_id))
@@ -394,6 +542,7 @@ class ChatCore(object):
         session.relay_prefix = wire.relay_prefix(user_id)
         self._online[user_id] = session.conn
         self._store_counts.pop(user_id, None)       # delivery is about to empty it
+        self._remember_address(session, user_id)
         self._emit(LoginSucceeded(session.conn, user_id))
         if replaced is not None:
             # The account stays online, so its watchers see no change.
@@ -424,8 +573,11 @@ class ChatCore(object):
 
     def _handle_line(self, session, line):
         if line is wire.LINE_TOO_LONG:
+            self._emit(LimitReached(session.conn, "line length",
+                                    "a line over %d bytes was dropped" % self.config.max_line))
             self._send(session.conn, self._notice_too_long)
         elif not wire.is_utf8(line):
+            self._emit(LimitReached(session.conn, "UTF-8", "a line that is not UTF-8 was dropped"))
             self._send(session.conn, wire.NOTICE_NOT_UTF8)
         elif line.startswith(wire.CHAT):
             self._chat(session, line[len(wire.CHAT):])
@@ -440,13 +592,18 @@ class ChatCore(object):
         if partner is None:
             self._send(session.conn, wire.NOTICE_NO_PARTNER)
         elif session.partner_online:
-            self._send(self._online[partner], session.relay_prefix + text + b"\n")
+            partner_conn = self._online[partner]
+            self._send(partner_conn, session.relay_prefix + text + b"\n")
+            if self._sessions[partner_conn].congested:
+                self._hold_back(session, partner_conn)
         else:
             self._store(session, partner, text)
 
     def _store(self, session, recipient, text):
         count = self._store_counts.get(recipient, 0)
         if count >= self.config.store_limit:
+            self._emit(LimitReached(session.conn, "store full",
+                                    "the store of %s is full" % recipient.decode("ascii")))
             self._send(session.conn, wire.NOTICE_STORE_FULL)
         else:
             self._store_counts[recipient] = count + 1
@@ -504,6 +661,9 @@ class ChatCore(object):
         session.phase = Phase.CLOSED
         del self._sessions[session.conn]
         self._set_partner(session, None)
+        self._release_held_back(session.conn)
+        for senders in self._held_back.values():
+            senders.discard(session.conn)
         user_id = session.user_id
         if user_id is None:
             return

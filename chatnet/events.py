@@ -45,8 +45,15 @@ def _compared_by_type(cls):
 
 @_compared_by_type
 class Connected(NamedTuple):
-    """A client connected; its login timeout starts now."""
+    """A client connected; its login timeout starts now.
+
+    ``peer`` is the client's address (the host, without the port);
+    ``trusted`` says it is on a trusted network (by default, loopback),
+    which the per-account login throttle spares.
+    """
     conn: int
+    peer: str = ""
+    trusted: bool = True
 
 
 @_compared_by_type
@@ -103,6 +110,21 @@ class StoreFailed(NamedTuple):
     """
     sender_conn: int
     recipient: bytes
+
+
+@_compared_by_type
+class SendQueueFull(NamedTuple):
+    """The bytes waiting to be sent to ``conn`` passed the high-water mark.
+
+    The client is not reading fast enough; whoever feeds it should wait.
+    """
+    conn: int
+
+
+@_compared_by_type
+class SendQueueDrained(NamedTuple):
+    """The bytes waiting for ``conn`` fell back below the low-water mark."""
+    conn: int
 
 
 @_compared_by_type
@@ -205,6 +227,14 @@ class LoginFailed(NamedTuple):
     conn: int
     user_id: Optional[bytes]
     failures: int
+
+
+@_compared_by_type
+class LimitReached(NamedTuple):
+    """For the operator's log: a limit or policy was applied to ``conn``."""
+    conn: int
+    limit: str
+    detail: str = ""
 
 
 @_compared_by_type

@@ -3,7 +3,9 @@
 It turns socket events into inputs for the core (``chatnet.core``), carries
 out the actions the core returns, and keeps the bytes moving without ever
 blocking.  It must not make a protocol decision: what a line means, who gets
-what, when a session ends -- all of that is the core's.
+what, when a session ends -- all of that is the core's.  What it does decide
+is what only a reactor can see: how many sockets there are, how many bytes
+wait in each, and whether the kernel or the database is failing.
 
 One pass of the loop (``run_once``)
 -----------------------------------
@@ -11,7 +13,8 @@ One pass of the loop (``run_once``)
 2. **Read**: accept new connections; ``recv`` once from every readable
    connection and hand the bytes to the core; collect password-check results
    from the worker threads.
-3. **Time**: give the core ``TimePassed`` when one of its deadlines is due.
+3. **Time**: give the core ``TimePassed`` when one of its deadlines is due;
+   run the reactor's own timers.
 4. **Commit**: one SQLite transaction for every message stored in this pass
    ("group commit").  Nothing produced in the pass has been sent yet, so a
    stored message is on disk before its sender can see any later reply.
@@ -27,6 +30,22 @@ answer right away (an account lookup), the answer is queued behind the input
 being handled, so the core sees events in the order they happened and the
 order of bytes on every connection is the order the core produced them.
 
+Limits the reactor keeps (``ReactorLimits``)
+--------------------------------------------
+* Connections: at most ``max_connections`` in all and ``max_per_ip`` from one
+  address (trusted networks exempt from the second); one over is refused at
+  once with a notice.  Out of descriptors (EMFILE), the loop uses a spare
+  descriptor it keeps for the purpose to accept and refuse the newcomer, the
+  way nginx and libuv do, so the listening socket never spins the CPU.
+* Send queues: past ``send_queue_limit / 4`` bytes the core is told
+  (``SendQueueFull``) and pauses whoever feeds that client; below a sixteenth
+  it is told again (``SendQueueDrained``); past ``send_queue_limit``, or with
+  no byte taken for ``write_timeout`` seconds, the client is dropped.
+* Dead peers: TCP keepalive on every connection (``keepalive`` seconds idle),
+  so a peer that vanished without a FIN is noticed and its partner told.
+* The database: when a write fails (locked, disk full), stores fail fast for
+  a second instead of waiting on the lock again, so chat goes on.
+
 Failures stay where they happen: an ``OSError`` on a socket closes that
 connection; an unexpected exception while handling one connection is logged
 and closes that connection, never the loop (``strict=True`` re-raises instead,
@@ -40,21 +59,24 @@ import collections
 import errno
 import functools
 import heapq
+import ipaddress
 import itertools
 import logging
+import os
 import selectors
 import signal
 import socket
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from . import passwords, wire
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
-    DeliverStored, InputEnded, LoggedOut, LoginChecked, LoginFailed,
-    LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send,
-    ServerStopping, StoreFailed, StoreMessage, TimePassed,
+    DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
+    LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send, SendQueueDrained,
+    SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed,
 )
 
 log = logging.getLogger("chatnet.server")
@@ -62,28 +84,52 @@ log = logging.getLogger("chatnet.server")
 RECV_SIZE = 64 * 1024          # bytes read per readable connection per pass
 ACCEPTS_PER_PASS = 64          # fairness: accepting must not starve chatting
 LISTEN_BACKLOG = 4096          # room for a reconnect storm (the kernel may cap it)
-ACCEPT_RETRY_DELAY = 1.0       # pause accepting this long when out of descriptors
+ACCEPT_RETRY_DELAY = 1.0       # pause accepting this long when even refusing fails
 CLOSE_LINGER = 5.0             # time a closing connection gets to take its last bytes
 SHUTDOWN_GRACE = 2.0           # time to flush goodbyes on shutdown
+STALL_SWEEP = 1.0              # how often send queues are checked for stalls
+STORAGE_BACKOFF = 1.0          # after a failed write, stores fail fast this long
+WARNING_INTERVAL = 10.0        # a repeated warning is logged at most this often
 
-_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+NOTICE_SERVER_FULL = wire.notice("the server is full, try again later")
+NOTICE_TOO_MANY_FROM_YOU = wire.notice("too many connections from your address")
+NOTICE_SEND_QUEUE = wire.notice("you are not reading your messages, closing the connection")
+
+_OUT_OF_DESCRIPTORS = frozenset((errno.EMFILE, errno.ENFILE))
+_OUT_OF_MEMORY = frozenset((errno.ENOBUFS, errno.ENOMEM))
 
 _LISTENER = "listener"         # selector key data of the listening socket
 _WAKEUP = "wakeup"             # ... and of the wake-up socket
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+class ReactorLimits(NamedTuple):
+    """What one server lets its clients use; see the module docstring."""
+
+    max_connections: int = 10000
+    max_per_ip: int = 16
+    trusted_networks: tuple = LOOPBACK
+    send_queue_limit: int = 1024 * 1024
+    write_timeout: float = 60.0
+    keepalive: float = 60.0            # 0 turns keepalive off
 
 
 class Connection(object):
     """The reactor's side of one client: its socket and its outgoing bytes."""
 
     __slots__ = (
-        "conn", "sock", "peer", "outgoing", "mask", "paused", "eof", "closing",
-        "closed", "core_knows", "dirty", "queued", "sent", "stored_marks",
+        "conn", "sock", "host", "peer", "trusted", "outgoing", "mask", "paused", "eof",
+        "closing", "closed", "core_knows", "dirty", "queued", "sent", "stored_marks",
+        "backlogged", "progress_at",
     )
 
-    def __init__(self, conn, sock, peer):
+    def __init__(self, conn, sock, host, peer, trusted):
         self.conn = conn
         self.sock = sock
+        self.host = host               # the client's address, for per-IP limits
         self.peer = peer               # "host:port", for the log
+        self.trusted = trusted         # on a trusted network
         self.outgoing = bytearray()    # queued, not yet taken by the kernel
         self.mask = 0                  # events registered in the selector
         self.paused = False            # the core asked us to stop reading
@@ -95,6 +141,8 @@ class Connection(object):
         self.queued = 0                # bytes ever queued on this connection
         self.sent = 0                  # bytes ever taken by the kernel
         self.stored_marks = None       # deque of (end offset, stored row id)
+        self.backlogged = False        # the core was told the send queue is full
+        self.progress_at = 0.0         # when the kernel last took bytes (or the queue began)
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.
@@ -142,17 +190,22 @@ class PasswordChecker(object):
 class Reactor(object):
     """Serve one listening socket with one ``ChatCore`` and one ``Storage``."""
 
-    def __init__(self, listener, core, storage, workers=None, clock=time.monotonic,
-                 strict=False, selector=None):
+    def __init__(self, listener, core, storage, limits=ReactorLimits(), workers=None,
+                 clock=time.monotonic, strict=False, selector=None):
         self._listener = listener
         self._core = core
         self._storage = storage
+        self._limits = limits
+        self._high_water = max(1, limits.send_queue_limit // 4)
+        self._low_water = limits.send_queue_limit // 16
         self._clock = clock
         self._strict = strict
         self._selector = selector or selectors.DefaultSelector()
         self._now = clock()
         self._ids = itertools.count(1)
         self._connections = {}           # conn id -> Connection
+        self._writing = set()            # connections waiting for EVENT_WRITE
+        self._per_host = collections.Counter()
         self._departed = {}              # conn id -> peer, of sockets closed in this pass (for the log)
         self._dirty = []                 # connections with bytes to write this pass
         self._inputs = collections.deque()
@@ -160,7 +213,10 @@ class Reactor(object):
         self._timers = []                # heap of (when, sequence, function, argument)
         self._timer_sequence = itertools.count()
         self._uncommitted_stores = []    # (sender conn, recipient) written since the last commit
+        self._storage_down_until = 0.0
+        self._warned_at = {}             # warning kind -> (last time, times suppressed since)
         self._stop_requested = False
+        self._spare_fd = _open_spare_descriptor()
         self._wake_reader, self._wake_writer = socket.socketpair()
         for end in (self._wake_reader, self._wake_writer):
             end.setblocking(False)
@@ -168,6 +224,7 @@ class Reactor(object):
         listener.setblocking(False)
         self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, _WAKEUP)
+        self._call_at(self._now + STALL_SWEEP, self._sweep_stalled_writers, None)
         self._action_handlers = {
             Send: self._do_send,
             Close: self._do_close,
@@ -180,6 +237,7 @@ class Reactor(object):
             LoginSucceeded: self._do_log_login,
             LoginFailed: self._do_log_login_failure,
             LoggedOut: self._do_log_logout,
+            LimitReached: self._do_log_limit,
         }
 
     # ================================================================ running
@@ -280,37 +338,84 @@ class Reactor(object):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
-                if error.errno in _OUT_OF_RESOURCES:
+                if error.errno in _OUT_OF_DESCRIPTORS:
+                    if not self._refuse_with_spare_descriptor(error):
+                        return
+                    continue
+                if error.errno in _OUT_OF_MEMORY:
                     self._pause_accepting(error)
                     return
                 log.warning("accept failed: %s", error)   # e.g. ECONNABORTED: go on
                 continue
-            self._add_connection(sock, address)
+            self._admit(sock, address)
+
+    def _refuse_with_spare_descriptor(self, error):
+        """Out of descriptors: free the spare one, accept and refuse, take it back.
+
+        The waiting client gets a clear "server full" and the listening socket
+        stops being readable, instead of spinning the loop at 100% CPU.
+        Returns False when even that failed (then accepting pauses a moment).
+        """
+        self._warn("descriptors", "out of file descriptors (%s): refusing new connections",
+                   error.strerror or error)
+        if self._spare_fd is None:
+            self._pause_accepting(error)
+            return False
+        os.close(self._spare_fd)
+        self._spare_fd = None
+        try:
+            sock, _ = self._listener.accept()
+        except OSError:
+            sock = None
+        if sock is not None:
+            _refuse(sock, NOTICE_SERVER_FULL)
+        self._spare_fd = _open_spare_descriptor()
+        if sock is None:
+            self._pause_accepting(error)
+            return False
+        return True
 
     def _pause_accepting(self, error):
-        # The listening socket stays readable while connections wait, so
-        # without this pause the loop would spin at 100% CPU.
-        log.error("cannot accept connections (%s); pausing accepts for %.0f s",
-                  error.strerror or error, ACCEPT_RETRY_DELAY)
-        self._selector.unregister(self._listener)
+        self._warn("accept pause", "cannot accept connections (%s); pausing accepts for %.0f s",
+                   error.strerror or error, ACCEPT_RETRY_DELAY)
+        try:
+            self._selector.unregister(self._listener)
+        except (KeyError, ValueError):
+            return
         self._call_at(self._now + ACCEPT_RETRY_DELAY, self._resume_accepting, None)
 
     def _resume_accepting(self, _):
-        self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
-
-    def _add_connection(self, sock, address):
-        sock.setblocking(False)
+        if self._spare_fd is None:
+            self._spare_fd = _open_spare_descriptor()
         try:
-            # Replies are written once per pass, already coalesced; Nagle's
-            # algorithm would only add latency.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
+            self._selector.register(self._listener, selectors.EVENT_READ, _LISTENER)
+        except (KeyError, ValueError):      # already registered, or the listener is closed
             pass
-        connection = Connection(next(self._ids), sock, _format_peer(address))
+
+    def _admit(self, sock, address):
+        """Accept ``sock`` as a new client, or refuse it if a limit says so."""
+        host = _host_of(address)
+        trusted = _is_trusted(host, self._limits.trusted_networks)
+        if len(self._connections) >= self._limits.max_connections:
+            self._warn("server full", "connection from %s refused: %d connections, the maximum",
+                       _format_peer(address), len(self._connections))
+            _refuse(sock, NOTICE_SERVER_FULL)
+        elif not trusted and self._per_host[host] >= self._limits.max_per_ip:
+            self._warn("per-ip " + host, "connection from %s refused: %d connections from %s, "
+                       "the maximum per address", _format_peer(address), self._per_host[host], host)
+            _refuse(sock, NOTICE_TOO_MANY_FROM_YOU)
+        else:
+            self._add_connection(sock, address, host, trusted)
+
+    def _add_connection(self, sock, address, host, trusted):
+        sock.setblocking(False)
+        _tune_socket(sock, self._limits.keepalive)
+        connection = Connection(next(self._ids), sock, host, _format_peer(address), trusted)
         self._connections[connection.conn] = connection
+        self._per_host[host] += 1
         self._update_interest(connection)
         log.debug("connection %d from %s", connection.conn, connection.peer)
-        self._feed(Connected(connection.conn))
+        self._feed(Connected(connection.conn, host, trusted))
 
     # ================================================================ reading
 
@@ -397,14 +502,27 @@ class Reactor(object):
         connection = self._connections.get(action.conn)
         if connection is None or connection.closed:
             return
-        connection.outgoing += action.data
-        connection.queued += len(action.data)
+        self._queue(connection, action.data)
+
+    def _queue(self, connection, data):
+        if not connection.outgoing:
+            connection.progress_at = self._now
+        connection.outgoing += data
+        connection.queued += len(data)
         self._mark_dirty(connection)
+        waiting = _live_bytes_waiting(connection)
+        if waiting > self._limits.send_queue_limit:
+            self._drop_slow_reader(connection, "%d bytes wait to be sent, over the limit of %d"
+                                   % (waiting, self._limits.send_queue_limit))
+        elif waiting > self._high_water and not connection.backlogged:
+            connection.backlogged = True
+            self._feed(SendQueueFull(connection.conn))
 
     def _do_close(self, action):
         connection = self._connections.get(action.conn)
         if connection is None:
             return
+        log.info("connection %d from %s closed: %s", connection.conn, connection.peer, action.reason)
         connection.core_knows = False
         connection.closing = True
         if connection.outgoing:
@@ -423,7 +541,7 @@ class Reactor(object):
         try:
             record = self._storage.password_record(action.user_id.decode("ascii"))
         except sqlite3.Error as error:
-            log.error("cannot read account %r: %s", action.user_id, error)
+            self._warn("database read", "cannot read an account from the database: %s", error)
             self._feed(LoginChecked(action.conn, action.user_id, False))
             return
         # A missing account costs a KDF run too, so timing does not tell.
@@ -434,17 +552,25 @@ class Reactor(object):
         try:
             registered, stored = self._storage.look_up(action.user_id.decode("ascii"))
         except sqlite3.Error as error:
-            log.error("cannot look up account %r: %s", action.user_id, error)
+            self._warn("database read", "cannot look up an account in the database: %s", error)
             registered, stored = False, 0
         self._feed(AccountLookedUp(action.conn, action.user_id, registered, stored))
 
     def _do_store_message(self, action):
+        if self._now < self._storage_down_until:
+            self._store_failed(action.sender_conn, action.recipient)
+            return
         try:
             self._storage.store_message(action.recipient.decode("ascii"),
                                         action.sender.decode("ascii"), action.text)
-        except sqlite3.Error as error:
-            log.error("cannot store a message for %r: %s", action.recipient, error)
+        except sqlite3.IntegrityError as error:
+            # This one message cannot be stored (its recipient was just removed).
+            log.info("a message for %r was not stored: %s", action.recipient, error)
             self._store_failed(action.sender_conn, action.recipient)
+            return
+        except sqlite3.Error as error:
+            self._store_failed(action.sender_conn, action.recipient)
+            self._storage_failed("store a message", error)
             return
         self._uncommitted_stores.append((action.sender_conn, action.recipient))
 
@@ -455,13 +581,15 @@ class Reactor(object):
         try:
             messages = self._storage.stored_messages(action.user_id.decode("ascii"))
         except sqlite3.Error as error:
-            log.error("cannot read the store of %r: %s", action.user_id, error)
+            self._warn("database read", "cannot read a message store: %s", error)
             return
         if not messages:
             return
         marks = connection.stored_marks
         if marks is None:
             marks = connection.stored_marks = collections.deque()
+        if not connection.outgoing:
+            connection.progress_at = self._now
         for row_id, sender, text in messages:
             line = wire.relay_line(sender.encode("ascii"), text)
             connection.outgoing += line
@@ -494,6 +622,10 @@ class Reactor(object):
         log.info("logout %s from %s (connection %d): %s", _id_text(action.user_id),
                  self._peer(action.conn), action.conn, action.reason)
 
+    def _do_log_limit(self, action):
+        log.info("limit reached on connection %d from %s: %s%s", action.conn,
+                 self._peer(action.conn), action.limit, ": " + action.detail if action.detail else "")
+
     def _peer(self, conn):
         connection = self._connections.get(conn)
         return connection.peer if connection is not None else self._departed.get(conn, "?")
@@ -507,16 +639,26 @@ class Reactor(object):
         try:
             self._storage.commit()
         except sqlite3.Error as error:
-            log.error("cannot commit to the database: %s", error)
-            try:
-                self._storage.rollback()
-            except sqlite3.Error:
-                pass
-            failed, self._uncommitted_stores = self._uncommitted_stores, []
-            for sender_conn, recipient in failed:
-                self._store_failed(sender_conn, recipient)
+            self._storage_failed("commit", error)
             return
         self._uncommitted_stores = []
+
+    def _storage_failed(self, what, error):
+        """A write failed: roll back, tell every sender in the transaction, back off a moment.
+
+        SQLite may already have rolled the whole transaction back (a full disk
+        does that), so none of its stores can be trusted to be on disk.
+        """
+        self._warn("database write", "cannot %s in the database (%s); stored messages are "
+                   "refused for %.0f s, live chat goes on", what, error, STORAGE_BACKOFF)
+        self._storage_down_until = self._now + STORAGE_BACKOFF
+        try:
+            self._storage.rollback()
+        except sqlite3.Error:
+            pass
+        failed, self._uncommitted_stores = self._uncommitted_stores, []
+        for sender_conn, recipient in failed:
+            self._store_failed(sender_conn, recipient)
 
     def _store_failed(self, sender_conn, recipient):
         self._feed(StoreFailed(sender_conn, recipient))
@@ -532,7 +674,7 @@ class Reactor(object):
                 self._storage.delete_stored(delivered)
             except sqlite3.Error as error:
                 # They stay stored and come again at the next login: at least once.
-                log.error("cannot delete delivered messages: %s", error)
+                self._warn("database delete", "cannot delete delivered messages: %s", error)
 
     # ================================================================ writing
 
@@ -563,11 +705,15 @@ class Reactor(object):
             if sent:
                 del connection.outgoing[:sent]
                 connection.sent += sent
+                connection.progress_at = self._now
                 if connection.stored_marks:
                     self._release_stored(connection)
+                if connection.backlogged and _live_bytes_waiting(connection) <= self._low_water:
+                    connection.backlogged = False
+                    self._feed(SendQueueDrained(connection.conn))
         if connection.closing and not connection.outgoing:
             self._close_socket(connection)
-        else:
+        elif not connection.closed:
             self._update_interest(connection)
 
     def _update_interest(self, connection):
@@ -577,6 +723,10 @@ class Reactor(object):
                 | (selectors.EVENT_WRITE if connection.outgoing else 0))
         if mask == connection.mask:
             return
+        if mask & selectors.EVENT_WRITE:
+            self._writing.add(connection)
+        else:
+            self._writing.discard(connection)
         if connection.mask == 0:
             self._selector.register(connection.sock, mask, connection)
         elif mask == 0:
@@ -584,6 +734,24 @@ class Reactor(object):
         else:
             self._selector.modify(connection.sock, mask, connection)
         connection.mask = mask
+
+    def _sweep_stalled_writers(self, _):
+        """Drop clients that have taken no byte for ``write_timeout`` seconds."""
+        stalled_before = self._now - self._limits.write_timeout
+        for connection in list(self._writing):
+            if connection.outgoing and connection.progress_at < stalled_before:
+                self._drop_slow_reader(connection, "no byte taken for %.0f s"
+                                       % self._limits.write_timeout)
+        self._call_at(self._now + STALL_SWEEP, self._sweep_stalled_writers, None)
+
+    def _drop_slow_reader(self, connection, why):
+        log.warning("connection %d from %s dropped: it does not read (%s)",
+                    connection.conn, connection.peer, why)
+        try:
+            connection.sock.send(NOTICE_SEND_QUEUE)     # it may just fit; no harm if not
+        except OSError:
+            pass
+        self._drop(connection, "slow reader")
 
     # ================================================================ closing
 
@@ -603,12 +771,16 @@ class Reactor(object):
         if connection.mask:
             self._selector.unregister(connection.sock)   # before close: the fd may be reused
             connection.mask = 0
+        self._writing.discard(connection)
         connection.sock.close()
         del self._connections[connection.conn]
+        self._per_host[connection.host] -= 1
+        if not self._per_host[connection.host]:
+            del self._per_host[connection.host]
         self._departed[connection.conn] = connection.peer
         connection.outgoing = bytearray()
 
-    # ================================================================ timers
+    # ================================================================ timers and warnings
 
     def _call_at(self, when, function, argument):
         heapq.heappush(self._timers, (when, next(self._timer_sequence), function, argument))
@@ -619,12 +791,28 @@ class Reactor(object):
             _, _, function, argument = heapq.heappop(timers)
             function(argument)
 
+    def _warn(self, kind, message, *arguments):
+        """Log a warning, but one kind at most every WARNING_INTERVAL seconds."""
+        last, suppressed = self._warned_at.get(kind, (None, 0))
+        if last is not None and self._now - last < WARNING_INTERVAL:
+            self._warned_at[kind] = (last, suppressed + 1)
+            return
+        if suppressed:
+            message += " (and %d more like it)" % suppressed
+        log.warning(message, *arguments)
+        self._warned_at[kind] = (self._now, 0)
+        if len(self._warned_at) > 1000:
+            self._warned_at.clear()
+
     # ================================================================ shutting down
 
     def _shut_down(self):
         """Stop accepting, say goodbye, flush for a moment, commit."""
         log.info("shutting down")
-        self._selector.unregister(self._listener)
+        try:
+            self._selector.unregister(self._listener)
+        except (KeyError, ValueError):
+            pass
         self._listener.close()
         self._now = self._clock()
         self._feed(ServerStopping())
@@ -655,7 +843,12 @@ class Reactor(object):
         self._selector.close()
         self._wake_reader.close()
         self._wake_writer.close()
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
 
+
+# ================================================================ sockets
 
 def open_listener(host, port, backlog=LISTEN_BACKLOG):
     """Bind and listen on ``host``:``port`` (IPv4 or IPv6); raises OSError."""
@@ -674,6 +867,86 @@ def open_listener(host, port, backlog=LISTEN_BACKLOG):
         listener.close()
         raise
     return listener
+
+
+def _live_bytes_waiting(connection):
+    """Bytes waiting for ``connection``, not counting stored messages from its login.
+
+    Those are bounded by --store-limit and --max-line, not by how the client
+    reads, so they must not make a client look slow.
+    """
+    waiting = len(connection.outgoing)
+    marks = connection.stored_marks
+    if marks:
+        waiting -= max(0, marks[-1][0] - connection.sent)
+    return waiting
+
+
+def _tune_socket(sock, keepalive):
+    """TCP_NODELAY, and keepalive so a vanished peer is noticed."""
+    # Replies are written once per pass, already coalesced; Nagle's algorithm
+    # would only add latency.
+    _set_option(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if keepalive <= 0:
+        return
+    idle = max(1, int(keepalive))
+    interval = max(1, idle // 4)
+    _set_option(sock, socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    _set_option(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), idle)
+    _set_option(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), interval)
+    _set_option(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 4)
+    # With unacknowledged bytes keepalive does not probe; this bounds that case too.
+    _set_option(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None),
+                (idle + 4 * interval) * 1000)
+
+
+def _set_option(sock, level, option, value):
+    if option is None:
+        return                       # not on this platform
+    try:
+        sock.setsockopt(level, option, value)
+    except OSError:
+        pass
+
+
+def _refuse(sock, notice):
+    """Tell a connection we will not serve it, and close it."""
+    try:
+        sock.setblocking(False)
+        sock.send(notice)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _open_spare_descriptor():
+    try:
+        return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+def _host_of(address):
+    host = address[0] if isinstance(address, tuple) and address else str(address)
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:"):]          # an IPv4 client of a dual-stack listener
+    return host.split("%", 1)[0]
+
+
+def _is_trusted(host, networks):
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address.version == network.version and address in network for network in networks)
+
+
+def parse_networks(text):
+    """``"127.0.0.0/8,::1"`` -> a tuple of networks; ``"none"`` or ``""`` -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                 for part in text.split(",") if part.strip())
 
 
 def format_address(address):

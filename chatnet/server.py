@@ -9,15 +9,21 @@ cannot be used, 2 for a bad flag.
 """
 
 import logging
+import signal
 import sys
 
 from . import cli, passwords
 from .core import ChatCore, CoreConfig
-from .reactor import Reactor, format_address, open_listener
+from .reactor import Reactor, ReactorLimits, format_address, open_listener, parse_networks
 from .storage import MEMORY, Storage, StorageError
 
 PROG = cli.program_name("chatnet.server", "chatnet-server")
 DEFAULTS = CoreConfig()
+LIMITS = ReactorLimits()
+
+#: Descriptors kept back from clients for the database, the listener, the
+#: selector and the wake-up socket (at most a quarter of a small limit).
+RESERVED_DESCRIPTORS = 64
 
 #: ``--demo`` accounts: (ID, password).
 DEMO_ACCOUNTS = (("alice", "alice"), ("bob", "bob"), ("carol", "carol"), ("dave", "dave"))
@@ -44,10 +50,48 @@ def parse_args(argv):
                         metavar="BYTES", help="longest session line, newline included (default %(default)s)")
     parser.add_argument("--login-timeout", type=cli.positive_float, default=DEFAULTS.login_timeout,
                         metavar="SECONDS", help="time allowed to log in (default %(default)s)")
+    limits = parser.add_argument_group("limits and policies (see the README's table)")
+    limits.add_argument("--max-connections", type=cli.positive_int, default=None, metavar="N",
+                        help="connections at once (default: what the descriptor limit allows)")
+    limits.add_argument("--max-per-ip", type=cli.positive_int, default=LIMITS.max_per_ip,
+                        metavar="N", help="connections from one address (default %(default)s; "
+                        "trusted networks are exempt)")
+    limits.add_argument("--trusted", default="127.0.0.0/8,::1", metavar="NETWORKS",
+                        help="comma-separated networks exempt from the per-address and per-account "
+                        "limits, or 'none' (default %(default)s)")
+    limits.add_argument("--send-queue-limit", type=cli.positive_int, default=LIMITS.send_queue_limit,
+                        metavar="BYTES", help="bytes waiting for a client that does not read before "
+                        "it is dropped; its senders wait from a quarter of it (default %(default)s)")
+    limits.add_argument("--write-timeout", type=cli.positive_float, default=LIMITS.write_timeout,
+                        metavar="SECONDS", help="drop a client that takes no byte for this long "
+                        "(default %(default)s)")
+    limits.add_argument("--keepalive", type=cli.non_negative_float, default=LIMITS.keepalive,
+                        metavar="SECONDS", help="idle time before TCP keepalive probes a silent "
+                        "client; 0 turns them off (default %(default)s)")
+    limits.add_argument("--failure-delay", type=cli.non_negative_float,
+                        default=DEFAULTS.failure_delays[0], metavar="SECONDS",
+                        help="hold back a failed login's 0 this long, doubling twice "
+                        "(default %(default)s)")
+    limits.add_argument("--max-login-failures", type=cli.positive_int, default=DEFAULTS.max_failures,
+                        metavar="N", help="failed logins before a connection is closed "
+                        "(default %(default)s)")
+    limits.add_argument("--account-failures", type=cli.positive_int,
+                        default=DEFAULTS.account_failure_limit, metavar="N",
+                        help="failed logins for one account from untrusted addresses within "
+                        "--account-window before further ones are refused (default %(default)s)")
+    limits.add_argument("--account-window", type=cli.positive_float,
+                        default=DEFAULTS.account_failure_window, metavar="SECONDS",
+                        help="(default %(default)s)")
     parser.add_argument("--log-level", default="warning",
                         choices=("debug", "info", "warning", "error"),
-                        help="what to log on stderr (default warning; info logs logins and logouts)")
+                        help="what to log (default warning; info logs logins, logouts and limits)")
+    parser.add_argument("--log-file", metavar="PATH",
+                        help="log to this file instead of stderr; SIGHUP reopens it (for logrotate)")
     args = parser.parse_args(argv)
+    try:
+        args.trusted = parse_networks(args.trusted)
+    except ValueError as error:
+        parser.error("argument --trusted: %s" % error)
     if args.demo and args.db is not None:
         parser.error("--demo uses an in-memory database; leave out --db")
     if args.max_line < 16:
@@ -70,10 +114,59 @@ def open_storage(args):
     return storage
 
 
+def set_up_logging(args):
+    """Log to stderr, or to ``--log-file``, which SIGHUP reopens; else SIGHUP is ignored."""
+    if args.log_file:
+        try:
+            handler = logging.FileHandler(args.log_file, encoding="utf-8")
+        except OSError as error:
+            raise cli.CommandError("cannot open the log file %s: %s" % (
+                args.log_file, error.strerror or error))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(args.log_level.upper())
+    if args.log_file:
+        signal.signal(signal.SIGHUP, lambda signum, frame: _reopen(handler))
+    else:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)     # a closed terminal must not stop us
+
+
+def _reopen(handler):
+    handler.acquire()
+    try:
+        if handler.stream is not None:
+            handler.stream.close()
+        handler.stream = handler._open()
+    finally:
+        handler.release()
+
+
+def descriptor_budget():
+    """Raise the soft descriptor limit to the hard one; return how many clients fit."""
+    try:
+        import resource
+    except ImportError:                       # not POSIX
+        return LIMITS.max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(1, soft - min(RESERVED_DESCRIPTORS, soft // 4))
+
+
 def main(argv=None):
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_up_logging(args)
     try:
         storage = open_storage(args)
     except StorageError as error:
@@ -90,9 +183,18 @@ def serve(args, storage):
     except OSError as error:
         raise cli.CommandError("cannot listen on %s:%s: %s" % (
             args.host, args.port, error.strerror or error))
+    delay = args.failure_delay
     config = CoreConfig(store_limit=args.store_limit, max_line=args.max_line,
-                        login_timeout=args.login_timeout)
-    reactor = Reactor(listener, ChatCore(config), storage)
+                        login_timeout=args.login_timeout,
+                        failure_delays=(delay, 2 * delay, 4 * delay) if delay else (),
+                        max_failures=args.max_login_failures,
+                        account_failure_limit=args.account_failures,
+                        account_failure_window=args.account_window)
+    limits = ReactorLimits(max_connections=args.max_connections or descriptor_budget(),
+                           max_per_ip=args.max_per_ip, trusted_networks=args.trusted,
+                           send_queue_limit=args.send_queue_limit,
+                           write_timeout=args.write_timeout, keepalive=args.keepalive)
+    reactor = Reactor(listener, ChatCore(config), storage, limits)
     reactor.install_signal_handlers()
     if args.demo:
         print("demo accounts (ID:password): "

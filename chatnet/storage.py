@@ -99,14 +99,18 @@ class Storage(object):
         return self._db.execute(sql, parameters)
 
     def commit(self):
-        """Make every write since the last commit durable.  Cheap when there were none."""
+        """Make every write since the last commit durable.  Cheap when there were none.
+
+        If COMMIT fails the transaction is still open: ``rollback`` ends it.
+        """
         if self._in_transaction:
-            self._in_transaction = False
             self._db.execute("COMMIT")
+            self._in_transaction = False
 
     def rollback(self):
-        if self._in_transaction:
-            self._in_transaction = False
+        """Abandon the open transaction, if any (SQLite may have ended it already)."""
+        self._in_transaction = False
+        if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
     @property

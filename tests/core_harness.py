@@ -17,7 +17,7 @@ from chatnet import wire
 from chatnet.core import ChatCore, CoreConfig
 from chatnet.events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
-    DeliverStored, InputEnded, LoggedOut, LoginChecked, LoginFailed,
+    DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
     LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send,
     StoreFailed, StoreMessage, TimePassed,
 )
@@ -47,7 +47,7 @@ class CoreHarness(object):
         self.closed = {}                              # conn -> reason
         self.paused = set()
         self.actions = []                             # every action, in order
-        self.log = []                                 # LoginSucceeded / LoginFailed / LoggedOut
+        self.log = []                                 # LoginSucceeded, LoginFailed, LoggedOut, LimitReached
         self.answer_checks = answer_checks            # False: the test answers CheckLogin itself
         self.answer_lookups = True                    # False: LookUpAccount stays unanswered
         self.pending_lookups = []
@@ -67,19 +67,19 @@ class CoreHarness(object):
             for action in actions:
                 self._carry_out(action)
 
-    def connect(self):
+    def connect(self, peer="", trusted=True):
         conn = self._next_conn
         self._next_conn += 1
-        self.feed(Connected(conn))
+        self.feed(Connected(conn, peer, trusted))
         return conn
 
     def send(self, conn, data):
         self.feed(DataReceived(conn, data))
 
-    def login(self, user_id, password=None, conn=None):
+    def login(self, user_id, password=None, conn=None, peer="", trusted=True):
         """Connect (unless ``conn`` is given), log in, and expect ``1``."""
         if conn is None:
-            conn = self.connect()
+            conn = self.connect(peer, trusted)
         self.send(conn, frame(user_id, self.accounts[user_id] if password is None else password))
         assert self.next_line(conn) == b"1", "login of %r failed" % user_id
         return conn
@@ -119,6 +119,10 @@ class CoreHarness(object):
         """The raw bytes ``conn`` received since the last read."""
         return bytes(self.inbox.pop(conn, b""))
 
+    def limits(self):
+        """The names of the limits reached so far, in order."""
+        return [entry.limit for entry in self.log if type(entry) is LimitReached]
+
     def actions_of(self, kind):
         return [action for action in self.actions if type(action) is kind]
 
@@ -155,7 +159,7 @@ class CoreHarness(object):
             self.paused.add(action.conn)
         elif kind is ResumeReading:
             self.paused.discard(action.conn)
-        elif kind in (LoginSucceeded, LoginFailed, LoggedOut):
+        elif kind in (LoginSucceeded, LoginFailed, LoggedOut, LimitReached):
             self.log.append(action)
         else:
             raise AssertionError("unknown action %r" % (action,))
