@@ -336,12 +336,10 @@ class ChatCore(object):
         self._carry_on(session)
 
     def _on_store_failed(self, event):
+        # The sender has been told already, in place (see StoreMessage).
         count = self._store_counts.get(event.recipient)
         if count:
             self._store_counts[event.recipient] = count - 1
-        session = self._sessions.get(event.sender_conn)
-        if session is not None:
-            self._send(session.conn, wire.NOTICE_NOT_STORED)
 
     def _on_send_queue_full(self, event):
         session = self._sessions.get(event.conn)
@@ -607,7 +605,8 @@ class ChatCore(object):
             self._send(session.conn, wire.NOTICE_STORE_FULL)
         else:
             self._store_counts[recipient] = count + 1
-            self._emit(StoreMessage(recipient, session.user_id, text, session.conn))
+            self._emit(StoreMessage(recipient, session.user_id, text, session.conn,
+                                    wire.NOTICE_NOT_STORED))
 
     def _chatwith(self, session, target):
         if not wire.is_valid_id(target):

@@ -106,7 +106,8 @@ class AccountLookedUp(NamedTuple):
 class StoreFailed(NamedTuple):
     """A ``StoreMessage`` could not be written (disk full, database locked...).
 
-    The message is not stored; its sender is told.
+    The reactor has already put the action's ``failure_notice`` in the
+    sender's stream; the core corrects its count of the store.
     """
     sender_conn: int
     recipient: bytes
@@ -183,12 +184,17 @@ class LookUpAccount(NamedTuple):
 class StoreMessage(NamedTuple):
     """Append a message to ``recipient``'s store (durably, before any later reply).
 
-    ``sender_conn`` is where to report a failure (``StoreFailed``).
+    If it cannot be stored -- now, or when the pass's transaction fails to
+    commit -- the reactor puts ``failure_notice`` into ``sender_conn``'s
+    stream exactly where the message was, so no reply to a later line can
+    overtake it (that reply would say the message is on disk), and reports
+    ``StoreFailed``.
     """
     recipient: bytes
     sender: bytes
     text: bytes
     sender_conn: int
+    failure_notice: bytes
 
 
 @_compared_by_type

@@ -212,7 +212,8 @@ class Reactor(object):
         self._feeding = False
         self._timers = []                # heap of (when, sequence, function, argument)
         self._timer_sequence = itertools.count()
-        self._uncommitted_stores = []    # (sender conn, recipient) written since the last commit
+        self._uncommitted_stores = []    # StoreMessage actions written since the last commit, with
+                                         # where each stood in its sender's stream
         self._storage_down_until = 0.0
         self._warned_at = {}             # warning kind -> (last time, times suppressed since)
         self._stop_requested = False
@@ -557,8 +558,10 @@ class Reactor(object):
         self._feed(AccountLookedUp(action.conn, action.user_id, registered, stored))
 
     def _do_store_message(self, action):
+        sender = self._connections.get(action.sender_conn)
+        position = sender.queued if sender is not None else 0
         if self._now < self._storage_down_until:
-            self._store_failed(action.sender_conn, action.recipient)
+            self._store_failed(action, position)
             return
         try:
             self._storage.store_message(action.recipient.decode("ascii"),
@@ -566,13 +569,13 @@ class Reactor(object):
         except sqlite3.IntegrityError as error:
             # This one message cannot be stored (its recipient was just removed).
             log.info("a message for %r was not stored: %s", action.recipient, error)
-            self._store_failed(action.sender_conn, action.recipient)
+            self._store_failed(action, position)
             return
         except sqlite3.Error as error:
-            self._store_failed(action.sender_conn, action.recipient)
+            self._store_failed(action, position)
             self._storage_failed("store a message", error)
             return
-        self._uncommitted_stores.append((action.sender_conn, action.recipient))
+        self._uncommitted_stores.append((action, position))
 
     def _do_deliver_stored(self, action):
         connection = self._connections.get(action.conn)
@@ -657,11 +660,21 @@ class Reactor(object):
         except sqlite3.Error:
             pass
         failed, self._uncommitted_stores = self._uncommitted_stores, []
-        for sender_conn, recipient in failed:
-            self._store_failed(sender_conn, recipient)
+        # Latest first, so each notice goes in before the positions it shifts.
+        for action, position in reversed(failed):
+            self._store_failed(action, position)
 
-    def _store_failed(self, sender_conn, recipient):
-        self._feed(StoreFailed(sender_conn, recipient))
+    def _store_failed(self, action, position):
+        """Put the failure notice where the message was in its sender's stream; tell the core.
+
+        Nothing produced since the store has been sent yet (sends come after
+        the commit), so ``position`` is still in the unsent bytes.
+        """
+        sender = self._connections.get(action.sender_conn)
+        if sender is not None and not sender.closed:
+            _insert(sender, position, action.failure_notice)
+            self._mark_dirty(sender)
+        self._feed(StoreFailed(action.sender_conn, action.recipient))
 
     def _release_stored(self, connection):
         """Delete stored messages whose last byte the kernel has taken."""
@@ -867,6 +880,18 @@ def open_listener(host, port, backlog=LISTEN_BACKLOG):
         listener.close()
         raise
     return listener
+
+
+def _insert(connection, position, data):
+    """Put ``data`` into the unsent bytes of ``connection`` at stream offset ``position``."""
+    unsent_from = connection.queued - len(connection.outgoing)
+    index = max(0, position - unsent_from)
+    connection.outgoing[index:index] = data
+    connection.queued += len(data)
+    if connection.stored_marks:
+        connection.stored_marks = collections.deque(
+            (end + len(data) if end > position else end, row_id)
+            for end, row_id in connection.stored_marks)
 
 
 def _live_bytes_waiting(connection):

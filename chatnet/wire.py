@@ -133,6 +133,11 @@ class LineSplitter(object):
         """Bytes held for the unfinished line (0 while discarding)."""
         return len(self._partial)
 
+    @property
+    def discarding(self):
+        """True while the rest of an over-long line is being skipped."""
+        return self._discarding
+
     def feed(self, data):
         """Add ``data``; return the lines it completes (see the class docstring)."""
         if self._discarding:

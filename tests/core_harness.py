@@ -44,6 +44,7 @@ class CoreHarness(object):
         self.accounts = dict(accounts or {})          # ID -> password
         self.stores = defaultdict(list)               # ID -> [(sender, text)]
         self.inbox = defaultdict(bytearray)           # conn -> bytes not yet read by the test
+        self.transcript = defaultdict(bytearray)      # conn -> every byte it was ever sent
         self.closed = {}                              # conn -> reason
         self.paused = set()
         self.actions = []                             # every action, in order
@@ -91,14 +92,18 @@ class CoreHarness(object):
         if deadline is not None and deadline <= self.now:
             self.feed(TimePassed())
 
-    def answer_check(self, ok=None):
-        """Answer the oldest pending ``CheckLogin`` (by the accounts, or ``ok``)."""
-        check = self.pending_checks.pop(0)
+    def answer_check(self, ok=None, index=0):
+        """Answer a pending ``CheckLogin`` (the oldest by default) by the accounts, or ``ok``."""
+        check = self.pending_checks.pop(index)
         if ok is None:
             ok = self.accounts.get(check.user_id) == check.password
         self.feed(LoginChecked(check.conn, check.user_id, ok))
 
     # ---------------------------------------------------------------- reading
+
+    def answer_lookup(self, index=0):
+        """Deliver a held ``AccountLookedUp`` (computed when it was asked, as the reactor does)."""
+        self.feed(self.pending_lookups.pop(index))
 
     def lines(self, conn):
         """The lines ``conn`` received since the last call (without ``\\n``)."""
@@ -133,6 +138,7 @@ class CoreHarness(object):
         if kind is Send:
             assert action.conn not in self.closed, "bytes sent after Close: %r" % (action,)
             self.inbox[action.conn] += action.data
+            self.transcript[action.conn] += action.data
         elif kind is Close:
             assert action.conn not in self.closed, "closed twice: %r" % (action,)
             self.closed[action.conn] = action.reason
@@ -140,21 +146,28 @@ class CoreHarness(object):
             self.pending_checks.append(action)
             if self.answer_checks:
                 self.answer_check()
-        elif kind is LookUpAccount and not self.answer_lookups:
-            self.pending_lookups.append(action)
         elif kind is LookUpAccount:
-            registered = action.user_id in self.accounts
-            self._queue.append(AccountLookedUp(action.conn, action.user_id, registered,
-                                               len(self.stores.get(action.user_id, ()))))
+            answer = AccountLookedUp(action.conn, action.user_id, action.user_id in self.accounts,
+                                     len(self.stores.get(action.user_id, ())))
+            if self.answer_lookups:
+                self._queue.append(answer)
+            else:
+                self.pending_lookups.append(answer)
         elif kind is StoreMessage:
             if self.fail_stores:
+                # As the reactor does: the notice takes the message's place.
+                if action.sender_conn not in self.closed:
+                    self.inbox[action.sender_conn] += action.failure_notice
+                    self.transcript[action.sender_conn] += action.failure_notice
                 self._queue.append(StoreFailed(action.sender_conn, action.recipient))
             else:
                 self.stores[action.recipient].append((action.sender, action.text))
         elif kind is DeliverStored:
             # Handed over at once: the store empties.
             for sender, text in self.stores.pop(action.user_id, []):
-                self.inbox[action.conn] += wire.relay_line(sender, text)
+                line = wire.relay_line(sender, text)
+                self.inbox[action.conn] += line
+                self.transcript[action.conn] += line
         elif kind is PauseReading:
             self.paused.add(action.conn)
         elif kind is ResumeReading:

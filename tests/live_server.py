@@ -194,6 +194,16 @@ class RawClient(object):
         else:
             assert self.line() == wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
 
+    def wait_for_line(self, wanted, timeout=20.0):
+        """Read lines until ``wanted`` comes (others are skipped); fail after ``timeout``."""
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError("%r never came" % wanted)
+            if self.line(timeout=left) == wanted:
+                return
+
     def wait_until_online(self, user_id, timeout=20.0):
         """Partner with ``user_id`` and return once it is online (answer 2, or the push of 2)."""
         self.send(b"chatwith/" + _bytes(user_id) + b"\n")

@@ -7,17 +7,21 @@ commit before any send, and one failing connection never stopping the loop.
 
 import selectors
 import socket
+import sqlite3
 import threading
 import time
 
 import pytest
 
-from chatnet import passwords
+from chatnet import passwords, wire
 from chatnet.core import ChatCore
 from chatnet.events import DataReceived
 from chatnet.reactor import Reactor, open_listener
 from chatnet.storage import MEMORY, Storage
 from live_server import RawClient
+
+NOT_STORED = wire.NOTICE_NOT_STORED.rstrip(b"\n")
+UNKNOWN = wire.NOTICE_UNKNOWN.rstrip(b"\n")
 
 
 class InProcessServer(object):
@@ -172,3 +176,51 @@ def test_a_client_closing_mid_flood_is_cleaned_up(served):
     bob.close()
     alice.expect(b"chat/connection is destroyed")
     wait_until(lambda: server.connection_of(2) is None)
+
+
+class FailingStorage(Storage):
+    """Storage whose writes fail like a full disk, on demand."""
+
+    def __init__(self):
+        Storage.__init__(self, MEMORY)
+        self.fail_inserts = False
+        self.fail_commits = False
+
+    def store_message(self, recipient, sender, text):
+        if self.fail_inserts:
+            raise sqlite3.OperationalError("database or disk is full")
+        return Storage.store_message(self, recipient, sender, text)
+
+    def commit(self):
+        if self.fail_commits and self.in_transaction:
+            raise sqlite3.OperationalError("database or disk is full")
+        Storage.commit(self)
+
+
+def failing_server(served):
+    storage = FailingStorage()
+    storage.add_accounts([(name, passwords.hash_password(b"pw"))
+                          for name in ("alice", "bob", "carol", "dave")])
+    return served(storage=storage, strict=False), storage
+
+
+@pytest.mark.parametrize("what_fails", ["fail_inserts", "fail_commits"])
+def test_a_failed_store_is_noticed_before_the_reply_to_any_later_line(served, what_fails):
+    """Else that reply would say the message is on disk (PROTOCOL.md section 6)."""
+    server, storage = failing_server(served)
+    alice = server.login(b"alice")
+    carol, dave = server.login(b"carol"), server.login(b"dave")
+    carol.chatwith(b"dave", b"2")
+    alice.chatwith(b"bob", b"1")
+    setattr(storage, what_fails, True)
+    alice.send(b"chat/one\nchat/two\nhello\n")                # all in one read
+    assert alice.lines(3) == [NOT_STORED, NOT_STORED, UNKNOWN]
+    carol.send(b"chat/live chat goes on\n")                     # the disk is full, chat is not
+    dave.expect(b"chat/carol: live chat goes on")
+    setattr(storage, what_fails, False)
+    server.reactor._storage_down_until = 0.0                    # skip the back-off
+    alice.send(b"chat/three\n")
+    assert alice.sync() == []
+    bob = server.login(b"bob")
+    bob.expect(b"chat/alice: three")
+    assert bob.sync() == []

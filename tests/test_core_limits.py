@@ -1,0 +1,153 @@
+"""The core's policies beyond the protocol tables: throttles, flow control, limit logging."""
+
+from chatnet import wire
+from chatnet.events import (
+    CheckLogin, LimitReached, PauseReading, ResumeReading, SendQueueDrained, SendQueueFull,
+)
+from core_harness import CoreHarness, frame
+
+ACCOUNTS = {b"alice": b"pw", b"bob": b"pw", b"carol": b"pw", b"dave": b"pw"}
+
+
+def throttled_harness(**config):
+    config.setdefault("account_failure_limit", 3)
+    config.setdefault("account_failure_window", 60.0)
+    return CoreHarness(accounts=ACCOUNTS, **config)
+
+
+def fail_from(h, address, user=b"alice", times=1):
+    for _ in range(times):
+        conn = h.connect(peer=address, trusted=False)
+        h.send(conn, frame(user, b"guess"))
+        assert h.lines(conn) == [b"0"]
+
+
+# ---------------------------------------------------------------- the account throttle
+
+def test_many_connections_cannot_keep_guessing_one_account():
+    h = throttled_harness()
+    fail_from(h, "198.51.100.7", times=3)
+    checks = len(h.actions_of(CheckLogin))
+    conn = h.connect(peer="203.0.113.9", trusted=False)
+    h.send(conn, frame(b"alice", b"pw"))                 # even the right password ...
+    assert h.lines(conn) == [b"0"]                      # ... is refused, unchecked
+    assert len(h.actions_of(CheckLogin)) == checks
+    assert "account throttle" in h.limits()
+
+
+def test_the_throttle_is_per_account():
+    h = throttled_harness()
+    fail_from(h, "198.51.100.7", times=3)
+    assert h.login(b"bob", peer="198.51.100.7", trusted=False)
+
+
+def test_trusted_networks_are_spared():
+    h = throttled_harness()
+    fail_from(h, "198.51.100.7", times=3)
+    assert h.login(b"alice", trusted=True)
+
+
+def test_an_address_that_logged_in_before_is_spared():
+    h = throttled_harness()
+    h.login(b"alice", peer="192.0.2.1", trusted=False)
+    fail_from(h, "198.51.100.7", times=5)
+    assert h.login(b"alice", peer="192.0.2.1", trusted=False)
+
+
+def test_the_throttle_ends_when_the_failures_age_out():
+    h = throttled_harness()
+    fail_from(h, "198.51.100.7", times=3)
+    h.advance(61.0)
+    assert h.login(b"alice", peer="203.0.113.9", trusted=False)
+
+
+def test_unknown_ids_are_throttled_like_real_ones():
+    """Otherwise the throttle itself would tell which IDs exist."""
+    h = throttled_harness()
+    fail_from(h, "198.51.100.7", user=b"nobody", times=3)
+    checks = len(h.actions_of(CheckLogin))
+    fail_from(h, "198.51.100.8", user=b"nobody")
+    assert len(h.actions_of(CheckLogin)) == checks
+
+
+def test_failures_from_trusted_networks_do_not_count():
+    h = throttled_harness()
+    for _ in range(5):
+        conn = h.connect(trusted=True)
+        h.send(conn, frame(b"alice", b"guess"))
+    assert h.login(b"alice", peer="203.0.113.9", trusted=False)
+
+
+# ---------------------------------------------------------------- slow readers
+
+def paired(h):
+    """alice and carol both relay live to bob."""
+    alice, bob, carol = h.login(b"alice"), h.login(b"bob"), h.login(b"carol")
+    for sender in (alice, carol):
+        h.send(sender, b"chatwith/bob\n")
+        h.lines(sender)
+    return alice, bob, carol
+
+
+def test_a_full_send_queue_pauses_the_reader_and_everyone_relaying_to_it():
+    h = CoreHarness(accounts=ACCOUNTS)
+    alice, bob, carol = paired(h)
+    dave = h.login(b"dave")
+    h.feed(SendQueueFull(bob))
+    assert h.paused == {alice, bob, carol}
+    assert dave not in h.paused
+    assert "send queue" in h.limits()
+    h.feed(SendQueueDrained(bob))
+    assert h.paused == set()
+
+
+def test_someone_who_starts_relaying_to_a_congested_reader_waits_too():
+    h = CoreHarness(accounts=ACCOUNTS)
+    alice, bob, carol = paired(h)
+    h.feed(SendQueueFull(bob))
+    dave = h.login(b"dave")
+    h.send(dave, b"chatwith/bob\nchat/hi\n")
+    assert dave in h.paused
+    h.feed(SendQueueDrained(bob))
+    assert dave not in h.paused
+
+
+def test_when_the_slow_reader_leaves_its_senders_are_released():
+    h = CoreHarness(accounts=ACCOUNTS)
+    alice, bob, carol = paired(h)
+    h.feed(SendQueueFull(bob))
+    h.drop(bob)
+    assert h.paused - {bob} == set()
+    assert h.lines(alice)[-1] == wire.NOTICE_DESTROYED.rstrip(b"\n")
+
+
+def test_pause_reasons_stack_and_reading_resumes_only_when_all_are_gone():
+    h = CoreHarness(accounts=ACCOUNTS)
+    alice, bob, carol = paired(h)
+    h.send(alice, b"chatwith/alice\n")                 # alice now relays to herself
+    h.feed(SendQueueFull(bob))
+    h.feed(SendQueueFull(alice))                       # alice's own queue is full too
+    h.feed(SendQueueDrained(bob))
+    assert alice in h.paused
+    h.feed(SendQueueDrained(alice))
+    assert alice not in h.paused
+    pauses = [a for a in h.actions if type(a) in (PauseReading, ResumeReading) and a.conn == alice]
+    assert [type(a) for a in pauses] == [PauseReading, ResumeReading]
+
+
+# ---------------------------------------------------------------- every limit is reported
+
+def test_each_limit_names_itself_for_the_log():
+    h = CoreHarness(accounts=ACCOUNTS, store_limit=1, max_line=20, login_timeout=1.0,
+                    max_failures=1)
+    alice = h.login(b"alice")
+    h.send(alice, b"chat/" + b"x" * 30 + b"\n")
+    h.send(alice, b"chat/\xff\n")
+    h.send(alice, b"chatwith/bob\nchat/1\nchat/2\n")
+    failing = h.connect()
+    h.send(failing, frame(b"alice", b"bad"))
+    silent = h.connect()
+    h.advance(1.0)
+    assert h.limits() == ["line length", "UTF-8", "store full", "failed logins", "login timeout"]
+    assert all(type(entry.detail) is str for entry in h.log if type(entry) is LimitReached)
+    assert h.closed[silent] == "login timeout"
