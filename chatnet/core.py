@@ -152,6 +152,7 @@ class Session(object):
         "conn", "peer", "trusted", "phase", "user_id", "relay_prefix", "partner",
         "partner_online", "splitter", "held", "backlog", "pause_reasons", "congested",
         "input_ended", "login_deadline", "release_at", "failures", "looking_up",
+        "lookup_stale",
     )
 
     def __init__(self, conn, peer, trusted, max_line, login_deadline):
@@ -173,6 +174,7 @@ class Session(object):
         self.release_at = None       # when a DELAYED failure is answered
         self.failures = 0            # failed logins on this connection
         self.looking_up = None       # the ID a LOOKING_UP session asked about
+        self.lookup_stale = False    # that ID logged in since: the answer's count is old
 
     def __repr__(self):
         return "<Session conn=%d %s user=%r partner=%r%s>" % (
@@ -190,6 +192,7 @@ class ChatCore(object):
         self._watchers = {}          # account ID -> set of conns whose partner it is
         self._store_counts = {}      # account ID -> messages in its store (when known)
         self._held_back = {}         # conn with a full send queue -> conns paused for it
+        self._lookups = {}           # account ID -> conns waiting for its lookup
         self._account_failures = OrderedDict()   # account ID -> deque of failure times
         self._known_addresses = OrderedDict()    # account ID -> addresses that logged in
         self._deadlines = []         # heap of (when, conn): login timeouts and delays
@@ -330,8 +333,14 @@ class ChatCore(object):
         if (session is None or session.phase is not Phase.LOOKING_UP
                 or session.looking_up != event.user_id):
             return
+        if session.lookup_stale:
+            # The account logged in (and its store emptied) after the database
+            # was asked: the count is out of date, so ask again.
+            session.lookup_stale = False
+            self._emit(LookUpAccount(session.conn, event.user_id))
+            return
+        self._forget_lookup(session)
         session.phase = Phase.CHATTING
-        session.looking_up = None
         self._answer_chatwith(session, event.user_id, event.registered, event.stored)
         self._carry_on(session)
 
@@ -540,6 +549,8 @@ class ChatCore(object):
         session.relay_prefix = wire.relay_prefix(user_id)
         self._online[user_id] = session.conn
         self._store_counts.pop(user_id, None)       # delivery is about to empty it
+        for conn in self._lookups.get(user_id, ()):
+            self._sessions[conn].lookup_stale = True
         self._remember_address(session, user_id)
         self._emit(LoginSucceeded(session.conn, user_id))
         if replaced is not None:
@@ -617,7 +628,16 @@ class ChatCore(object):
         else:
             session.phase = Phase.LOOKING_UP
             session.looking_up = target
+            self._lookups.setdefault(target, set()).add(session.conn)
             self._emit(LookUpAccount(session.conn, target))
+
+    def _forget_lookup(self, session):
+        waiting = self._lookups.get(session.looking_up)
+        if waiting is not None:
+            waiting.discard(session.conn)
+            if not waiting:
+                del self._lookups[session.looking_up]
+        session.looking_up = None
 
     def _answer_chatwith(self, session, target, registered, stored):
         self._set_partner(session, None)
@@ -657,6 +677,8 @@ class ChatCore(object):
         self._emit(Close(session.conn, reason))
 
     def _end_session(self, session, reason):
+        if session.looking_up is not None:
+            self._forget_lookup(session)
         session.phase = Phase.CLOSED
         del self._sessions[session.conn]
         self._set_partner(session, None)

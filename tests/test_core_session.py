@@ -391,3 +391,17 @@ def test_server_stopping_says_goodbye_to_sessions_and_closes_everyone(h):
     assert h.lines(waiting) == []
     assert set(h.closed) == {alice, bob, waiting}
     assert h.core.online() == {}
+
+
+def test_a_lookup_made_stale_by_a_login_is_asked_again(h):
+    """The store count in an answer is old if the account logged in meanwhile."""
+    h.stores[b"bob"] = [(b"carol", b"waiting")]
+    h.answer_lookups = False
+    alice = h.login(b"alice")
+    h.send(alice, b"chatwith/bob\n")                  # asked while bob's store holds 1
+    bob = h.login(b"bob")                              # bob's store empties ...
+    h.hang_up(bob)                                     # ... and bob leaves again
+    h.answer_lookup()                                  # the old answer says 1: asked again
+    assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob")] * 2
+    h.answer_lookup()
+    assert h.core.store_count(b"bob") == 0
