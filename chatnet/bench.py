@@ -1,0 +1,487 @@
+"""``python -m chatnet.bench``: measure a chatnet server from the outside.
+
+    python -m chatnet.bench --local                  # start a throw-away server and measure it
+    python -m chatnet.bench --port 7070              # measure a running server
+    python -m chatnet.bench accounts 2000            # ID:PASSWORD lines for `chatnet.accounts import`
+
+Scenarios (``--scenarios``, all by default):
+
+* ``relay``   -- ``--pairs`` pairs chat both ways, each sender keeping
+  ``--window`` messages in flight: messages per second and latency.
+* ``latency`` -- one pair, one message in flight: the round trip.
+* ``conns``   -- ``--conns`` clients log in (64 at a time) and stay: seconds
+  until all are in, and the server's memory per connection (``--local``).
+* ``storm``   -- ``--storm`` clients send their login frame at once: seconds
+  until every one has its ``1``.
+
+The load comes from ``--processes`` worker processes (one per CPU by
+default), each a small ``selectors`` loop over its own connections, so the
+generator is not the bottleneck on a machine with several cores.  Every
+scenario is bounded in time; the results end in a table.  The accounts used
+are ``u0``, ``u1``, ... with password ``pw`` (``--prefix``, ``--password``);
+register them with ``python -m chatnet.bench accounts N | python -m
+chatnet.accounts --db DB import -`` (``--local`` does it itself).
+
+This module is a tool, not part of the server: it reads clocks and opens
+sockets freely, and imports nothing from the server but the wire format.
+"""
+
+import multiprocessing
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import cli, wire
+
+PROG = cli.program_name("chatnet.bench", "chatnet-bench")
+SCENARIOS = ("relay", "latency", "conns", "storm")
+NOTICE_ONLINE = wire.NOTICE_ONLINE
+
+
+# ================================================================ one worker's connections
+
+class Client(object):
+    """One load-generating connection: a socket, its buffers, its counters."""
+
+    __slots__ = ("sock", "user_id", "inbox", "outbox", "partner", "prefix", "in_flight",
+                 "sent", "received", "next_number", "expected", "state", "started", "wants_write")
+
+    def __init__(self, user_id):
+        self.sock = None
+        self.user_id = user_id
+        self.inbox = b""
+        self.outbox = bytearray()
+        self.partner = None
+        self.prefix = b""            # "chat/<partner>: ": how the partner's lines arrive here
+        self.in_flight = 0
+        self.sent = 0
+        self.received = 0
+        self.next_number = 0
+        self.expected = 0
+        self.state = "new"
+        self.started = 0.0
+        self.wants_write = False
+
+
+class Worker(object):
+    """A selectors loop driving many clients (runs in its own process)."""
+
+    def __init__(self, host, port, password):
+        self.address = (host, port)
+        self.password = password
+        self.selector = selectors.DefaultSelector()
+        self.latencies = []
+        self.errors = []
+
+    # ---------------------------------------------------------------- plumbing
+
+    def open(self, client):
+        sock = socket.socket(socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.connect_ex(self.address)
+        client.sock = sock
+        client.started = time.perf_counter()
+        client.state = "connecting"
+        client.wants_write = True
+        self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+        client.outbox += wire.login_frame(client.user_id, self.password)
+
+    def queue(self, client, data):
+        client.outbox += data
+        if not client.wants_write:
+            client.wants_write = True
+            self.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+
+    def flush(self, client):
+        try:
+            sent = client.sock.send(client.outbox)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self.fail(client, str(error))
+            return
+        del client.outbox[:sent]
+        if not client.outbox and client.wants_write:
+            client.wants_write = False
+            self.selector.modify(client.sock, selectors.EVENT_READ, client)
+
+    def fail(self, client, why):
+        if client.state != "failed":
+            self.errors.append("%s: %s" % (client.user_id.decode(), why))
+            client.state = "failed"
+            try:
+                self.selector.unregister(client.sock)
+            except (KeyError, ValueError):
+                pass
+            client.sock.close()
+
+    def pump(self, until, handle_line, done=lambda: False):
+        """Run the loop until ``done()`` or the deadline; give each line to ``handle_line``."""
+        while not done():
+            left = until - time.perf_counter()
+            if left <= 0:
+                return False
+            for key, mask in self.selector.select(min(left, 0.5)):
+                client = key.data
+                if mask & selectors.EVENT_WRITE:
+                    if client.state == "connecting":
+                        client.state = "login"
+                    self.flush(client)
+                if mask & selectors.EVENT_READ and client.state != "failed":
+                    self.read(client, handle_line)
+        return True
+
+    def read(self, client, handle_line):
+        try:
+            data = client.sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self.fail(client, str(error))
+            return
+        if not data:
+            self.fail(client, "closed by the server")
+            return
+        lines = (client.inbox + data).split(b"\n")
+        client.inbox = lines.pop()
+        now = time.perf_counter()
+        for line in lines:
+            handle_line(client, line, now)
+
+    def close_all(self, clients):
+        for client in clients:
+            if client.state != "failed" and client.sock is not None:
+                try:
+                    self.selector.unregister(client.sock)
+                except (KeyError, ValueError):
+                    pass
+                client.sock.close()
+
+    # ---------------------------------------------------------------- logging in and pairing
+
+    def log_in(self, clients, timeout, concurrency=None):
+        """Log every client in (at most ``concurrency`` attempts at once); return seconds."""
+        started = time.perf_counter()
+        waiting = list(reversed(clients))
+        state = {"active": 0, "done": 0}
+
+        def start_more():
+            while waiting and (concurrency is None or state["active"] < concurrency):
+                self.open(waiting.pop())
+                state["active"] += 1
+
+        def on_line(client, line, now):
+            if client.state == "login":
+                if line != b"1":
+                    self.fail(client, "login answered %r" % line)
+                else:
+                    client.state = "in"
+                    self.latencies.append(now - client.started)
+                state["active"] -= 1
+                state["done"] += 1
+                start_more()
+
+        start_more()
+        finished = self.pump(started + timeout, on_line, lambda: state["done"] == len(clients))
+        if not finished:
+            self.errors.append("%d logins unanswered" % (len(clients) - state["done"]))
+        return time.perf_counter() - started
+
+    def pair(self, clients, timeout):
+        """Make clients 2k and 2k+1 partners of each other."""
+        answered = {"n": 0}
+        for index, client in enumerate(clients):
+            partner = clients[index ^ 1]
+            client.partner = partner
+            client.prefix = b"chat/" + partner.user_id + b": "
+            client.state = "pairing"
+            self.queue(client, b"chatwith/" + partner.user_id + b"\n")
+
+        def on_line(client, line, now):
+            if client.state == "pairing" and line == NOTICE_ONLINE.rstrip(b"\n"):
+                client.state = "paired"
+                answered["n"] += 1
+        self.pump(time.perf_counter() + timeout, on_line, lambda: answered["n"] == len(clients))
+
+    # ---------------------------------------------------------------- relaying
+
+    def relay(self, clients, window, size, warmup, seconds):
+        """Each client keeps ``window`` messages in flight to its partner; measure."""
+        padding = b"x" * max(0, size - 24)
+        measuring = {"from": time.perf_counter() + warmup}
+        measuring["until"] = measuring["from"] + seconds
+        counted = {"n": 0}
+
+        def send(client):
+            stamp = b"%020d" % time.perf_counter_ns()
+            self.queue(client, b"chat/" + stamp + padding + b"\n")
+            client.in_flight += 1
+            client.sent += 1
+
+        def on_line(receiver, line, now):
+            if not line.startswith(receiver.prefix):
+                return
+            sender = receiver.partner
+            sender.in_flight -= 1
+            sent_at = int(line[len(receiver.prefix):len(receiver.prefix) + 20])
+            if measuring["from"] <= now < measuring["until"]:
+                counted["n"] += 1
+                self.latencies.append(now - sent_at / 1e9)
+            if now < measuring["until"]:
+                send(sender)
+
+        for client in clients:
+            for _ in range(window):
+                send(client)
+        self.pump(measuring["until"], on_line)
+        drained = time.perf_counter() + 5
+        self.pump(drained, on_line, lambda: all(c.in_flight == 0 for c in clients))
+        return counted["n"] / seconds
+
+
+def run_worker(task, host, port, password, results):
+    """Entry point of a worker process: one scenario part, results onto ``results``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent handles Ctrl-C
+    worker = Worker(host, port, password)
+    kind = task["kind"]
+    clients = [Client(user_id) for user_id in task["users"]]
+    outcome = {"kind": kind}
+    try:
+        if kind == "storm":
+            outcome["seconds"] = worker.log_in(clients, task["timeout"])
+        elif kind == "conns":
+            outcome["seconds"] = worker.log_in(clients, task["timeout"], concurrency=task["concurrency"])
+            results.put(dict(outcome, phase="holding", latencies=[], errors=list(worker.errors)))
+            time.sleep(task["hold"])
+        else:
+            worker.log_in(clients, task["timeout"])
+            worker.latencies = []
+            worker.pair(clients, task["timeout"])
+            outcome["rate"] = worker.relay(clients, task["window"], task["size"],
+                                           task["warmup"], task["seconds"])
+    except Exception as error:                       # report, do not hang the parent
+        worker.errors.append("%s: %s" % (type(error).__name__, error))
+    finally:
+        worker.close_all(clients)
+    outcome.update(latencies=worker.latencies, errors=worker.errors, phase="done")
+    results.put(outcome)
+
+
+# ================================================================ the parent
+
+def split(users, parts):
+    """Cut ``users`` into ``parts`` slices; pairs stay together."""
+    pairs = [users[i:i + 2] for i in range(0, len(users), 2)]
+    slices = [[] for _ in range(parts)]
+    for index, pair in enumerate(pairs):
+        slices[index % parts].extend(pair)
+    return [part for part in slices if part]
+
+
+def percentile(values, fraction):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * fraction))]
+
+
+def rss_kib(pid):
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class Bench(object):
+    def __init__(self, options, server_pid=None):
+        self.options = options
+        self.server_pid = server_pid
+        self.rows = []
+        self.context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+
+    def users(self, count, offset=0):
+        return [(self.options.prefix + str(offset + index)).encode() for index in range(count)]
+
+    def run_tasks(self, tasks, on_holding=None):
+        results = self.context.Queue()
+        processes = [self.context.Process(target=run_worker, args=(task, self.options.host,
+                     self.options.port, self.options.password.encode(), results), daemon=True)
+                     for task in tasks]
+        for process in processes:
+            process.start()
+        outcomes, holding = [], 0
+        deadline = time.monotonic() + max(task.get("budget", 120) for task in tasks)
+        while len(outcomes) < len(tasks):
+            try:
+                outcome = results.get(timeout=max(0.1, deadline - time.monotonic()))
+            except Exception:
+                break
+            if outcome["phase"] == "holding":
+                holding += 1
+                if holding == len(tasks) and on_holding is not None:
+                    on_holding()
+                continue
+            outcomes.append(outcome)
+        for process in processes:
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+        return outcomes
+
+    def scenario(self, name):
+        o = self.options
+        workers = o.processes
+        if name in ("relay", "latency"):
+            pairs = o.pairs if name == "relay" else 1
+            window = o.window if name == "relay" else 1
+            parts = split(self.users(2 * pairs), min(workers, pairs))
+            tasks = [dict(kind="relay", users=part, window=window, size=o.size,
+                          warmup=min(1.0, o.seconds / 4),
+                          seconds=o.seconds, timeout=60, budget=o.seconds + 90) for part in parts]
+            outcomes = self.run_tasks(tasks)
+            rate = sum(outcome.get("rate", 0) for outcome in outcomes)
+            latencies = [value for outcome in outcomes for value in outcome["latencies"]]
+            self.add(name, outcomes, "%s msgs/s" % format(int(rate), ","),
+                     "latency p50 %.0f us, p99 %.0f us" % (percentile(latencies, .5) * 1e6,
+                                                            percentile(latencies, .99) * 1e6))
+        elif name == "conns":
+            parts = split(self.users(o.conns), workers)
+            memory = {"before": rss_kib(self.server_pid) if self.server_pid else None}
+            tasks = [dict(kind="conns", users=part, concurrency=max(1, 64 // len(parts)),
+                          hold=3.0, timeout=60, budget=100) for part in parts]
+            outcomes = self.run_tasks(tasks, on_holding=lambda: memory.update(
+                held=rss_kib(self.server_pid) if self.server_pid else None))
+            seconds = max((outcome.get("seconds", 0) for outcome in outcomes), default=0)
+            extra = ""
+            if memory.get("held") and memory.get("before"):
+                extra = ", server RSS +%.2f KB per connection" % (
+                    (memory["held"] - memory["before"]) * 1024 / o.conns / 1000)
+            self.add(name, outcomes, "%d logged in and held in %.2f s" % (o.conns, seconds), extra.lstrip(", "))
+        elif name == "storm":
+            parts = split(self.users(o.storm), workers)
+            tasks = [dict(kind="storm", users=part, timeout=60, budget=90) for part in parts]
+            outcomes = self.run_tasks(tasks)
+            seconds = max((outcome.get("seconds", 0) for outcome in outcomes), default=0)
+            latencies = [value for outcome in outcomes for value in outcome["latencies"]]
+            self.add(name, outcomes, "%d logins answered in %.2f s" % (o.storm, seconds),
+                     "login p50 %.0f ms, p99 %.0f ms" % (percentile(latencies, .5) * 1e3,
+                                                         percentile(latencies, .99) * 1e3))
+
+    def add(self, name, outcomes, result, detail):
+        errors = [error for outcome in outcomes for error in outcome["errors"]]
+        self.rows.append((name, result, detail, "%d errors (%s)" % (len(errors), errors[0])
+                          if errors else "ok"))
+
+    def table(self):
+        lines = ["| scenario | result | detail | check |", "|---|---|---|---|"]
+        lines += ["| %s |" % " | ".join(row) for row in self.rows]
+        return "\n".join(lines)
+
+
+# ================================================================ a local server
+
+def start_local_server(options):
+    """A throw-away server on a temporary database holding the bench accounts."""
+    directory = tempfile.mkdtemp(prefix="chatnet-bench-")
+    database = os.path.join(directory, "bench.db")
+    count = max(2 * options.pairs, options.conns, options.storm, 2)
+    listing = "".join("%s%d:%s\n" % (options.prefix, index, options.password) for index in range(count))
+    subprocess.run([sys.executable, "-m", "chatnet.accounts", "--db", database, "import", "-"],
+                   input=listing.encode(), check=True, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([sys.executable, "-m", "chatnet.server", "--db", database,
+                               "--host", "127.0.0.1", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    line = server.stdout.readline().decode()
+    if "listening on" not in line:
+        server.kill()
+        raise cli.CommandError("the local server did not start")
+    options.port = int(line.rsplit(":", 1)[1])
+    return server, directory
+
+
+# ================================================================ command line
+
+def parse_args(argv):
+    parser = cli.ArgumentParser(prog=PROG, description="Measure a chatnet server "
+                                "(see the module docstring: python -m pydoc chatnet.bench).")
+    parser.add_argument("command", nargs="?", default="run", choices=("run", "accounts"),
+                        help="run the scenarios (default), or print N bench accounts")
+    parser.add_argument("count", nargs="?", type=cli.positive_int, default=None,
+                        help="for 'accounts': how many")
+    parser.add_argument("--local", action="store_true",
+                        help="start a throw-away server on 127.0.0.1 and measure it")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=cli.port_number, default=7070)
+    parser.add_argument("--prefix", default="u", help="bench account IDs: PREFIX0, PREFIX1, ...")
+    parser.add_argument("--password", default="pw")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated, from %s" % ", ".join(SCENARIOS))
+    parser.add_argument("--processes", type=cli.positive_int, default=os.cpu_count() or 1,
+                        help="load-generating processes (default: one per CPU)")
+    parser.add_argument("--seconds", type=cli.positive_float, default=5.0,
+                        help="measuring time of relay and latency (default %(default)s)")
+    parser.add_argument("--pairs", type=cli.positive_int, default=50)
+    parser.add_argument("--window", type=cli.positive_int, default=16)
+    parser.add_argument("--size", type=cli.positive_int, default=64, help="message bytes (>= 24)")
+    parser.add_argument("--conns", type=cli.positive_int, default=2000)
+    parser.add_argument("--storm", type=cli.positive_int, default=500)
+    options = parser.parse_args(argv)
+    options.scenarios = [name for name in options.scenarios.split(",") if name]
+    for name in options.scenarios:
+        if name not in SCENARIOS:
+            parser.error("unknown scenario %r" % name)
+    if options.size < 24:
+        parser.error("argument --size: at least 24 bytes (the time stamp)")
+    if not wire.is_valid_password(options.password.encode()):
+        parser.error("argument --password: 1 to 7 bytes")
+    longest = options.prefix + str(max(2 * options.pairs, options.conns, options.storm,
+                                       options.count or 0))
+    if not wire.is_valid_id(longest.encode()):
+        parser.error("the bench IDs would be too long (%s): use fewer clients or a shorter --prefix"
+                     % longest)
+    return options
+
+
+def main(argv=None):
+    options = parse_args(argv)
+    if options.command == "accounts":
+        for index in range(options.count or 1000):
+            sys.stdout.write("%s%d:%s\n" % (options.prefix, index, options.password))
+        return 0
+    server = directory = None
+    if options.local:
+        server, directory = start_local_server(options)
+    try:
+        bench = Bench(options, server_pid=server.pid if server else None)
+        print("chatnet.bench: %s:%d, %d load processes" % (options.host, options.port,
+                                                           options.processes), file=sys.stderr)
+        for name in options.scenarios:
+            started = time.monotonic()
+            bench.scenario(name)
+            print("  %s done in %.1f s" % (name, time.monotonic() - started), file=sys.stderr)
+        print(bench.table())
+        return 0 if all(row[3] == "ok" for row in bench.rows) else 1
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def entry_point():
+    sys.exit(cli.run(main, PROG))
+
+
+if __name__ == "__main__":
+    entry_point()
