@@ -80,6 +80,20 @@ out by an attacker.
 Bytes for the same connection produced while handling one input are joined
 into one ``Send``, placed so that the order of everything a connection
 receives is exactly the order in which the rules produced it.
+
+The fast path
+-------------
+Most input is a run of ``chat/`` lines to an online partner, and handling
+them one by one in Python costs more than everything else together.  So when
+a chunk (with any unfinished line carried over from before) is nothing but
+complete, valid ``chat/`` lines -- checked with a handful of C-speed passes
+over the bytes: ``count``, ``find``, ``isascii``/``decode`` and one regex for
+over-long lines -- the relay of the whole chunk is one ``bytes.replace``: each
+``\nchat/`` becomes ``\nchat/<sender>: ``.  Anything else (another kind of
+line, a ``\r\n``, a bad byte, a partner that is offline or whose send queue is
+full) takes the line-by-line path, which stays the reference: with
+``relay_whole_chunks=False`` every chunk takes it, and a test checks that both
+give the same actions.
 """
 
 import enum
@@ -118,6 +132,10 @@ class CoreConfig(NamedTuple):
     account_failure_window: float = 600.0
     #: Input bytes held for a waiting connection before reading it pauses.
     hold_limit: int = 64 * 1024
+    #: Relay a chunk made only of chat/ lines with one ``bytes.replace``
+    #: (see "The fast path").  False handles every line on its own: the
+    #: same actions, more slowly.
+    relay_whole_chunks: bool = True
 
 
 class Phase(enum.Enum):
@@ -152,7 +170,7 @@ class Session(object):
         "conn", "peer", "trusted", "phase", "user_id", "relay_prefix", "partner",
         "partner_online", "splitter", "held", "backlog", "pause_reasons", "congested",
         "input_ended", "login_deadline", "release_at", "failures", "looking_up",
-        "lookup_stale",
+        "lookup_stale", "relay_joiner",
     )
 
     def __init__(self, conn, peer, trusted, max_line, login_deadline):
@@ -162,6 +180,7 @@ class Session(object):
         self.phase = Phase.LOGIN
         self.user_id = None          # the account, once logged in
         self.relay_prefix = None     # b"chat/<user_id>: ", built once at login
+        self.relay_joiner = None     # b"\nchat/<user_id>: ", for the fast path
         self.partner = None          # the account my chat/ lines go to
         self.partner_online = False  # relay live (True) or store (False)
         self.splitter = wire.LineSplitter(max_line)
@@ -299,7 +318,12 @@ class ChatCore(object):
         if session is None or session.input_ended:
             return
         if session.phase is Phase.CHATTING and session.backlog is None and not session.held:
-            self._handle_lines(session, session.splitter.feed(event.data))
+            data = event.data
+            if self.config.relay_whole_chunks and not session.splitter.discarding:
+                data = session.splitter.take_partial() + data
+                if self._relay_whole_chunk(session, data):
+                    return
+            self._handle_lines(session, session.splitter.feed(data))
         else:
             session.held += event.data
             self._carry_on(session)
@@ -547,6 +571,7 @@ class ChatCore(object):
         session.phase = Phase.CHATTING
         session.user_id = user_id
         session.relay_prefix = wire.relay_prefix(user_id)
+        session.relay_joiner = b"\n" + session.relay_prefix
         self._online[user_id] = session.conn
         self._store_counts.pop(user_id, None)       # delivery is about to empty it
         for conn in self._lookups.get(user_id, ()):
@@ -579,6 +604,36 @@ class ChatCore(object):
                 if rest and session.phase is Phase.LOOKING_UP:
                     session.backlog = rest
                 return
+
+    def _relay_whole_chunk(self, session, data):
+        """The fast path (see the module docstring); False if this chunk must go line by line.
+
+        Each check is one pass over the bytes in C, cheapest first.
+        """
+        partner = session.partner
+        if partner is None or not session.partner_online:
+            return False
+        partner_conn = self._online[partner]
+        if self._sessions[partner_conn].congested:
+            return False                                  # the slow path holds the sender back
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            return False                                  # no complete line yet
+        lines = data if end == len(data) else data[:end]
+        if not lines.startswith(wire.CHAT) or b"\r" in lines:
+            return False                                  # CRLF lines go the slow way
+        if len(lines) >= self.config.max_line and wire.longest_line(lines) >= self.config.max_line:
+            return False
+        if not lines.isascii() and not wire.is_utf8(lines):
+            return False                                  # valid as a whole: valid line by line
+        relayed = lines[len(wire.CHAT):].replace(b"\nchat/", session.relay_joiner)
+        replaced = (len(relayed) + len(wire.CHAT) - len(lines)) // (len(session.relay_joiner) - 6)
+        if replaced != lines.count(b"\n") - 1:
+            return False                                  # some line is not a chat/ line
+        self._send(partner_conn, session.relay_prefix + relayed)
+        if end < len(data):
+            self._handle_lines(session, session.splitter.feed(data[end:]))
+        return True
 
     def _handle_line(self, session, line):
         if line is wire.LINE_TOO_LONG:

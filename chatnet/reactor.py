@@ -511,6 +511,8 @@ class Reactor(object):
         connection.outgoing += data
         connection.queued += len(data)
         self._mark_dirty(connection)
+        if len(connection.outgoing) <= self._high_water:
+            return                             # the usual case: far below every limit
         waiting = _live_bytes_waiting(connection)
         if waiting > self._limits.send_queue_limit:
             self._drop_slow_reader(connection, "%d bytes wait to be sent, over the limit of %d"
@@ -726,8 +728,8 @@ class Reactor(object):
                     self._feed(SendQueueDrained(connection.conn))
         if connection.closing and not connection.outgoing:
             self._close_socket(connection)
-        elif not connection.closed:
-            self._update_interest(connection)
+        elif not connection.closed and (connection.outgoing or connection.mask != selectors.EVENT_READ):
+            self._update_interest(connection)     # else it is watched for reading only, as it should be
 
     def _update_interest(self, connection):
         """Register exactly the events this connection needs now."""

@@ -50,7 +50,8 @@ class FuzzCase(object):
         self.h = CoreHarness(accounts={user: PASSWORD for user in USERS},
                              store_limit=STORE_LIMIT, max_line=MAX_LINE, login_timeout=5.0,
                              failure_delays=delays, max_failures=self.random.choice([3, 10]),
-                             account_failure_limit=4, hold_limit=200, answer_checks=False)
+                             account_failure_limit=4, hold_limit=200, answer_checks=False,
+                             relay_whole_chunks=self.random.random() < 0.5)
         self.h.answer_lookups = False
         self.open = []
         self.message_number = 0

@@ -136,3 +136,9 @@ def test_notice_refuses_a_text_that_looks_like_a_relay():
 
 def test_relay_line():
     assert wire.relay_line(b"bob", "안녕".encode()) == "chat/bob: 안녕\n".encode()
+
+
+@pytest.mark.parametrize("chunk, longest", [(b"a\nbcd\n", 3), (b"\n\n", 0), (b"x" * 5000 + b"\n", 5000),
+                                            (b"ab\n" * 1000 + b"z" * 70 + b"\n", 70)])
+def test_longest_line(chunk, longest):
+    assert wire.longest_line(chunk) == longest
