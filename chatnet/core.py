@@ -170,7 +170,7 @@ class Session(object):
         "conn", "peer", "trusted", "phase", "user_id", "relay_prefix", "partner",
         "partner_online", "splitter", "held", "backlog", "pause_reasons", "congested",
         "input_ended", "login_deadline", "release_at", "failures", "looking_up",
-        "lookup_stale", "relay_joiner",
+        "lookup_stale", "relay_joiner", "relay_growth",
     )
 
     def __init__(self, conn, peer, trusted, max_line, login_deadline):
@@ -181,6 +181,7 @@ class Session(object):
         self.user_id = None          # the account, once logged in
         self.relay_prefix = None     # b"chat/<user_id>: ", built once at login
         self.relay_joiner = None     # b"\nchat/<user_id>: ", for the fast path
+        self.relay_growth = 0        # bytes a chat/ line gains when relayed: len(ID) + 2
         self.partner = None          # the account my chat/ lines go to
         self.partner_online = False  # relay live (True) or store (False)
         self.splitter = wire.LineSplitter(max_line)
@@ -219,6 +220,8 @@ class ChatCore(object):
         self._actions = []           # actions produced by the current input
         self._outgoing = {}          # conn -> byte chunks not yet turned into a Send
         self._notice_too_long = wire.notice_line_too_long(config.max_line)
+        self._fast_relay = config.relay_whole_chunks
+        self._max_line = config.max_line
         self._handlers = {
             Connected: self._on_connected,
             DataReceived: self._on_data_received,
@@ -319,11 +322,13 @@ class ChatCore(object):
             return
         if session.phase is Phase.CHATTING and session.backlog is None and not session.held:
             data = event.data
-            if self.config.relay_whole_chunks and not session.splitter.discarding:
-                data = session.splitter.take_partial() + data
+            splitter = session.splitter
+            if self._fast_relay and not splitter.discarding:
+                if splitter.partial:
+                    data = splitter.take_partial() + data
                 if self._relay_whole_chunk(session, data):
                     return
-            self._handle_lines(session, session.splitter.feed(data))
+            self._handle_lines(session, splitter.feed(data))
         else:
             session.held += event.data
             self._carry_on(session)
@@ -572,6 +577,7 @@ class ChatCore(object):
         session.user_id = user_id
         session.relay_prefix = wire.relay_prefix(user_id)
         session.relay_joiner = b"\n" + session.relay_prefix
+        session.relay_growth = len(session.relay_prefix) - len(wire.CHAT)
         self._online[user_id] = session.conn
         self._store_counts.pop(user_id, None)       # delivery is about to empty it
         for conn in self._lookups.get(user_id, ()):
@@ -616,23 +622,26 @@ class ChatCore(object):
         partner_conn = self._online[partner]
         if self._sessions[partner_conn].congested:
             return False                                  # the slow path holds the sender back
-        end = data.rfind(b"\n") + 1
-        if end == 0:
-            return False                                  # no complete line yet
-        lines = data if end == len(data) else data[:end]
+        if data[-1:] == b"\n":
+            lines, rest = data, None
+        else:                                             # the last line is unfinished
+            end = data.rfind(b"\n") + 1
+            if end == 0:
+                return False
+            lines, rest = data[:end], data[end:]
         if not lines.startswith(wire.CHAT) or b"\r" in lines:
             return False                                  # CRLF lines go the slow way
-        if len(lines) >= self.config.max_line and wire.longest_line(lines) >= self.config.max_line:
+        if len(lines) >= self._max_line and wire.longest_line(lines) >= self._max_line:
             return False
         if not lines.isascii() and not wire.is_utf8(lines):
             return False                                  # valid as a whole: valid line by line
-        relayed = lines[len(wire.CHAT):].replace(b"\nchat/", session.relay_joiner)
-        replaced = (len(relayed) + len(wire.CHAT) - len(lines)) // (len(session.relay_joiner) - 6)
-        if replaced != lines.count(b"\n") - 1:
-            return False                                  # some line is not a chat/ line
-        self._send(partner_conn, session.relay_prefix + relayed)
-        if end < len(data):
-            self._handle_lines(session, session.splitter.feed(data[end:]))
+        relayed = session.relay_prefix + lines[len(wire.CHAT):].replace(b"\nchat/", session.relay_joiner)
+        # Each chat/ line grew by len(ID) + 2; if the chunk grew by less, some line was not one.
+        if len(relayed) - len(lines) != session.relay_growth * lines.count(b"\n"):
+            return False
+        self._send(partner_conn, relayed)
+        if rest is not None:
+            self._handle_lines(session, session.splitter.feed(rest))
         return True
 
     def _handle_line(self, session, line):

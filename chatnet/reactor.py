@@ -18,10 +18,19 @@ One pass of the loop (``run_once``)
 4. **Commit**: one SQLite transaction for every message stored in this pass
    ("group commit").  Nothing produced in the pass has been sent yet, so a
    stored message is on disk before its sender can see any later reply.
-5. **Write**: one ``send`` per connection with pending bytes.  Whatever the
+5. **Write**: one ``send`` per connection with queued bytes.  Whatever the
    kernel does not take stays queued, and ``EVENT_WRITE`` is registered for
    that connection until the queue is empty -- never longer, or ``select``
    would return at once, forever.
+
+Bytes do not always wait for step 5: as long as no stored message of this
+pass awaits its commit, what one input produced is sent as soon as its
+actions are carried out (in step 2), as asyncio's transports "try to send
+now" -- a login's ``1`` and its stored messages together, in one ``send``;
+an input whose only output is one ``Send`` (a relayed chunk, most of the
+traffic) goes straight from its bytes, without a copy into the queue.  A
+store opens the pass's transaction, and from then on every byte waits for
+the commit, so the durability rule holds either way.
 6. **Commit again** if stored messages were handed to a socket in step 5, so
    they leave the store.
 
@@ -217,6 +226,7 @@ class Reactor(object):
         self._storage_down_until = 0.0
         self._warned_at = {}             # warning kind -> (last time, times suppressed since)
         self._stop_requested = False
+        self._core_deadline = None       # the core's next deadline, as of the last pass
         self._spare_fd = _open_spare_descriptor()
         self._wake_reader, self._wake_writer = socket.socketpair()
         for end in (self._wake_reader, self._wake_writer):
@@ -293,28 +303,36 @@ class Reactor(object):
         """One pass of the loop (see the module docstring)."""
         ready = self._selector.select(self._select_timeout(max_wait))
         self._now = self._clock()
-        self._departed.clear()
+        if self._departed:
+            self._departed.clear()
         # ---- read ----
         for key, mask in ready:
             self._dispatch(key.data, mask)
         # ---- time ----
-        self._run_due_timers()
+        if self._timers and self._timers[0][0] <= self._now:
+            self._run_due_timers()
         deadline = self._core.next_deadline()
         if deadline is not None and deadline <= self._now:
             self._feed(TimePassed())
+            deadline = self._core.next_deadline()
+        self._core_deadline = deadline
         # ---- commit, then write ----
-        self._commit()
-        self._flush()
-        self._commit()
+        if self._storage.in_transaction:
+            self._commit()
+        if self._dirty:
+            self._flush()
+        if self._storage.in_transaction:
+            self._commit()
 
     def _select_timeout(self, max_wait):
-        deadlines = [d for d in (self._core.next_deadline(),
-                                 self._timers[0][0] if self._timers else None) if d is not None]
-        timeout = max_wait
-        if deadlines:
-            until_due = max(0.0, min(deadlines) - self._clock())
-            timeout = until_due if timeout is None else min(timeout, until_due)
-        return timeout
+        """How long ``select`` may wait: until the first deadline, core's or ours."""
+        deadline = self._core_deadline
+        if self._timers and (deadline is None or self._timers[0][0] < deadline):
+            deadline = self._timers[0][0]
+        if deadline is None:
+            return max_wait
+        until_due = max(0.0, deadline - self._clock())
+        return until_due if max_wait is None else min(max_wait, until_due)
 
     def _dispatch(self, target, mask):
         if target is _LISTENER:
@@ -451,19 +469,28 @@ class Reactor(object):
 
     def _feed(self, event):
         """Give ``event`` to the core and carry out its actions, in FIFO order."""
-        self._inputs.append(event)
         if self._feeding:
-            return                  # an outer _feed is draining the queue
+            self._inputs.append(event)   # an outer _feed is draining the queue
+            return
         self._feeding = True
         try:
-            while self._inputs:
-                event = self._inputs.popleft()
+            while True:
                 try:
-                    self._apply(self._core.handle(event, self._now))
+                    actions = self._core.handle(event, self._now)
+                    if (len(actions) == 1 and type(actions[0]) is Send
+                            and not self._storage.in_transaction):
+                        self._send_now(actions[0])      # the common case: one relayed chunk
+                    else:
+                        self._apply(actions)
                 except Exception:
                     if self._strict:
                         raise
                     self._contain_failure(event)
+                if self._dirty and not self._storage.in_transaction:
+                    self._flush()          # nothing waits for a commit: send now
+                if not self._inputs:
+                    return
+                event = self._inputs.popleft()
         finally:
             self._feeding = False
 
@@ -503,14 +530,13 @@ class Reactor(object):
         connection = self._connections.get(action.conn)
         if connection is None or connection.closed:
             return
-        self._queue(connection, action.data)
-
-    def _queue(self, connection, data):
         if not connection.outgoing:
             connection.progress_at = self._now
-        connection.outgoing += data
-        connection.queued += len(data)
-        self._mark_dirty(connection)
+        connection.outgoing += action.data
+        connection.queued += len(action.data)
+        if not connection.dirty:
+            connection.dirty = True
+            self._dirty.append(connection)
         if len(connection.outgoing) <= self._high_water:
             return                             # the usual case: far below every limit
         waiting = _live_bytes_waiting(connection)
@@ -520,6 +546,26 @@ class Reactor(object):
         elif waiting > self._high_water and not connection.backlogged:
             connection.backlogged = True
             self._feed(SendQueueFull(connection.conn))
+
+    def _send_now(self, action):
+        """Send one input's only output at once, from its own bytes (no copy into a queue)."""
+        connection = self._connections.get(action.conn)
+        if connection is None or connection.closed or connection.outgoing:
+            self._do_send(action)                  # bytes are queued: keep their order
+            return
+        data = action.data
+        connection.queued += len(data)
+        try:
+            sent = connection.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            self._drop(connection, "send failed: %s" % (error.strerror or error))
+            return
+        connection.sent += sent
+        if sent < len(data):                       # the kernel took part: queue the rest
+            connection.queued -= len(data) - sent
+            self._do_send(Send(action.conn, data[sent:]))
 
     def _do_close(self, action):
         connection = self._connections.get(action.conn)
@@ -574,7 +620,7 @@ class Reactor(object):
             self._store_failed(action, position)
             return
         except sqlite3.Error as error:
-            self._store_failed(action, position)
+            self._uncommitted_stores.append((action, position))     # fails with the rest
             self._storage_failed("store a message", error)
             return
         self._uncommitted_stores.append((action, position))
@@ -662,21 +708,26 @@ class Reactor(object):
         except sqlite3.Error:
             pass
         failed, self._uncommitted_stores = self._uncommitted_stores, []
-        # Latest first, so each notice goes in before the positions it shifts.
-        for action, position in reversed(failed):
-            self._store_failed(action, position)
+        self._stores_failed(failed)
 
     def _store_failed(self, action, position):
-        """Put the failure notice where the message was in its sender's stream; tell the core.
+        self._stores_failed([(action, position)])
 
-        Nothing produced since the store has been sent yet (sends come after
-        the commit), so ``position`` is still in the unsent bytes.
+    def _stores_failed(self, failed):
+        """Put each failure notice where its message was in the sender's stream; tell the core.
+
+        Nothing produced since the first store has been sent yet (bytes wait
+        for the commit once a store opened the transaction), so every
+        position is still in the unsent bytes.  All notices go in before the
+        core hears of any failure, because telling it may send what is queued.
         """
-        sender = self._connections.get(action.sender_conn)
-        if sender is not None and not sender.closed:
-            _insert(sender, position, action.failure_notice)
-            self._mark_dirty(sender)
-        self._feed(StoreFailed(action.sender_conn, action.recipient))
+        for action, position in reversed(failed):     # latest first: no position shifts
+            sender = self._connections.get(action.sender_conn)
+            if sender is not None and not sender.closed:
+                _insert(sender, position, action.failure_notice)
+                self._mark_dirty(sender)
+        for action, _ in failed:
+            self._feed(StoreFailed(action.sender_conn, action.recipient))
 
     def _release_stored(self, connection):
         """Delete stored messages whose last byte the kernel has taken."""

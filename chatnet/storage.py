@@ -79,7 +79,8 @@ class Storage(object):
             self._create_schema()
         except (sqlite3.Error, OSError) as error:
             raise StorageError("cannot use database %s: %s" % (path, _reason(error)))
-        self._in_transaction = False
+        #: True while a write transaction is open (commit() or rollback() ends it).
+        self.in_transaction = False
 
     def _create_schema(self):
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -93,9 +94,9 @@ class Storage(object):
 
     def _write(self, sql, parameters=()):
         """Run one write inside the open group transaction (opening it if needed)."""
-        if not self._in_transaction:
+        if not self.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
-            self._in_transaction = True
+            self.in_transaction = True
         return self._db.execute(sql, parameters)
 
     def commit(self):
@@ -103,19 +104,15 @@ class Storage(object):
 
         If COMMIT fails the transaction is still open: ``rollback`` ends it.
         """
-        if self._in_transaction:
+        if self.in_transaction:
             self._db.execute("COMMIT")
-            self._in_transaction = False
+            self.in_transaction = False
 
     def rollback(self):
         """Abandon the open transaction, if any (SQLite may have ended it already)."""
-        self._in_transaction = False
+        self.in_transaction = False
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
-
-    @property
-    def in_transaction(self):
-        return self._in_transaction
 
     def close(self):
         """Commit, fold the WAL back into the file, and close."""

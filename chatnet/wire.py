@@ -119,24 +119,21 @@ class LineSplitter(object):
     bounded by ``max_line`` whatever the peer sends.
     """
 
-    __slots__ = ("max_line", "_partial", "_discarding")
+    __slots__ = ("max_line", "partial", "discarding")
 
     def __init__(self, max_line=DEFAULT_MAX_LINE):
         if max_line < 2:
             raise ValueError("max_line must leave room for at least one byte and the newline")
         self.max_line = max_line
-        self._partial = b""          # the bytes of an unfinished line
-        self._discarding = False     # True while skipping the rest of an over-long line
+        #: The bytes of an unfinished line (read it; ``feed`` changes it).
+        self.partial = b""
+        #: True while the rest of an over-long line is being skipped.
+        self.discarding = False
 
     @property
     def pending(self):
         """Bytes held for the unfinished line (0 while discarding)."""
-        return len(self._partial)
-
-    @property
-    def discarding(self):
-        """True while the rest of an over-long line is being skipped."""
-        return self._discarding
+        return len(self.partial)
 
     def take_partial(self):
         """Hand back the unfinished line's bytes, forgetting them.
@@ -145,19 +142,19 @@ class LineSplitter(object):
         the core uses it to look at a whole chunk at once (``ChatCore``'s
         fast path).
         """
-        partial, self._partial = self._partial, b""
+        partial, self.partial = self.partial, b""
         return partial
 
     def feed(self, data):
         """Add ``data``; return the lines it completes (see the class docstring)."""
-        if self._discarding:
+        if self.discarding:
             end = data.find(b"\n")
             if end < 0:
                 return []
             data = data[end + 1:]
-            self._discarding = False
-        if self._partial:
-            data = self._partial + data
+            self.discarding = False
+        if self.partial:
+            data = self.partial + data
         pieces = data.split(b"\n")
         partial = pieces.pop()
         longest = self.max_line - 1
@@ -166,9 +163,9 @@ class LineSplitter(object):
             # No newline can make this line short enough again: say so now and
             # drop its bytes as they come, instead of buffering them.
             lines.append(LINE_TOO_LONG)
-            self._discarding = True
+            self.discarding = True
             partial = b""
-        self._partial = partial
+        self.partial = partial
         return lines
 
 

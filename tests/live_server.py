@@ -127,6 +127,15 @@ class LiveServer(object):
         if self.proc is not None:
             self.proc.wait(10)
 
+    def wait_for_log(self, *fragments, timeout=10.0):
+        """Wait until a stderr line contains every fragment (stderr is read by a thread)."""
+        end = time.monotonic() + timeout
+        while not any(all(fragment in line for fragment in fragments)
+                      for line in list(self.stderr_lines) if line):
+            if time.monotonic() > end:
+                raise AssertionError("no log line with %r; stderr: %r" % (fragments, self.stderr_lines))
+            time.sleep(0.01)
+
     def problems(self):
         """stderr lines that mean the server hit a bug."""
         return [line for line in self.stderr_lines
