@@ -570,12 +570,8 @@ class Reactor(object):
             return
         data = action.data
         connection.queued += len(data)
-        try:
-            sent = connection.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            self._drop(connection, "send failed: %s" % (error.strerror or error))
+        sent = self._send_some(connection, data)
+        if sent is None:
             return
         connection.sent += sent
         if sent < len(data):                       # the kernel took part: queue the rest
@@ -774,14 +770,20 @@ class Reactor(object):
                 except Exception:
                     self._connection_failed(connection)
 
+    def _send_some(self, connection, data):
+        """``send`` once: the bytes the kernel took (0 if it would block), or None if it broke."""
+        try:
+            return connection.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            self._drop(connection, "send failed: %s" % (error.strerror or error))
+            return None
+
     def _write(self, connection):
         if connection.outgoing:
-            try:
-                sent = connection.sock.send(connection.outgoing)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as error:
-                self._drop(connection, "send failed: %s" % (error.strerror or error))
+            sent = self._send_some(connection, connection.outgoing)
+            if sent is None:
                 return
             if sent:
                 del connection.outgoing[:sent]

@@ -41,6 +41,12 @@ class Tmux(object):
     def type(self, text):
         self.run("send-keys", "-t", "chat", "-l", text)
 
+    def log_in(self, password="pw", user="alice"):
+        """Answer the client's password prompt."""
+        self.wait_for("Password for %s" % user)
+        self.type(password)
+        self.keys("Enter")
+
     def screen(self):
         return self.run("capture-pane", "-p", "-t", "chat")
 
@@ -74,9 +80,7 @@ def rows(screen):
 def test_a_person_chats_in_the_split_screen_and_half_typed_input_survives(server, tmux):
     bob = server.login(b"bob", b"secret")
     tmux.start("%s -m chatnet.client --port %d --user alice" % (shlex.quote(sys.executable), server.port))
-    tmux.wait_for("Password for alice")
-    tmux.type("pw")
-    tmux.keys("Enter")
+    tmux.log_in()
     screen = tmux.wait_for("who do you want to talk to?")
     assert "partner: no partner" in screen and "connected" in screen
 
@@ -111,9 +115,7 @@ def test_scrollback_with_page_up_and_page_down(server, tmux):
     bob = server.login(b"bob", b"secret")
     tmux.start("%s -m chatnet.client --port %d --user alice --to bob" % (
         shlex.quote(sys.executable), server.port), height=12)
-    tmux.wait_for("Password for alice")
-    tmux.type("pw")
-    tmux.keys("Enter")
+    tmux.log_in()
     tmux.wait_for("bob is online")
     bob.send(b"chatwith/alice\n" + b"".join(b"chat/line %02d\n" % i for i in range(40)))
     screen = tmux.wait_for("bob: line 39")
@@ -132,9 +134,7 @@ def test_scrollback_with_page_up_and_page_down(server, tmux):
 
 def test_a_wrong_password_asks_again(server, tmux):
     tmux.start("%s -m chatnet.client --port %d --user alice" % (shlex.quote(sys.executable), server.port))
-    tmux.wait_for("Password for alice")
-    tmux.type("nope")
-    tmux.keys("Enter")
+    tmux.log_in("nope")
     tmux.wait_for("wrong ID or password")
     tmux.wait_for("ID [alice]:")
     tmux.keys("Enter")                                   # keep the offered ID
@@ -150,9 +150,7 @@ def test_plain_mode_redraws_the_half_typed_line(server, tmux):
     bob = server.login(b"bob", b"secret")
     tmux.start("%s -m chatnet.client --plain --port %d --user alice --to bob" % (
         shlex.quote(sys.executable), server.port))
-    tmux.wait_for("Password for alice")
-    tmux.type("pw")
-    tmux.keys("Enter")
+    tmux.log_in()
     tmux.wait_for("bob is online")
     tmux.type("반쯤 half")
     tmux.wait_for("[bob] > 반쯤 half")
