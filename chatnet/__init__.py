@@ -12,6 +12,9 @@ Reading order for learners (each module's docstring says what it owns):
 8. ``chatnet.client_core``, ``chatnet.screen``, ``chatnet.client`` -- the
    terminal client, built the same way: a pure protocol machine, the screen,
    and a ``selectors`` loop.
+
+``chatnet.bench`` is a load generator for measuring a server; ``chatnet.cli``
+holds what the command lines share.
 """
 
 __version__ = "1.0.0"

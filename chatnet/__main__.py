@@ -10,6 +10,7 @@ USAGE = """chatnet %s -- a TCP chat server and terminal client
   python -m chatnet.server --db FILE       run a server on a database
   python -m chatnet.accounts --db FILE ... manage accounts (add, passwd, remove, list, import)
   python -m chatnet.client --user ID       chat (a split screen; --plain for line mode)
+  python -m chatnet.bench --local          measure a server's speed
 
 Each command takes --help.
 """ % __version__
