@@ -1,5 +1,7 @@
 """What every chatnet command line shares: one-line errors and the program name.
 
+It holds no command's own logic; each command's module does.
+
 A bad flag, a bad argument or an unusable file ends a chatnet command with one
 line on stderr and a non-zero status -- never a usage dump, never a
 traceback.  Status 2 means "you called it wrong", 1 "it did not work", 130

@@ -250,7 +250,7 @@ class Reactor(object):
         listener.setblocking(False)
         self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, _WAKEUP)
-        self._call_at(self._now + STALL_SWEEP, self._sweep_stalled_writers, None)
+        self._sweep_scheduled = False    # the stall sweep runs only while someone waits to write
         self._action_handlers = {
             Send: self._do_send,
             Close: self._do_close,
@@ -808,6 +808,9 @@ class Reactor(object):
             return
         if mask & selectors.EVENT_WRITE:
             self._writing.add(connection)
+            if not self._sweep_scheduled:
+                self._sweep_scheduled = True
+                self._call_at(self._now + STALL_SWEEP, self._sweep_stalled_writers, None)
         else:
             self._writing.discard(connection)
         if connection.mask == 0:
@@ -819,13 +822,20 @@ class Reactor(object):
         connection.mask = mask
 
     def _sweep_stalled_writers(self, _):
-        """Drop clients that have taken no byte for ``write_timeout`` seconds."""
+        """Drop clients that have taken no byte for ``write_timeout`` seconds.
+
+        Runs every STALL_SWEEP seconds while some connection waits to write,
+        and not at all otherwise, so an idle server sleeps.
+        """
         stalled_before = self._now - self._limits.write_timeout
         for connection in list(self._writing):
             if connection.outgoing and connection.progress_at < stalled_before:
                 self._drop_slow_reader(connection, "no byte taken for %.0f s"
                                        % self._limits.write_timeout)
-        self._call_at(self._now + STALL_SWEEP, self._sweep_stalled_writers, None)
+        if self._writing:
+            self._call_at(self._now + STALL_SWEEP, self._sweep_stalled_writers, None)
+        else:
+            self._sweep_scheduled = False
 
     def _drop_slow_reader(self, connection, why):
         log.warning("connection %d from %s dropped: it does not read (%s)",
