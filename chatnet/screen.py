@@ -23,7 +23,7 @@ import time
 import unicodedata
 
 from .client_core import (
-    Info, LoggedIn, Message, PartnerChanged, Problem, ServerNotice,
+    Info, LoggedIn, Message, Problem, ServerNotice,
 )
 
 SCROLLBACK_LINES = 5000

@@ -31,6 +31,26 @@ NOTICE_OFFLINE = wire.NOTICE_OFFLINE.rstrip(b"\n")
 NOTICE_DESTROYED = wire.NOTICE_DESTROYED.rstrip(b"\n")
 
 
+def frame(user_id, password):
+    """A login frame, even an invalid one (tests need those too)."""
+    return user_id.ljust(8, b"\0")[:8] + password.ljust(8, b"\0")[:8]
+
+
+def is_notice(line):
+    """A server notice (``chat/`` but not a relay), given without its newline."""
+    return line.startswith(b"chat/") and not wire.RELAY_PATTERN.match(line + b"\n")
+
+
+def open_descriptors(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def python_env():
     """The environment for chatnet subprocesses: this checkout first on the path."""
     env = dict(os.environ)

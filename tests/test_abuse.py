@@ -12,17 +12,13 @@ import sqlite3
 import threading
 import time
 
-from live_server import LiveServer, RawClient
+from live_server import LiveServer, RawClient, frame, open_descriptors
 
 SEED = int(os.environ.get("CHATNET_ABUSE_SEED", "424242"))
 
 
-def frame(user_id, password):
-    return user_id.ljust(8, b"\0")[:8] + password.ljust(8, b"\0")[:8]
 
 
-def open_descriptors(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 def random_garbage(rng):

@@ -5,6 +5,7 @@ import pytest
 from chatnet import wire
 from chatnet.events import LookUpAccount, Send, StoreMessage
 from core_harness import NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, CoreHarness, frame
+from live_server import is_notice
 
 ACCOUNTS = {b"alice": b"pw", b"bob": b"pw", b"carol": b"pw", b"dave": b"pw"}
 NO_SUCH_USER = wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
@@ -20,8 +21,6 @@ def chatwith(h, conn, target):
     return h.lines(conn)
 
 
-def is_notice(line):
-    return line.startswith(b"chat/") and not wire.RELAY_PATTERN.match(line + b"\n")
 
 
 # ---------------------------------------------------------------- chatwith/<ID> (§8)

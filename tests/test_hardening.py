@@ -20,31 +20,20 @@ import time
 import pytest
 
 from chatnet import wire
-from live_server import NOTICE_DESTROYED, LiveServer, RawClient, python_env
+from chatnet.bench import rss_kib
+from live_server import (
+    NOTICE_DESTROYED, LiveServer, RawClient, cpu_seconds, frame, python_env,
+)
 
 NOT_STORED = wire.NOTICE_NOT_STORED.rstrip(b"\n")
 
 
-def frame(user_id, password):
-    return user_id.ljust(8, b"\0")[:8] + password.ljust(8, b"\0")[:8]
 
 
-def rss_kib(pid):
-    with open("/proc/%d/status" % pid) as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def open_descriptors(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
 
 
 def round_trips(one, two, count):

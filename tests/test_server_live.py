@@ -6,17 +6,15 @@ import threading
 import pytest
 
 from chatnet import wire
-from live_server import NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, RawClient
+from live_server import (
+    NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, RawClient, frame, is_notice,
+)
 
 NO_PARTNER = wire.NOTICE_NO_PARTNER.rstrip(b"\n")
 
 
-def frame(user_id, password):
-    return user_id.ljust(8, b"\0")[:8] + password.ljust(8, b"\0")[:8]
 
 
-def is_notice(line):
-    return line.startswith(b"chat/") and not wire.RELAY_PATTERN.match(line + b"\n")
 
 
 # ---------------------------------------------------------------- login (§2)
@@ -120,7 +118,7 @@ def test_stored_messages_arrive_at_login_in_order_then_the_store_is_empty(server
 
 def test_chatwith_answers_every_code_with_its_exact_notice(server):
     alice = server.login(b"alice", b"pw")
-    carol = server.login(b"carol", b"pw")  # noqa: F841 (kept open: online)
+    carol = server.login(b"carol", b"pw")                # online while alice asks
     alice.chatwith(b"nosuch", b"0")
     alice.chatwith(b"bob", b"1")
     alice.chatwith(b"carol", b"2")
@@ -128,6 +126,7 @@ def test_chatwith_answers_every_code_with_its_exact_notice(server):
     alice.expect(b"2", NOTICE_ONLINE)
     alice.send(b"chatwith/\n")
     assert alice.line() == b"0"
+    carol.close()
 
 
 def test_choosing_yourself_echoes_your_messages(server):
