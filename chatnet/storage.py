@@ -92,11 +92,16 @@ class Storage(object):
 
     # ---------------------------------------------------------------- transactions
 
-    def _write(self, sql, parameters=()):
-        """Run one write inside the open group transaction (opening it if needed)."""
+    def _write(self, sql, parameters=(), many=False):
+        """Run a write inside the open group transaction (opening it if needed).
+
+        ``many``: ``parameters`` is a sequence of parameter tuples (executemany).
+        """
         if not self.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
             self.in_transaction = True
+        if many:
+            return self._db.executemany(sql, parameters)
         return self._db.execute(sql, parameters)
 
     def commit(self):
@@ -231,8 +236,8 @@ class Storage(object):
 
     def delete_stored(self, row_ids):
         """Remove delivered messages (inside the group transaction)."""
-        for row_id in row_ids:
-            self._write("DELETE FROM stored_messages WHERE id = ?", (row_id,))
+        self._write("DELETE FROM stored_messages WHERE id = ?",
+                    [(row_id,) for row_id in row_ids], many=True)
 
 
 def _create_private(path):
