@@ -241,6 +241,8 @@ class Reactor(object):
         self._storage_down_until = 0.0
         self._warned_at = {}             # warning kind -> (last time, times suppressed since)
         self._stop_requested = False
+        self._hangup_requested = False
+        self._on_hangup = None
         self._core_deadline = None       # the core's next deadline, as of the last pass
         self._spare_fd = _open_spare_descriptor()
         self._wake_reader, self._wake_writer = socket.socketpair()
@@ -285,19 +287,27 @@ class Reactor(object):
         self._stop_requested = True
         self.wake()
 
-    def install_signal_handlers(self):
-        """SIGTERM and SIGINT stop the server cleanly (main thread only).
+    def install_signal_handlers(self, on_hangup=None):
+        """SIGTERM and SIGINT stop the server cleanly; SIGHUP calls ``on_hangup`` (main thread only).
 
-        A handler that only set a flag would not interrupt ``select``, which
-        Python retries after a signal (PEP 475); the wake-up fd makes it
-        return at once.
+        The handlers only set flags, and the loop acts on them between
+        passes: a handler runs wherever the main thread happens to be (in
+        the middle of writing a log line, say), so it must not touch
+        anything.  A flag alone would not interrupt ``select``, which Python
+        retries after a signal (PEP 475); the wake-up fd makes it return at
+        once.  Without ``on_hangup``, SIGHUP is ignored.
         """
         signal.set_wakeup_fd(self._wake_writer.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop_signal)
+        self._on_hangup = on_hangup
+        signal.signal(signal.SIGHUP, self._on_hangup_signal if on_hangup else signal.SIG_IGN)
 
     def _on_stop_signal(self, signum, frame):
         self._stop_requested = True
+
+    def _on_hangup_signal(self, signum, frame):
+        self._hangup_requested = True
 
     def serve_forever(self):
         """Run passes until a stop is requested, then shut down cleanly."""
@@ -320,6 +330,9 @@ class Reactor(object):
         self._now = self._clock()
         if self._departed:
             self._departed.clear()
+        if self._hangup_requested:
+            self._hangup_requested = False
+            self._on_hangup()
         # ---- read ----
         for key, mask in ready:
             self._dispatch(key.data, mask)

@@ -115,7 +115,11 @@ def open_storage(args):
 
 
 def set_up_logging(args):
-    """Log to stderr, or to ``--log-file``, which SIGHUP reopens; else SIGHUP is ignored."""
+    """Log to stderr, or to ``--log-file``; return the handler.
+
+    SIGHUP is ignored from here on, so a closed terminal cannot stop the
+    server; with ``--log-file`` the reactor later makes it reopen the file.
+    """
     if args.log_file:
         try:
             handler = logging.FileHandler(args.log_file, encoding="utf-8")
@@ -128,13 +132,12 @@ def set_up_logging(args):
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(args.log_level.upper())
-    if args.log_file:
-        signal.signal(signal.SIGHUP, lambda signum, frame: _reopen(handler))
-    else:
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)     # a closed terminal must not stop us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return handler
 
 
-def _reopen(handler):
+def reopen_log(handler):
+    """Close and open the log file again (after logrotate moved it)."""
     handler.acquire()
     try:
         if handler.stream is not None:
@@ -166,18 +169,18 @@ def descriptor_budget():
 
 def main(argv=None):
     args = parse_args(argv)
-    set_up_logging(args)
+    handler = set_up_logging(args)
     try:
         storage = open_storage(args)
     except StorageError as error:
         raise cli.CommandError(str(error))
     try:
-        return serve(args, storage)
+        return serve(args, storage, handler)
     finally:
         storage.close()
 
 
-def serve(args, storage):
+def serve(args, storage, log_handler):
     try:
         listener = open_listener(args.host, args.port)
     except OSError as error:
@@ -195,7 +198,8 @@ def serve(args, storage):
                            send_queue_limit=args.send_queue_limit,
                            write_timeout=args.write_timeout, keepalive=args.keepalive)
     reactor = Reactor(listener, ChatCore(config), storage, limits)
-    reactor.install_signal_handlers()
+    reactor.install_signal_handlers(
+        on_hangup=(lambda: reopen_log(log_handler)) if args.log_file else None)
     if args.demo:
         print("demo accounts (ID:password): "
               + " ".join("%s:%s" % account for account in DEMO_ACCOUNTS), flush=True)

@@ -336,6 +336,10 @@ def test_sighup_reopens_the_log_file(start_server, tmp_path):
         assert time.monotonic() < deadline, "SIGHUP did not reopen the log file"
         time.sleep(0.05)
     assert b"login alice" in rotated.read_bytes()
+    for _ in range(30):                                # reopening never breaks a log line
+        server.proc.send_signal(signal.SIGHUP)
+        server.login(b"dave", b"pw").close()
+    assert server.alive()
 
 
 def test_sighup_without_a_log_file_is_ignored(start_server):
