@@ -12,7 +12,8 @@ Scenarios (``--scenarios``, all by default):
 * ``conns``   -- ``--conns`` clients log in (64 at a time) and stay: seconds
   until all are in, and the server's memory per connection (``--local``).
 * ``storm``   -- ``--storm`` clients send their login frame at once: seconds
-  until every one has its ``1``.
+  until every one has its ``1``, and the round trip of a pair chatting on the
+  same server meanwhile (logins must not stall people who are talking).
 
 The load comes from ``--processes`` worker processes (one per CPU by
 default), each a small ``selectors`` loop over its own connections, so the
@@ -35,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from . import cli, wire
@@ -246,6 +248,59 @@ class Worker(object):
         return counted["n"] / seconds
 
 
+class PairPinger(threading.Thread):
+    """Two clients chatting with each other, timing round trips until told to stop."""
+
+    def __init__(self, host, port, password, first, second):
+        threading.Thread.__init__(self, daemon=True)
+        self.address, self.password = (host, port), password
+        self.users = (first, second)
+        self.round_trips = []
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+        self.error = None
+
+    def run(self):
+        try:
+            one, two = [self.connect(user) for user in self.users]
+            for client, partner in ((one, self.users[1]), (two, self.users[0])):
+                client[0].sendall(b"chatwith/" + partner + b"\n")
+                self.read_line(client)
+                self.read_line(client)
+            self.ready.set()
+            while not self.stop.is_set():
+                started = time.perf_counter()
+                one[0].sendall(b"chat/ping\n")
+                self.read_line(two)
+                two[0].sendall(b"chat/pong\n")
+                self.read_line(one)
+                self.round_trips.append(time.perf_counter() - started)
+                time.sleep(0.002)
+        except (OSError, ValueError) as error:
+            self.error = str(error)
+            self.ready.set()
+
+    def connect(self, user):
+        sock = socket.create_connection(self.address, timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(wire.login_frame(user, self.password))
+        client = (sock, [b""])
+        if self.read_line(client) != b"1":
+            raise ValueError("the pair could not log in")
+        return client
+
+    @staticmethod
+    def read_line(client):
+        sock, buffer = client
+        while b"\n" not in buffer[0]:
+            data = sock.recv(65536)
+            if not data:
+                raise ValueError("closed by the server")
+            buffer[0] += data
+        line, _, buffer[0] = buffer[0].partition(b"\n")
+        return line
+
+
 def run_worker(task, host, port, password, results):
     """Entry point of a worker process: one scenario part, results onto ``results``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent handles Ctrl-C
@@ -369,14 +424,26 @@ class Bench(object):
                     (memory["held"] - memory["before"]) * 1024 / o.conns / 1000)
             self.add(name, outcomes, "%d logged in and held in %.2f s" % (o.conns, seconds), extra.lstrip(", "))
         elif name == "storm":
+            first, second = self.users(2, offset=o.storm)
+            pinger = PairPinger(o.host, o.port, o.password.encode(), first, second)
+            pinger.start()
+            pinger.ready.wait(30)
+            calm = len(pinger.round_trips)
             parts = split(self.users(o.storm), workers)
             tasks = [dict(kind="storm", users=part, timeout=60, budget=90) for part in parts]
             outcomes = self.run_tasks(tasks)
+            during = pinger.round_trips[calm:]
+            pinger.stop.set()
+            pinger.join(10)
+            if pinger.error:
+                outcomes.append(dict(errors=["chatting pair: " + pinger.error]))
             seconds = max((outcome.get("seconds", 0) for outcome in outcomes), default=0)
-            latencies = [value for outcome in outcomes for value in outcome["latencies"]]
+            latencies = [value for outcome in outcomes for value in outcome.get("latencies", [])]
             self.add(name, outcomes, "%d logins answered in %.2f s" % (o.storm, seconds),
-                     "login p50 %.0f ms, p99 %.0f ms" % (percentile(latencies, .5) * 1e3,
-                                                         percentile(latencies, .99) * 1e3))
+                     "login p50 %.0f ms, p99 %.0f ms; a pair chatting meanwhile: round trip "
+                     "p50 %.2f ms, p99 %.2f ms" % (
+                         percentile(latencies, .5) * 1e3, percentile(latencies, .99) * 1e3,
+                         percentile(during, .5) * 1e3, percentile(during, .99) * 1e3))
 
     def add(self, name, outcomes, result, detail):
         errors = [error for outcome in outcomes for error in outcome["errors"]]
@@ -395,7 +462,7 @@ def start_local_server(options):
     """A throw-away server on a temporary database holding the bench accounts."""
     directory = tempfile.mkdtemp(prefix="chatnet-bench-")
     database = os.path.join(directory, "bench.db")
-    count = max(2 * options.pairs, options.conns, options.storm, 2)
+    count = max(2 * options.pairs, options.conns, options.storm + 2, 2)
     listing = "".join("%s%d:%s\n" % (options.prefix, index, options.password) for index in range(count))
     subprocess.run([sys.executable, "-m", "chatnet.accounts", "--db", database, "import", "-"],
                    input=listing.encode(), check=True, stdout=subprocess.DEVNULL)
@@ -445,7 +512,7 @@ def parse_args(argv):
         parser.error("argument --size: at least 24 bytes (the time stamp)")
     if not wire.is_valid_password(options.password.encode()):
         parser.error("argument --password: 1 to 7 bytes")
-    longest = options.prefix + str(max(2 * options.pairs, options.conns, options.storm,
+    longest = options.prefix + str(max(2 * options.pairs, options.conns, options.storm + 2,
                                        options.count or 0))
     if not wire.is_valid_id(longest.encode()):
         parser.error("the bench IDs would be too long (%s): use fewer clients or a shorter --prefix"
