@@ -21,20 +21,11 @@ import time
 
 from chatnet import passwords, wire
 from chatnet.storage import Storage
+from core_harness import NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, frame  # noqa: F401 (shared)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNC_LINE = b"sync\n"
 SYNC_REPLY = wire.NOTICE_UNKNOWN.rstrip(b"\n")
-
-NOTICE_ONLINE = wire.NOTICE_ONLINE.rstrip(b"\n")
-NOTICE_OFFLINE = wire.NOTICE_OFFLINE.rstrip(b"\n")
-NOTICE_DESTROYED = wire.NOTICE_DESTROYED.rstrip(b"\n")
-
-
-def frame(user_id, password):
-    """A login frame, even an invalid one (tests need those too)."""
-    return user_id.ljust(8, b"\0")[:8] + password.ljust(8, b"\0")[:8]
-
 
 def is_notice(line):
     """A server notice (``chat/`` but not a relay), given without its newline."""
