@@ -14,6 +14,7 @@ account of its file or none.
 """
 
 import getpass
+import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +22,10 @@ from . import cli, passwords, wire
 from .storage import Storage, StorageError
 
 PROG = cli.program_name("chatnet.accounts", "chatnet-accounts")
+
+#: Seconds to wait for a write lock held by another program (a running
+#: server holds one only for a moment; a stuck program longer).
+BUSY_TIMEOUT = 10.0
 
 ID_RULE = "an ID is 1 to 7 of the characters A-Z a-z 0-9 . _ -"
 PASSWORD_RULE = "a password is 1 to 7 bytes and contains no NUL"
@@ -30,6 +35,9 @@ def parse_args(argv):
     parser = cli.ArgumentParser(prog=PROG, description="Manage the accounts of a chatnet database.")
     parser.add_argument("--db", metavar="PATH", default="chatnet.db",
                         help="the server's database (default chatnet.db)")
+    parser.add_argument("--busy-timeout", type=cli.non_negative_float, default=BUSY_TIMEOUT,
+                        metavar="SECONDS", help="how long to wait for a lock another program holds "
+                        "on the database (default %(default)s)")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
     verbs.required = True
     for verb, text in (("add", "register an account"), ("passwd", "change an account's password")):
@@ -55,15 +63,22 @@ def main(argv=None):
     command = {"add": add, "passwd": change_password, "remove": remove,
                "list": list_accounts, "import": import_accounts}[args.verb]
     try:
-        storage = Storage(args.db)
+        storage = Storage(args.db, busy_timeout_ms=int(args.busy_timeout * 1000))
     except StorageError as error:
         raise cli.CommandError(str(error))
     try:
         return command(storage, args) or 0
     except StorageError as error:
         raise cli.CommandError(str(error))
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):
+            raise cli.CommandError("the database is busy (another program holds a lock), try again")
+        raise cli.CommandError("cannot use database %s: %s" % (args.db, error))
     finally:
-        storage.close()
+        try:
+            storage.close()
+        except sqlite3.Error:
+            pass            # a lock still held elsewhere: nothing was left to commit
 
 
 # ---------------------------------------------------------------- verbs

@@ -22,8 +22,11 @@ IDs are ``str`` here (they are ASCII by the protocol); message texts are
 readable with the ``sqlite3`` shell.
 """
 
+import logging
 import os
 import sqlite3
+
+log = logging.getLogger("chatnet.storage")
 
 SCHEMA_VERSION = 1
 
@@ -120,11 +123,20 @@ class Storage(object):
             self._db.execute("ROLLBACK")
 
     def close(self):
-        """Commit, fold the WAL back into the file, and close."""
+        """Commit, fold the WAL back into the file, and close.
+
+        A checkpoint that fails (a full or read-only disk) loses nothing: the
+        WAL holds every committed write and SQLite folds it in at the next
+        open.  So it is a warning, not an error.
+        """
         try:
             self.commit()
             if self.path != MEMORY:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error as error:
+                    log.warning("cannot checkpoint %s at close (%s); its WAL file keeps every "
+                                "committed write and is folded in at the next start", self.path, error)
         finally:
             self._db.close()
             if self._lock_fd is not None:

@@ -196,3 +196,20 @@ def test_console_scripts_are_declared():
         text = handle.read()
     assert 'chatnet-server = "chatnet.server:entry_point"' in text
     assert 'chatnet-accounts = "chatnet.accounts:entry_point"' in text
+
+
+def test_a_database_locked_by_another_program_is_one_line(db):
+    import sqlite3
+    accounts(db, "add", "alice", "--password-stdin", stdin=b"pw\n")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")              # another program's write lock
+    try:
+        for args, stdin in ((["add", "newbie", "--password-stdin"], b"pw\n"),
+                            (["passwd", "alice", "--password-stdin"], b"pw\n"),
+                            (["remove", "alice"], b""), (["import", "-"], b"x1:pw\n")):
+            result = run_module("chatnet.accounts", "--db", db, "--busy-timeout", "0.2", *args,
+                                stdin=stdin)
+            assert "the database is busy" in one_line_error(result), args
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()

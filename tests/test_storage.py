@@ -114,3 +114,25 @@ def test_memory_databases_work_for_the_demo():
     store.lock_for_server()                    # nothing to lock
     assert store.account_count() == 1
     store.close()
+
+
+class _CheckpointFails(object):
+    """Wraps a sqlite3 connection; the WAL checkpoint fails as on a full or read-only disk."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def execute(self, sql, *parameters):
+        if "wal_checkpoint" in sql:
+            raise sqlite3.OperationalError("disk I/O error")
+        return self._real.execute(sql, *parameters)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_a_failed_checkpoint_at_close_is_a_warning_not_an_error(tmp_path, caplog):
+    store = Storage(str(tmp_path / "full.db"))
+    store._db = _CheckpointFails(store._db)
+    store.close()                                  # must not raise
+    assert "checkpoint" in caplog.text and "WARNING" in caplog.text
