@@ -68,14 +68,12 @@ while at least one of these reasons holds, and to read it again
 
 Failed logins
 -------------
-Each failure on a connection holds back its ``0`` a little longer
-(``failure_delays``), and ``max_failures`` end the connection.  Failures for
-one account from untrusted addresses are counted over
-``account_failure_window``; past ``account_failure_limit`` of them, attempts on
-that account from untrusted addresses are answered ``0`` without checking the
-password, so many connections together cannot guess faster.  Addresses that
-have logged in to the account before are spared, so its owner is not locked
-out by an attacker.
+Each failure on a connection holds back its ``0`` a little longer, and
+``max_failures`` end the connection.  Failures for one account from untrusted
+addresses are counted over ``account_failure_window``; past
+``account_failure_limit`` of them, attempts on that account from untrusted
+addresses are answered ``0`` without checking the password.  Those rules and
+their memory are ``chatnet.login_gate.LoginGate``, which the core consults.
 
 Bytes for the same connection produced while handling one input are joined
 into one ``Send``, placed so that the order of everything a connection
@@ -98,10 +96,10 @@ give the same actions.
 
 import enum
 import heapq
-from collections import OrderedDict, deque
 from typing import NamedTuple
 
 from . import wire
+from .login_gate import TRACKED_ACCOUNTS, LoginGate  # noqa: F401 (TRACKED_ACCOUNTS: for tests)
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
@@ -157,10 +155,6 @@ HELD_INPUT = "held input"
 OWN_QUEUE = "own send queue"
 PARTNER_QUEUE = "partner's send queue"
 
-#: Accounts whose recent failures are remembered; the oldest are forgotten first.
-TRACKED_ACCOUNTS = 10000
-#: Addresses remembered per account as having logged in to it.
-KNOWN_ADDRESSES = 16
 
 
 class Session(object):
@@ -213,8 +207,9 @@ class ChatCore(object):
         self._store_counts = {}      # account ID -> messages in its store (when known)
         self._held_back = {}         # conn with a full send queue -> conns paused for it
         self._lookups = {}           # account ID -> conns waiting for its lookup
-        self._account_failures = OrderedDict()   # account ID -> deque of failure times
-        self._known_addresses = OrderedDict()    # account ID -> addresses that logged in
+        #: Failure delays, the per-account throttle, known addresses.
+        self.login_gate = LoginGate(config.failure_delays, config.account_failure_limit,
+                                    config.account_failure_window)
         self._deadlines = []         # heap of (when, conn): login timeouts and delays
         self._now = 0.0
         self._actions = []           # actions produced by the current input
@@ -352,8 +347,7 @@ class ChatCore(object):
         if event.ok:
             self._log_in(session, event.user_id)
         else:
-            if not session.trusted:
-                self._note_account_failure(event.user_id)
+            self.login_gate.note_failure(event.user_id, session.trusted, self._now)
             self._login_failed(session, event.user_id)
         self._carry_on(session)
 
@@ -501,7 +495,8 @@ class ChatCore(object):
         credentials = wire.parse_login_frame(frame)
         if credentials is None:
             self._login_failed(session, None)
-        elif self._account_throttled(session, credentials.user_id):
+        elif self.login_gate.is_throttled(credentials.user_id, session.peer, session.trusted,
+                                          self._now):
             self._emit(LimitReached(session.conn, "account throttle",
                                     "too many failed logins for %s; refused unchecked"
                                     % credentials.user_id.decode("ascii")))
@@ -513,8 +508,7 @@ class ChatCore(object):
     def _login_failed(self, session, user_id):
         session.failures += 1
         self._emit(LoginFailed(session.conn, user_id, session.failures))
-        delays = self.config.failure_delays
-        delay = delays[min(session.failures, len(delays)) - 1] if delays else 0
+        delay = self.login_gate.delay_after(session.failures)
         if delay > 0:
             session.phase = Phase.DELAYED
             session.release_at = self._now + delay
@@ -532,45 +526,6 @@ class ChatCore(object):
         else:
             session.phase = Phase.LOGIN
 
-    def _account_throttled(self, session, user_id):
-        if session.trusted or session.peer in self._known_addresses.get(user_id, ()):
-            return False
-        failures = self._account_failures.get(user_id)
-        if not failures:
-            return False
-        self._forget_old_failures(user_id, failures)
-        return len(failures) >= self.config.account_failure_limit
-
-    def _note_account_failure(self, user_id):
-        failures = self._account_failures.get(user_id)
-        if failures is None:
-            failures = self._account_failures[user_id] = deque()
-            if len(self._account_failures) > TRACKED_ACCOUNTS:
-                self._account_failures.popitem(last=False)
-        else:
-            self._account_failures.move_to_end(user_id)
-            self._forget_old_failures(user_id, failures)
-        failures.append(self._now)
-
-    def _forget_old_failures(self, user_id, failures):
-        oldest = self._now - self.config.account_failure_window
-        while failures and failures[0] <= oldest:
-            failures.popleft()
-        if not failures:
-            del self._account_failures[user_id]
-
-    def _remember_address(self, session, user_id):
-        if session.trusted or not session.peer:
-            return
-        addresses = self._known_addresses.pop(user_id, None) or OrderedDict()
-        addresses.pop(session.peer, None)
-        addresses[session.peer] = True
-        while len(addresses) > KNOWN_ADDRESSES:
-            addresses.popitem(last=False)
-        self._known_addresses[user_id] = addresses
-        if len(self._known_addresses) > TRACKED_ACCOUNTS:
-            self._known_addresses.popitem(last=False)
-
     def _log_in(self, session, user_id):
         replaced = self._sessions.get(self._online.get(user_id))
         session.phase = Phase.CHATTING
@@ -582,7 +537,7 @@ class ChatCore(object):
         self._store_counts.pop(user_id, None)       # delivery is about to empty it
         for conn in self._lookups.get(user_id, ()):
             self._sessions[conn].lookup_stale = True
-        self._remember_address(session, user_id)
+        self.login_gate.note_login(user_id, session.peer, session.trusted)
         self._emit(LoginSucceeded(session.conn, user_id))
         if replaced is not None:
             # The account stays online, so its watchers see no change.

@@ -151,3 +151,27 @@ def test_each_limit_names_itself_for_the_log():
     assert h.limits() == ["line length", "UTF-8", "store full", "failed logins", "login timeout"]
     assert all(type(entry.detail) is str for entry in h.log if type(entry) is LimitReached)
     assert h.closed[silent] == "login timeout"
+
+
+def test_junk_failures_cannot_flush_an_account_at_the_limit():
+    """10,100 failures with fresh IDs once evicted bob's entry from an LRU (issue 8, item 4)."""
+    from chatnet.core import TRACKED_ACCOUNTS
+    h = throttled_harness(account_failure_limit=10)
+    fail_from(h, "198.51.100.7", user=b"bob", times=10)
+    for number in range(TRACKED_ACCOUNTS + 100):
+        conn = h.connect(peer="198.51.100.%d" % (number % 63), trusted=False)
+        h.send(conn, frame(b"j%d" % number, b"guess"))
+        h.drop(conn)
+    conn = h.connect(peer="203.0.113.9", trusted=False)
+    h.send(conn, frame(b"bob", b"pw"))                      # the right password ...
+    assert h.lines(conn) == [b"0"]                         # ... still refused, unchecked
+
+
+def test_the_accounts_tracked_below_the_limit_stay_bounded():
+    from chatnet.core import TRACKED_ACCOUNTS
+    h = throttled_harness(account_failure_limit=10)
+    for number in range(TRACKED_ACCOUNTS + 100):
+        conn = h.connect(peer="198.51.100.1", trusted=False)
+        h.send(conn, frame(b"j%d" % number, b"guess"))
+        h.drop(conn)
+    assert h.core.login_gate.tracked_accounts() <= TRACKED_ACCOUNTS
