@@ -180,7 +180,7 @@ class Session(object):
         self.partner_online = False  # relay live (True) or store (False)
         self.splitter = wire.LineSplitter(max_line)
         self.held = b""              # raw input not looked at yet
-        self.backlog = None          # lines already split, waiting (list) or None
+        self.backlog = None          # lines already split, waiting (an iterator) or None
         self.pause_reasons = ()      # why reading is paused (a set once there is one)
         self.congested = False       # my own send queue is full
         self.input_ended = False     # the client sent EOF
@@ -205,6 +205,7 @@ class ChatCore(object):
         self._online = {}            # account ID -> conn
         self._watchers = {}          # account ID -> set of conns whose partner it is
         self._store_counts = {}      # account ID -> messages in its store (when known)
+        self._store_generations = {} # account ID -> which account the count is of (lookup's word)
         self._held_back = {}         # conn with a full send queue -> conns paused for it
         self._lookups = {}           # account ID -> conns waiting for its lookup
         #: Failure delays, the per-account throttle, known addresses.
@@ -364,8 +365,10 @@ class ChatCore(object):
             return
         self._forget_lookup(session)
         session.phase = Phase.CHATTING
-        self._answer_chatwith(session, event.user_id, event.registered, event.stored)
-        self._carry_on(session)
+        registered = self._learn_account(event)
+        if session.phase is Phase.CHATTING:         # not closed: its own account was removed
+            self._answer_chatwith(session, event.user_id, registered)
+            self._carry_on(session)
 
     def _on_store_failed(self, event):
         # The sender has been told already, in place (see StoreMessage).
@@ -534,7 +537,7 @@ class ChatCore(object):
         session.relay_joiner = b"\n" + session.relay_prefix
         session.relay_growth = len(session.relay_prefix) - len(wire.CHAT)
         self._online[user_id] = session.conn
-        self._store_counts.pop(user_id, None)       # delivery is about to empty it
+        self._forget_store_count(user_id)           # delivery is about to empty it
         for conn in self._lookups.get(user_id, ()):
             self._sessions[conn].lookup_stale = True
         self.login_gate.note_login(user_id, session.peer, session.trusted)
@@ -557,13 +560,18 @@ class ChatCore(object):
     # ================================================================ session lines (section 3)
 
     def _handle_lines(self, session, lines):
-        """Handle split lines in order; keep the rest if the session starts waiting."""
-        for index, line in enumerate(lines):
+        """Handle split lines in order; keep the rest if the session starts waiting.
+
+        The rest waits as the iterator itself, not a copy of the remaining
+        lines: a chunk full of ``chatwith/`` lines, each of which waits for a
+        lookup, must cost linear work, not quadratic.
+        """
+        lines = iter(lines)
+        for line in lines:
             self._handle_line(session, line)
             if session.phase is not Phase.CHATTING:
-                rest = lines[index + 1:]
-                if rest and session.phase is Phase.LOOKING_UP:
-                    session.backlog = rest
+                if session.phase is Phase.LOOKING_UP:
+                    session.backlog = lines
                 return
 
     def _relay_whole_chunk(self, session, data):
@@ -640,11 +648,10 @@ class ChatCore(object):
 
     def _chatwith(self, session, target):
         if not wire.is_valid_id(target):
-            self._answer_chatwith(session, target, registered=False, stored=0)
-        elif target in self._online:
-            # Online implies registered: no need to ask the database.
-            self._answer_chatwith(session, target, registered=True, stored=0)
+            self._answer_chatwith(session, target, registered=False)
         else:
+            # Even an online account is looked up: it may have been removed
+            # (with ``chatnet.accounts``) since it logged in.
             session.phase = Phase.LOOKING_UP
             session.looking_up = target
             self._lookups.setdefault(target, set()).add(session.conn)
@@ -658,10 +665,9 @@ class ChatCore(object):
                 del self._lookups[session.looking_up]
         session.looking_up = None
 
-    def _answer_chatwith(self, session, target, registered, stored):
+    def _answer_chatwith(self, session, target, registered):
         self._set_partner(session, None)
         if not registered:
-            self._store_counts.pop(target, None)
             self._send(session.conn, wire.CODE_FAILED + wire.NOTICE_NO_SUCH_USER)
             return
         self._set_partner(session, target)
@@ -669,10 +675,37 @@ class ChatCore(object):
         if session.partner_online:
             self._send(session.conn, wire.CODE_ONLINE + wire.NOTICE_ONLINE)
         else:
-            # Our own count, when we have one, already includes messages
-            # stored since the database was asked.
-            self._store_counts.setdefault(target, stored)
             self._send(session.conn, wire.CODE_OK + wire.NOTICE_OFFLINE)
+
+    def _learn_account(self, answer):
+        """What a lookup says of an account: is it still there, how full is its store?
+
+        Returns whether it is registered.  A lookup that failed (the database
+        could not be read) changes nothing, and an account that is online is
+        registered as far as it can tell.
+        """
+        target = answer.user_id
+        if answer.failed:
+            return target in self._online
+        if not answer.registered:
+            self._forget_store_count(target)
+            removed = self._sessions.get(self._online.get(target))
+            if removed is not None:
+                self._emit(LimitReached(removed.conn, "account removed",
+                                        "%s is no longer registered" % target.decode("ascii")))
+                self._close(removed, "account removed", wire.NOTICE_REMOVED)
+            return False
+        if self._store_generations.get(target) != answer.generation:
+            # Our own count, when it is of this account, already includes
+            # what was stored since the question; a count of an account
+            # removed and added again is of a store that is gone.
+            self._store_counts[target] = answer.stored
+            self._store_generations[target] = answer.generation
+        return True
+
+    def _forget_store_count(self, user_id):
+        self._store_counts.pop(user_id, None)
+        self._store_generations.pop(user_id, None)
 
     def _set_partner(self, session, partner):
         old = session.partner

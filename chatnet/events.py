@@ -84,22 +84,33 @@ class ConnectionLost(NamedTuple):
 
 @_compared_by_type
 class LoginChecked(NamedTuple):
-    """The answer to ``CheckLogin``: was the password right for that ID?"""
+    """The answer to ``CheckLogin``: was the password right for that ID?
+
+    ``registered`` says whether the ID exists; the core does not let it
+    change the answer or its timing (the reply must not tell).
+    """
     conn: int
     user_id: bytes
     ok: bool
+    registered: bool = True
 
 
 @_compared_by_type
 class AccountLookedUp(NamedTuple):
     """The answer to ``LookUpAccount``.
 
-    ``stored`` is how many messages wait in that account's store right now.
+    ``stored`` is how many messages wait in that account's store, counting
+    everything stored and delivered before the question was asked;
+    ``generation`` tells this account from an earlier one of the same ID
+    (removed and added again); ``failed`` says the database could not be
+    read, so ``registered`` is only a guess.
     """
     conn: int
     user_id: bytes
     registered: bool
     stored: int
+    generation: str = ""
+    failed: bool = False
 
 
 @_compared_by_type

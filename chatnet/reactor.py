@@ -77,10 +77,10 @@ import signal
 import socket
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 from . import passwords, wire
+from .workers import Lookups, PasswordChecks
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
@@ -160,57 +160,6 @@ class Connection(object):
             "polling" if self.mask & selectors.EVENT_WRITE else "idle", len(self.outgoing))
 
 
-class PasswordChecker(object):
-    """Runs the password KDF on worker threads and hands results back to the loop.
-
-    ``hashlib.pbkdf2_hmac`` releases the GIL, so the loop keeps serving other
-    clients while a check runs.  A finished check is queued and the loop is
-    woken through its wake-up socket.
-    """
-
-    def __init__(self, wake, workers):
-        self._wake = wake
-        self._done = collections.deque()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chatnet-kdf",
-                                        initializer=_yield_to_the_loop)
-
-    def submit(self, conn, user_id, record, password):
-        future = self._pool.submit(passwords.verify_password, record, password)
-        future.add_done_callback(functools.partial(self._finished, conn, user_id))
-
-    def _finished(self, conn, user_id, future):
-        try:
-            ok = future.result()
-        except Exception:                       # a broken record is a failed login
-            log.exception("password check for %r failed", user_id)
-            ok = False
-        self._done.append(LoginChecked(conn, user_id, ok))
-        self._wake()
-
-    def results(self):
-        """Take the finished checks (thread-safe: a deque's popleft is atomic)."""
-        done = self._done
-        while done:
-            yield done.popleft()
-
-    def shutdown(self):
-        self._pool.shutdown(wait=False)
-
-
-def _yield_to_the_loop():
-    """Run this worker thread at a lower priority than the loop (Linux: per-thread nice).
-
-    On a single core a password check would otherwise take turns with the
-    loop; at nice +10 the loop gets the CPU whenever it has work, so people
-    chatting do not wait for a burst of logins.
-    """
-    try:
-        import threading
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):       # not Linux, or not allowed: no matter
-        pass
-
-
 class Reactor(object):
     """Serve one listening socket with one ``ChatCore`` and one ``Storage``."""
 
@@ -248,7 +197,10 @@ class Reactor(object):
         self._wake_reader, self._wake_writer = socket.socketpair()
         for end in (self._wake_reader, self._wake_writer):
             end.setblocking(False)
-        self._checker = PasswordChecker(self.wake, workers or passwords.usable_cpus())
+        self._checks = PasswordChecks(storage.open_reader, self.wake,
+                                      workers or passwords.usable_cpus())
+        self._lookups = Lookups(storage.open_reader, self.wake)
+        self._lookups_after_commit = []  # LookUpAccount actions that must see this pass's commit
         listener.setblocking(False)
         self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, _WAKEUP)
@@ -490,7 +442,9 @@ class Reactor(object):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
-        for result in self._checker.results():
+        for result in self._checks.results():
+            self._feed(result)
+        for result in self._lookups.results():
             self._feed(result)
 
     # ================================================================ the core
@@ -611,23 +565,26 @@ class Reactor(object):
             self._close_socket(connection)
 
     def _do_check_login(self, action):
-        try:
-            record = self._storage.password_record(action.user_id.decode("ascii"))
-        except sqlite3.Error as error:
-            self._warn("database read", "cannot read an account from the database: %s", error)
-            self._feed(LoginChecked(action.conn, action.user_id, False))
-            return
-        # A missing account costs a KDF run too, so timing does not tell.
-        self._checker.submit(action.conn, action.user_id,
-                             record or passwords.DUMMY_RECORD, action.password)
+        connection = self._connections.get(action.conn)
+        if connection is not None and not connection.closed:
+            self._checks.submit(action.conn, connection.host, action.user_id, action.password)
 
     def _do_look_up_account(self, action):
-        try:
-            registered, stored = self._storage.look_up(action.user_id.decode("ascii"))
-        except sqlite3.Error as error:
-            self._warn("database read", "cannot look up an account in the database: %s", error)
-            registered, stored = False, 0
-        self._feed(AccountLookedUp(action.conn, action.user_id, registered, stored))
+        """Ask the lookup thread -- after this pass's commit if one is open.
+
+        The lookup thread reads what is committed, so a question asked while
+        stores or deletes of this pass are uncommitted waits for the commit:
+        then the answer's count includes everything done before it was asked.
+        """
+        if self._storage.in_transaction:
+            self._lookups_after_commit.append(action)
+        else:
+            self._lookups.submit(action.conn, action.user_id)
+
+    def _submit_lookups_after_commit(self):
+        waiting, self._lookups_after_commit = self._lookups_after_commit, []
+        for action in waiting:
+            self._lookups.submit(action.conn, action.user_id)
 
     def _do_store_message(self, action):
         sender = self._connections.get(action.sender_conn)
@@ -709,14 +666,14 @@ class Reactor(object):
 
     def _commit(self):
         """Group commit (step 4 and 6 of a pass)."""
-        if not self._storage.in_transaction:
-            return
-        try:
-            self._storage.commit()
-        except sqlite3.Error as error:
-            self._storage_failed("commit", error)
-            return
-        self._uncommitted_stores = []
+        if self._storage.in_transaction:
+            try:
+                self._storage.commit()
+                self._uncommitted_stores = []
+            except sqlite3.Error as error:
+                self._storage_failed("commit", error)
+        if self._lookups_after_commit:
+            self._submit_lookups_after_commit()
 
     def _storage_failed(self, what, error):
         """A write failed: roll back, tell every sender in the transaction, back off a moment.
@@ -878,6 +835,7 @@ class Reactor(object):
             self._selector.unregister(connection.sock)   # before close: the fd may be reused
             connection.mask = 0
         self._writing.discard(connection)
+        self._checks.cancel(connection.conn)
         connection.sock.close()
         del self._connections[connection.conn]
         self._per_host[connection.host] -= 1
@@ -939,7 +897,8 @@ class Reactor(object):
         self._commit()
 
     def _release(self):
-        self._checker.shutdown()
+        self._checks.shutdown()
+        self._lookups.shutdown()
         for connection in list(self._connections.values()):
             self._close_socket(connection)
         try:

@@ -22,6 +22,7 @@ IDs are ``str`` here (they are ASCII by the protocol); message texts are
 readable with the ``sqlite3`` shell.
 """
 
+import itertools
 import logging
 import os
 import sqlite3
@@ -71,11 +72,15 @@ class Storage(object):
         self.path = path
         self._lock_fd = None
         try:
-            if path != MEMORY:
+            if path == MEMORY:
+                # A named shared-cache database, so that a ``Reader`` on
+                # another thread sees the same one (it lives while we do).
+                path = self.path = _memory_name()
+            else:
                 _create_private(path)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db = _connect(path)
             self._db.execute("PRAGMA busy_timeout = %d" % busy_timeout_ms)
-            if path != MEMORY:
+            if not _is_memory(path):
                 self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = %s" % synchronous)
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -131,7 +136,7 @@ class Storage(object):
         """
         try:
             self.commit()
-            if self.path != MEMORY:
+            if not _is_memory(self.path):
                 try:
                     self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error as error:
@@ -151,7 +156,7 @@ class Storage(object):
         file, which SQLite's own (POSIX) locks do not see; it is held until
         ``close``.
         """
-        if self.path == MEMORY:
+        if _is_memory(self.path):
             return
         import fcntl
         fd = os.open(self.path, os.O_RDONLY)
@@ -174,8 +179,8 @@ class Storage(object):
         try:
             for user_id, record in accounts:
                 try:
-                    self._db.execute("INSERT INTO accounts (id, password) VALUES (?, ?)",
-                                     (user_id, record))
+                    self._db.execute("INSERT INTO accounts (id, password, created_at)"
+                                     " VALUES (?, ?, %s)" % _NOW_MS, (user_id, record))
                 except sqlite3.IntegrityError:
                     raise AccountExists("account %s already exists" % user_id)
         except BaseException:
@@ -223,12 +228,12 @@ class Storage(object):
         return row[0] if row else None
 
     def look_up(self, user_id):
-        """``(registered, stored message count)`` for ``user_id``."""
-        registered, stored = self._db.execute(
-            "SELECT EXISTS (SELECT 1 FROM accounts WHERE id = ?),"
-            " (SELECT count(*) FROM stored_messages WHERE recipient = ?)",
-            (user_id, user_id)).fetchone()
-        return bool(registered), stored
+        """``(registered, stored message count, generation)`` for ``user_id``; see ``Reader``."""
+        return _look_up(self._db, user_id)
+
+    def open_reader(self):
+        """A read-only ``Reader`` of this database, for another thread."""
+        return Reader(self.path)
 
     # ---------------------------------------------------------------- stores
 
@@ -250,6 +255,70 @@ class Storage(object):
         """Remove delivered messages (inside the group transaction)."""
         self._write("DELETE FROM stored_messages WHERE id = ?",
                     [(row_id,) for row_id in row_ids], many=True)
+
+
+class Reader(object):
+    """A read-only connection of its own, for a worker thread (lookups, password records).
+
+    In WAL mode readers never wait for the writer, and a slow disk stalls only
+    the thread that reads.  It sees what is committed; the reactor asks it only
+    after the pass's commit, so nothing stored or delivered before the
+    question is missing from the answer.
+    """
+
+    def __init__(self, path, busy_timeout_ms=5000):
+        self._db = _connect(path)
+        self._db.execute("PRAGMA busy_timeout = %d" % busy_timeout_ms)
+        self._db.execute("PRAGMA query_only = 1")
+        if _is_memory(path):
+            self._db.execute("PRAGMA read_uncommitted = 1")   # shared cache: never wait on the writer
+        # Read once now: SQLite opens the WAL and shared-memory files at the
+        # first read, and they must be open before clients take every descriptor.
+        self._db.execute("SELECT count(*) FROM accounts").fetchone()
+
+    def password_record(self, user_id):
+        """The stored-password record of ``user_id``, or None."""
+        row = self._db.execute("SELECT password FROM accounts WHERE id = ?", (user_id,)).fetchone()
+        return row[0] if row else None
+
+    def look_up(self, user_id):
+        """``(registered, stored message count, generation)`` for ``user_id``."""
+        return _look_up(self._db, user_id)
+
+    def close(self):
+        self._db.close()
+
+
+def _look_up(db, user_id):
+    """Whether ``user_id`` is registered, its store's size, and which account it is.
+
+    The generation (its creation time, to the millisecond) tells an account
+    from one of the same ID removed and added again, whose store started empty.
+    """
+    row = db.execute("SELECT created_at, (SELECT count(*) FROM stored_messages WHERE recipient = ?)"
+                     " FROM accounts WHERE id = ?", (user_id, user_id)).fetchone()
+    if row is None:
+        return False, 0, ""
+    return True, row[1], row[0]
+
+
+#: SQL for the current time with milliseconds (an account's generation).
+_NOW_MS = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+
+_memory_databases = itertools.count(1)
+
+
+def _memory_name():
+    return "file:chatnet-memory-%d-%d?mode=memory&cache=shared" % (os.getpid(), next(_memory_databases))
+
+
+def _is_memory(path):
+    return path == MEMORY or path.startswith("file:chatnet-memory-")
+
+
+def _connect(path):
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           uri=path.startswith("file:"))
 
 
 def _create_private(path):

@@ -237,6 +237,7 @@ NOTICE_NO_PARTNER = notice("you have no chat partner, choose one with chatwith/<
 NOTICE_UNKNOWN = notice("unknown line, send chatwith/<ID> or chat/<text>")
 NOTICE_NOT_UTF8 = notice("line is not valid UTF-8, it was dropped")
 NOTICE_REPLACED = notice("you logged in from another place, this connection is closed")
+NOTICE_REMOVED = notice("your account was removed, this connection is closed")
 NOTICE_LOGIN_TIMEOUT = notice("login timed out, closing the connection")
 NOTICE_TOO_MANY_FAILURES = notice("too many failed logins, closing the connection")
 NOTICE_SHUTDOWN = notice("the server is shutting down")

@@ -43,6 +43,8 @@ class CoreHarness(object):
         self.now = 1000.0
         self.accounts = dict(accounts or {})          # ID -> password
         self.stores = defaultdict(list)               # ID -> [(sender, text)]
+        self.generations = defaultdict(lambda: "1")   # ID -> which account of that ID (a new one
+                                                      # after remove + add)
         self.inbox = defaultdict(bytearray)           # conn -> bytes not yet read by the test
         self.transcript = defaultdict(bytearray)      # conn -> every byte it was ever sent
         self.closed = {}                              # conn -> reason
@@ -147,8 +149,10 @@ class CoreHarness(object):
             if self.answer_checks:
                 self.answer_check()
         elif kind is LookUpAccount:
-            answer = AccountLookedUp(action.conn, action.user_id, action.user_id in self.accounts,
-                                     len(self.stores.get(action.user_id, ())))
+            registered = action.user_id in self.accounts
+            answer = AccountLookedUp(action.conn, action.user_id, registered,
+                                     len(self.stores.get(action.user_id, ())),
+                                     self.generations[action.user_id] if registered else "")
             if self.answer_lookups:
                 self._queue.append(answer)
             else:

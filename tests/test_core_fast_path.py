@@ -6,6 +6,7 @@ import pytest
 
 from chatnet.core import ChatCore, CoreConfig
 from chatnet.events import (
+    AccountLookedUp,
     Connected, DataReceived, LoginChecked, SendQueueDrained, SendQueueFull,
 )
 from core_harness import frame
@@ -28,7 +29,8 @@ def random_session_events(rng):
     events = [Connected(1), Connected(2),
               DataReceived(1, frame(b"alice", b"pw")), LoginChecked(1, b"alice", True),
               DataReceived(2, frame(b"bob", b"pw")), LoginChecked(2, b"bob", True),
-              DataReceived(1, b"chatwith/bob\n"), DataReceived(2, b"chatwith/alice\n")]
+              DataReceived(1, b"chatwith/bob\n"), AccountLookedUp(1, b"bob", True, 0),
+              DataReceived(2, b"chatwith/alice\n"), AccountLookedUp(2, b"alice", True, 0)]
     stream = b"".join(rng.choice(LINES[:6] * 6 + LINES) + b"\n" for _ in range(rng.randint(1, 60)))
     while stream:
         cut = rng.choice([len(stream), rng.randint(1, len(stream))])
@@ -51,7 +53,7 @@ def test_both_paths_give_the_same_actions(seed):
 
 def test_the_fast_path_is_taken_for_a_plain_run_of_chat_lines():
     core = ChatCore(CoreConfig(failure_delays=()))
-    drive(core, random_session_events(random.Random(0))[:8])
+    drive(core, random_session_events(random.Random(0))[:10])
     calls = []
     original = core._handle_line
     core._handle_line = lambda session, line: calls.append(line) or original(session, line)

@@ -175,3 +175,27 @@ def test_the_accounts_tracked_below_the_limit_stay_bounded():
         h.send(conn, frame(b"j%d" % number, b"guess"))
         h.drop(conn)
     assert h.core.login_gate.tracked_accounts() <= TRACKED_ACCOUNTS
+
+
+# ---------------------------------------------------------------- linear work per byte
+
+def _seconds_to_handle(lines):
+    import time
+    best = None
+    for _ in range(3):
+        h = CoreHarness(accounts=ACCOUNTS)
+        conn = h.login(b"alice")
+        started = time.perf_counter()
+        h.send(conn, b"chatwith/nobody\n" * lines)
+        took = time.perf_counter() - started
+        assert len(h.lines(conn)) == 2 * lines
+        best = took if best is None else min(best, took)
+    return best
+
+
+def test_a_flood_of_lookups_costs_linear_work():
+    """Each lookup once copied the rest of the chunk's lines: quadratic (issue 8, item 5).
+
+    Four times the lines must take about four times as long, not sixteen.
+    """
+    assert _seconds_to_handle(32000) < 8 * _seconds_to_handle(8000)

@@ -9,6 +9,9 @@ from live_server import is_notice
 
 ACCOUNTS = {b"alice": b"pw", b"bob": b"pw", b"carol": b"pw", b"dave": b"pw"}
 NO_SUCH_USER = wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
+REMOVED = wire.NOTICE_REMOVED.rstrip(b"\n")
+FULL = wire.NOTICE_STORE_FULL.rstrip(b"\n")
+UNKNOWN = wire.NOTICE_UNKNOWN.rstrip(b"\n")
 
 
 @pytest.fixture
@@ -41,11 +44,37 @@ def test_chatwith_an_online_account_answers_2_and_the_exact_notice(h):
     assert chatwith(h, alice, b"bob") == [b"2", NOTICE_ONLINE]
 
 
-def test_chatwith_an_online_account_needs_no_database_lookup(h):
+def test_chatwith_an_online_account_is_looked_up_too(h):
+    """It may have been removed since it logged in (issue 8, item 12)."""
     alice = h.login(b"alice")
     h.login(b"bob")
+    assert chatwith(h, alice, b"bob") == [b"2", NOTICE_ONLINE]
+    assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob")]
+
+
+def test_a_removed_account_that_is_online_is_closed_at_the_next_lookup(h):
+    alice, bob, carol = h.login(b"alice"), h.login(b"bob"), h.login(b"carol")
+    chatwith(h, carol, b"bob")
+    del h.accounts[b"bob"]                              # chatnet.accounts remove bob
+    assert chatwith(h, alice, b"bob") == [b"0", NO_SUCH_USER]
+    assert h.lines(bob) == [REMOVED]
+    assert h.closed[bob] == "account removed"
+    assert h.lines(carol) == [NOTICE_DESTROYED]          # its watchers see it go
+    assert chatwith(h, carol, b"bob") == [b"0", NO_SUCH_USER]
+
+
+def test_an_account_removed_and_added_again_starts_with_an_empty_store():
+    h = CoreHarness(accounts=ACCOUNTS, store_limit=2)
+    alice = h.login(b"alice")
     chatwith(h, alice, b"bob")
-    assert h.actions_of(LookUpAccount) == []
+    h.send(alice, b"chat/one\nchat/two\nchat/three\n")
+    assert h.lines(alice) == [FULL]
+    h.stores.pop(b"bob")                                  # remove bob (his store goes) ...
+    h.generations[b"bob"] = "added again"                 # ... and add him again
+    assert chatwith(h, alice, b"bob") == [b"1", NOTICE_OFFLINE]
+    h.send(alice, b"chat/four\n" + b"sync\n")
+    assert h.lines(alice) == [UNKNOWN]                     # stored, not "full"
+    assert h.stores[b"bob"] == [(b"alice", b"four")]
 
 
 def test_chatwith_an_offline_account_asks_the_database(h):

@@ -1,0 +1,239 @@
+"""Work that must not run on the loop's thread: password checks and account lookups.
+
+It owns the worker threads, their read-only database connections, and the
+queues between them and the loop.  It must not make a protocol decision or
+touch a client socket: it computes answers and hands them back to the loop as
+inputs for the core (``LoginChecked``, ``AccountLookedUp``), through a queue
+and the loop's wake-up socket (``wake``).
+
+Password checks: fair, bounded, cancelled when nobody waits
+-----------------------------------------------------------
+A password check costs a KDF run (``chatnet.passwords``), on purpose.  So
+the checks are scheduled here, on the loop's side, and only as many are
+handed to the threads as there are threads:
+
+* **fair**: waiting checks are kept per client address, and the addresses
+  take turns (round robin), so one address -- or a thousand connections from
+  it -- cannot take the pool from everybody else;
+* **counted when submitted**: a check counts against its address from the
+  moment it is submitted until it completes, even if its connection is gone;
+  an address with checks running waits behind addresses with none;
+* **cancelled**: when a connection closes, its waiting check is dropped at
+  once and costs nothing; one already running finishes, and its answer is
+  ignored by the core;
+* **bounded**: each connection has at most one check at a time (the core
+  waits for the answer), so waiting checks are bounded by the connection
+  limits, in total and per address.
+
+Lookups (``chatwith/``) run on one thread of their own, in order, so a slow
+disk delays the person who asked, never the loop.
+"""
+
+import collections
+import logging
+import os
+import queue
+import threading
+
+from . import passwords
+from .events import AccountLookedUp, LoginChecked
+
+log = logging.getLogger("chatnet.server")
+
+
+class _Job(object):
+    """One password check: who asked, from where, and for what."""
+
+    __slots__ = ("conn", "host", "user_id", "password", "cancelled")
+
+    def __init__(self, conn, host, user_id, password):
+        self.conn = conn
+        self.host = host
+        self.user_id = user_id
+        self.password = password
+        self.cancelled = False
+
+
+class FairQueue(object):
+    """Waiting password checks, one FIFO per address, addresses served in turn.
+
+    Pure bookkeeping for the loop's thread: ``push``, ``cancel`` and ``pop``
+    are O(1) (a cancelled job is skipped when its turn comes).
+    """
+
+    def __init__(self):
+        self._by_host = {}                       # host -> deque of jobs
+        self._turns = collections.deque()        # hosts with waiting jobs, in turn order
+        self._by_conn = {}                       # conn -> its waiting job
+        self.outstanding = collections.Counter()  # host -> jobs submitted and not completed
+
+    def __len__(self):
+        return len(self._by_conn)
+
+    def push(self, job):
+        self.outstanding[job.host] += 1
+        self._by_conn[job.conn] = job
+        jobs = self._by_host.get(job.host)
+        if jobs is None:
+            jobs = self._by_host[job.host] = collections.deque()
+            self._turns.append(job.host)
+        jobs.append(job)
+
+    def cancel(self, conn):
+        """Drop ``conn``'s waiting job, if it has one; True if it had."""
+        job = self._by_conn.pop(conn, None)
+        if job is None:
+            return False
+        job.cancelled = True
+        self.completed(job)
+        return True
+
+    def completed(self, job):
+        count = self.outstanding[job.host] - 1
+        if count > 0:
+            self.outstanding[job.host] = count
+        else:
+            del self.outstanding[job.host]
+
+    def pop(self):
+        """The next job to run: the next address's oldest live job, or None."""
+        turns = self._turns
+        while turns:
+            host = turns.popleft()
+            jobs = self._by_host[host]
+            while jobs and jobs[0].cancelled:
+                jobs.popleft()
+            if not jobs:
+                del self._by_host[host]
+                continue
+            job = jobs.popleft()
+            if jobs:
+                turns.append(host)               # its next job waits for the next round
+            else:
+                del self._by_host[host]
+            del self._by_conn[job.conn]
+            return job
+        return None
+
+
+class PasswordChecks(object):
+    """Runs password checks on worker threads, fairly; see the module docstring."""
+
+    def __init__(self, open_reader, wake, workers):
+        self._wake = wake
+        self._waiting = FairQueue()
+        self._running = 0
+        self._workers = workers
+        self._done = collections.deque()         # (job, ok, registered) from the threads
+        self._tasks = queue.SimpleQueue()
+        # Each thread's database reader is opened now, before clients can
+        # take every descriptor the process has.
+        self._threads = [threading.Thread(target=self._work, args=(open_reader(),),
+                                          name="chatnet-kdf-%d" % number, daemon=True)
+                         for number in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, conn, host, user_id, password):
+        self._waiting.push(_Job(conn, host, user_id, password))
+        self._start_some()
+
+    def cancel(self, conn):
+        """The connection closed: its waiting check is dropped unrun."""
+        self._waiting.cancel(conn)
+
+    def waiting(self):
+        """How many checks wait for a thread (for tests and logs)."""
+        return len(self._waiting)
+
+    def results(self):
+        """The finished checks as ``LoginChecked`` inputs (call from the loop's thread)."""
+        done = self._done
+        while done:
+            job, ok, registered = done.popleft()
+            self._running -= 1
+            self._waiting.completed(job)
+            self._start_some()
+            yield LoginChecked(job.conn, job.user_id, ok, registered)
+
+    def shutdown(self):
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _start_some(self):
+        while self._running < self._workers:
+            job = self._waiting.pop()
+            if job is None:
+                return
+            self._running += 1
+            self._tasks.put(job)
+
+    def _work(self, reader):
+        _yield_to_the_loop()
+        while True:
+            job = self._tasks.get()
+            if job is None:
+                break
+            try:
+                record = reader.password_record(job.user_id.decode("ascii"))
+                # A missing account costs a KDF run too, so timing does not tell.
+                ok = passwords.verify_password(record or passwords.DUMMY_RECORD, job.password)
+                registered = record is not None
+            except Exception as error:          # a broken record or database: a failed login
+                log.warning("password check for %r failed: %s", job.user_id, error)
+                ok = registered = False
+            self._done.append((job, ok and registered, registered))
+            self._wake()
+        reader.close()
+
+
+class Lookups(object):
+    """Answers ``LookUpAccount`` on a thread of its own, in the order asked."""
+
+    def __init__(self, open_reader, wake):
+        self._wake = wake
+        self._done = collections.deque()
+        self._tasks = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, args=(open_reader(),),
+                                        name="chatnet-lookups", daemon=True)
+        self._thread.start()
+
+    def submit(self, conn, user_id):
+        self._tasks.put((conn, user_id))
+
+    def results(self):
+        done = self._done
+        while done:
+            yield done.popleft()
+
+    def shutdown(self):
+        self._tasks.put(None)
+
+    def _work(self, reader):
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                break
+            conn, user_id = task
+            try:
+                registered, stored, generation = reader.look_up(user_id.decode("ascii"))
+                failed = False
+            except Exception as error:
+                log.warning("cannot look up an account in the database: %s", error)
+                registered, stored, generation, failed = False, 0, "", True
+            self._done.append(AccountLookedUp(conn, user_id, registered, stored, generation, failed))
+            self._wake()
+        reader.close()
+
+
+def _yield_to_the_loop():
+    """Run this worker thread at a lower priority than the loop (Linux: per-thread nice).
+
+    On a single core a password check would otherwise take turns with the
+    loop; at nice +10 the loop gets the CPU whenever it has work, so people
+    chatting do not wait for a burst of logins.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):       # not Linux, or not allowed: no matter
+        pass
