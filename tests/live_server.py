@@ -14,6 +14,7 @@ import os
 import queue
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -153,11 +154,49 @@ class LiveServer(object):
                 if line and ("Traceback" in line or "internal error" in line)]
 
 
-class RawClient(object):
-    """A protocol client over a plain blocking socket with timeouts."""
+def attacker_socket(port, source="127.0.0.1", receive_buffer=4096, timeout=5.0):
+    """A socket connected the way an attacker on a real network connects.
 
-    def __init__(self, port, timeout=5.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    From ``source`` (any 127.x.y.z, so per-address limits see many hosts),
+    with a real-world MSS (``TCP_MAXSEG`` 1460) and a small receive buffer,
+    so the kernel holds back what it would for a remote peer (loopback's
+    64 KiB segments and megabyte buffers would hide every queue).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(timeout)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reset(sock):
+    """Close with an RST instead of a FIN (SO_LINGER 0), as a vanishing client does."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+class RawClient(object):
+    """A protocol client over a plain blocking socket with timeouts.
+
+    ``source`` binds it to another loopback address; ``attacker=True`` gives
+    it an attacker's socket options (see ``attacker_socket``).
+    """
+
+    def __init__(self, port, timeout=5.0, source=None, attacker=False):
+        if attacker or source:
+            self.sock = attacker_socket(port, source or "127.0.0.1", timeout=timeout,
+                                        receive_buffer=4096 if attacker else 1 << 20)
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.timeout = timeout
         self.buffer = b""
 
