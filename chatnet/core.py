@@ -63,8 +63,15 @@ while at least one of these reasons holds, and to read it again
 * ``OWN_QUEUE``: the reactor reported the connection's own send queue full
   (``SendQueueFull``): a client that does not read its replies is not given
   more to reply to;
-* ``(PARTNER_QUEUE, conn)``: the connection relays to ``conn``, whose send
-  queue is full.  Only the senders of a slow reader wait; nobody else does.
+* ``(PARTNER_QUEUE, conn)``: the connection relayed a message to ``conn``
+  while its send queue was full.  Only a connection that actually sends to
+  a slow reader waits -- not everyone whose partner it is -- so a watcher
+  that does not write can still pick someone else.
+
+A client that closes while it is paused (``HungUp``) is held back no
+longer: what it sent before leaving is read and handled, then its EOF ends
+the session, so it does not stay online as a ghost.  Only ``HELD_INPUT``
+still applies to it (that wait is short and bounded).
 
 Failed logins
 -------------
@@ -102,7 +109,7 @@ from . import wire
 from .login_gate import TRACKED_ACCOUNTS, LoginGate  # noqa: F401 (TRACKED_ACCOUNTS: for tests)
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
-    DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
+    DeliverStored, HungUp, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
     LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send, SendQueueDrained,
     SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed,
 )
@@ -164,7 +171,7 @@ class Session(object):
         "conn", "peer", "trusted", "phase", "user_id", "relay_prefix", "partner",
         "partner_online", "splitter", "held", "backlog", "pause_reasons", "congested",
         "input_ended", "login_deadline", "release_at", "failures", "looking_up",
-        "lookup_stale", "relay_joiner", "relay_growth",
+        "lookup_stale", "relay_joiner", "relay_growth", "hung_up",
     )
 
     def __init__(self, conn, peer, trusted, max_line, login_deadline):
@@ -189,6 +196,7 @@ class Session(object):
         self.failures = 0            # failed logins on this connection
         self.looking_up = None       # the ID a LOOKING_UP session asked about
         self.lookup_stale = False    # that ID logged in since: the answer's count is old
+        self.hung_up = False         # the client closed while paused: nobody holds it back now
 
     def __repr__(self):
         return "<Session conn=%d %s user=%r partner=%r%s>" % (
@@ -228,6 +236,7 @@ class ChatCore(object):
             StoreFailed: self._on_store_failed,
             SendQueueFull: self._on_send_queue_full,
             SendQueueDrained: self._on_send_queue_drained,
+            HungUp: self._on_hung_up,
             TimePassed: self._on_time_passed,
             ServerStopping: self._on_server_stopping,
         }
@@ -384,9 +393,17 @@ class ChatCore(object):
         self._emit(LimitReached(session.conn, "send queue", "the client is not reading; "
                                 "pausing it and whoever sends to it"))
         self._pause(session, OWN_QUEUE)
-        if session.user_id is not None and self._online.get(session.user_id) == session.conn:
-            for conn in self._watchers.get(session.user_id, ()):
-                self._hold_back(self._sessions[conn], session.conn)
+
+    def _on_hung_up(self, event):
+        session = self._sessions.get(event.conn)
+        if session is None or session.hung_up:
+            return
+        # Nobody waits for a client that has left: whatever it sent before
+        # leaving is read and handled now, and then its EOF ends it.
+        session.hung_up = True
+        for reason in list(session.pause_reasons):
+            if reason is not HELD_INPUT:
+                self._unpause(session, reason)
 
     def _on_send_queue_drained(self, event):
         session = self._sessions.get(event.conn)
@@ -467,7 +484,7 @@ class ChatCore(object):
             self._unpause(session, HELD_INPUT)
 
     def _pause(self, session, reason):
-        if reason in session.pause_reasons:
+        if reason in session.pause_reasons or (session.hung_up and reason is not HELD_INPUT):
             return
         if not session.pause_reasons:
             session.pause_reasons = set()

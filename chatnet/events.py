@@ -83,6 +83,16 @@ class ConnectionLost(NamedTuple):
 
 
 @_compared_by_type
+class HungUp(NamedTuple):
+    """The client closed while the server was not reading it (its reading was paused).
+
+    Its last bytes and its EOF still wait in the kernel; they come as
+    ``DataReceived`` and ``InputEnded`` once it is read again.
+    """
+    conn: int
+
+
+@_compared_by_type
 class LoginChecked(NamedTuple):
     """The answer to ``CheckLogin``: was the password right for that ID?
 

@@ -80,10 +80,11 @@ import time
 from typing import NamedTuple
 
 from . import passwords, wire
+from .hangups import HangUpWatch
 from .workers import Lookups, PasswordChecks
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
-    DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
+    DeliverStored, HungUp, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
     LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send, SendQueueDrained,
     SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed,
 )
@@ -108,7 +109,8 @@ _OUT_OF_DESCRIPTORS = frozenset((errno.EMFILE, errno.ENFILE))
 _OUT_OF_MEMORY = frozenset((errno.ENOBUFS, errno.ENOMEM))
 
 _LISTENER = "listener"         # selector key data of the listening socket
-_WAKEUP = "wakeup"             # ... and of the wake-up socket
+_WAKEUP = "wakeup"             # ... of the wake-up socket
+_HANGUPS = "hangups"           # ... and of the hang-up watch of paused sockets
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -130,7 +132,7 @@ class Connection(object):
     __slots__ = (
         "conn", "sock", "host", "peer", "trusted", "outgoing", "mask", "paused", "eof",
         "closing", "closed", "core_knows", "dirty", "queued", "sent", "stored_marks",
-        "backlogged", "progress_at",
+        "backlogged", "progress_at", "watched",
     )
 
     def __init__(self, conn, sock, host, peer, trusted):
@@ -152,6 +154,7 @@ class Connection(object):
         self.stored_marks = None       # deque of (end offset, stored row id)
         self.backlogged = False        # the core was told the send queue is full
         self.progress_at = 0.0         # when the kernel last took bytes (or the queue began)
+        self.watched = False           # paused, and in the hang-up watch
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.
@@ -204,6 +207,9 @@ class Reactor(object):
         listener.setblocking(False)
         self._selector.register(listener, selectors.EVENT_READ, _LISTENER)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, _WAKEUP)
+        self._hangups = HangUpWatch()
+        if self._hangups.available:
+            self._selector.register(self._hangups.fileno(), selectors.EVENT_READ, _HANGUPS)
         self._sweep_scheduled = False    # the stall sweep runs only while someone waits to write
         self._action_handlers = {
             Send: self._do_send,
@@ -319,6 +325,8 @@ class Reactor(object):
             self._accept_ready()
         elif target is _WAKEUP:
             self._wakeup_ready()
+        elif target is _HANGUPS:
+            self._hangups_ready()
         else:
             try:
                 if mask & selectors.EVENT_READ and not target.closed:
@@ -446,6 +454,17 @@ class Reactor(object):
             self._feed(result)
         for result in self._lookups.results():
             self._feed(result)
+
+    def _hangups_ready(self):
+        """A paused client left: a reset drops it now; a FIN lets the core decide."""
+        for connection, reset in self._hangups.hung_up():
+            connection.watched = False
+            if connection.closed:
+                continue
+            if reset:
+                self._drop(connection, "reset while paused")
+            else:
+                self._feed(HungUp(connection.conn))
 
     # ================================================================ the core
 
@@ -776,6 +795,9 @@ class Reactor(object):
                 | (selectors.EVENT_WRITE if connection.outgoing else 0))
         if mask == connection.mask:
             return
+        paused = not reading and not (connection.eof or connection.closing)
+        if paused != connection.watched:
+            self._watch_for_hang_up(connection, paused)
         if mask & selectors.EVENT_WRITE:
             self._writing.add(connection)
             if not self._sweep_scheduled:
@@ -790,6 +812,14 @@ class Reactor(object):
         else:
             self._selector.modify(connection.sock, mask, connection)
         connection.mask = mask
+
+    def _watch_for_hang_up(self, connection, paused):
+        """While it is not read, a socket's FIN or reset is watched for on the side."""
+        connection.watched = paused
+        if paused:
+            self._hangups.watch(connection.sock.fileno(), connection)
+        else:
+            self._hangups.unwatch(connection.sock.fileno())
 
     def _sweep_stalled_writers(self, _):
         """Drop clients that have taken no byte for ``write_timeout`` seconds.
@@ -834,6 +864,8 @@ class Reactor(object):
         if connection.mask:
             self._selector.unregister(connection.sock)   # before close: the fd may be reused
             connection.mask = 0
+        if connection.watched:
+            self._watch_for_hang_up(connection, False)
         self._writing.discard(connection)
         self._checks.cancel(connection.conn)
         connection.sock.close()
@@ -906,6 +938,7 @@ class Reactor(object):
         except (KeyError, ValueError):
             pass
         self._selector.close()
+        self._hangups.close()
         self._wake_reader.close()
         self._wake_writer.close()
         if self._spare_fd is not None:

@@ -13,8 +13,10 @@ import os
 import threading
 import time
 
+import pytest
+
 from chatnet.bench import rss_kib
-from live_server import RawClient, attacker_socket, frame, reset
+from live_server import NOTICE_DESTROYED, RawClient, attacker_socket, frame, reset
 
 UNTRUSTED = ("--trusted", "none", "--log-level", "info")
 
@@ -139,3 +141,50 @@ def test_a_flood_of_chatwith_to_nobody_does_not_slow_a_chatting_pair(start_serve
     print("\npair one-way under a chatwith/ flood from 4 clients: median %.2f ms, p90 %.2f ms"
           % (times[100] * 1000, times[180] * 1000))
     assert times[100] < 0.020          # was 288 ms
+
+
+# ---------------------------------------------------------------- item 3: ghosts
+
+def flood_until_congested(server, sender, reader_id):
+    """``sender`` floods ``reader_id`` (who never reads) until the server reports its queue full."""
+    line = b"chat/" + b"f" * 1000 + b"\n"
+
+    def flood():
+        try:
+            while True:
+                sender.send(line * 64)
+        except OSError:
+            pass                                    # paused for good, then closed: done
+
+    threading.Thread(target=flood, daemon=True).start()
+    server.wait_for_log("limit reached", "send queue", timeout=20)
+
+
+@pytest.mark.parametrize("leaving", ["close", "reset"])
+def test_a_client_that_leaves_while_held_back_is_offline_at_once(start_server, leaving):
+    """vic wrote to mal, who never reads; vic quits; carol must not see a ghost (item 3)."""
+    server = start_server(*UNTRUSTED)
+    mal = RawClient(server.port, source="127.0.4.1", attacker=True)
+    assert mal.login("bob", "secret") == b"1"               # ... and never reads again
+    flooder = server.login("erin", "pw")
+    flooder.chatwith("bob", b"2")
+    flood_until_congested(server, flooder, "bob")
+    vic = RawClient(server.port, source="127.0.4.2")
+    assert vic.login("alice", "pw") == b"1"
+    vic.chatwith("bob", b"2")
+    vic.send(b"chat/are you there?\n")                     # vic relays to mal: now vic waits
+    carol = RawClient(server.port, source="127.0.4.3")
+    assert carol.login("carol", "pw") == b"1"
+    carol.chatwith("alice", b"2")
+    started = time.monotonic()
+    if leaving == "close":
+        vic.close()
+    else:
+        reset(vic.sock)
+    carol.expect(NOTICE_DESTROYED)                         # vic's departure, seen at once
+    assert time.monotonic() - started < 2.0
+    carol.chatwith("alice", b"1")
+    carol.send(b"chat/message one\nchat/message two\n")
+    carol.sync()                                           # both are stored now
+    back = server.login("alice", "pw")
+    back.expect(b"chat/carol: message one", b"chat/carol: message two")

@@ -2,9 +2,9 @@
 
 from chatnet import wire
 from chatnet.events import (
-    CheckLogin, LimitReached, PauseReading, ResumeReading, SendQueueDrained, SendQueueFull,
+    CheckLogin, HungUp, LimitReached, PauseReading, ResumeReading, SendQueueDrained, SendQueueFull,
 )
-from core_harness import CoreHarness, frame
+from core_harness import NOTICE_OFFLINE, CoreHarness, frame
 
 ACCOUNTS = {b"alice": b"pw", b"bob": b"pw", b"carol": b"pw", b"dave": b"pw"}
 
@@ -89,16 +89,55 @@ def paired(h):
     return alice, bob, carol
 
 
-def test_a_full_send_queue_pauses_the_reader_and_everyone_relaying_to_it():
+def test_a_full_send_queue_pauses_the_reader_and_whoever_relays_to_it():
     h = CoreHarness(accounts=ACCOUNTS)
     alice, bob, carol = paired(h)
     dave = h.login(b"dave")
     h.feed(SendQueueFull(bob))
-    assert h.paused == {alice, bob, carol}
-    assert dave not in h.paused
+    assert h.paused == {bob}                          # nobody has relayed to it yet
     assert "send queue" in h.limits()
+    h.send(alice, b"chat/more for you\n")
+    assert h.paused == {alice, bob}                   # alice relays: she waits
+    assert carol not in h.paused and dave not in h.paused
     h.feed(SendQueueDrained(bob))
     assert h.paused == set()
+
+
+def test_a_watcher_of_a_slow_reader_that_does_not_relay_can_still_pick_someone_else():
+    """vic picked mal, who does not read; vic asks for carol -- and is answered (item 3)."""
+    h = CoreHarness(accounts=ACCOUNTS)
+    alice, bob, carol = paired(h)
+    h.feed(SendQueueFull(bob))
+    h.send(carol, b"chatwith/dave\n")
+    assert carol not in h.paused
+    assert h.lines(carol) == [b"1", NOTICE_OFFLINE]
+
+
+def test_a_held_back_sender_whose_client_hangs_up_is_read_to_its_end():
+    """It must not stay online, a ghost, until the slow reader drains (item 3)."""
+    h = CoreHarness(accounts=ACCOUNTS)
+    alice, bob, carol = paired(h)
+    h.feed(SendQueueFull(bob))
+    h.send(alice, b"chat/one\n")
+    assert alice in h.paused
+    h.feed(HungUp(alice))
+    assert alice not in h.paused
+    h.send(alice, b"chat/two\n")                      # what was in the kernel still counts ...
+    h.hang_up(alice)                                   # ... then the EOF it sent
+    assert h.closed[alice] == "input ended"
+    assert b"chat/alice: two" in h.lines(bob)
+    h.send(carol, b"chatwith/alice\n")
+    assert h.lines(carol) == [b"1", NOTICE_OFFLINE]    # offline at once
+
+
+def test_a_hang_up_does_not_lift_a_pause_for_held_input():
+    """Held input waits for a password check or a lookup: short, and bounded by the hold limit."""
+    h = CoreHarness(accounts=ACCOUNTS, answer_checks=False, hold_limit=100)
+    conn = h.connect()
+    h.send(conn, frame(b"alice", b"pw") + b"x" * 200)
+    assert conn in h.paused
+    h.feed(HungUp(conn))
+    assert conn in h.paused
 
 
 def test_someone_who_starts_relaying_to_a_congested_reader_waits_too():
@@ -126,6 +165,8 @@ def test_pause_reasons_stack_and_reading_resumes_only_when_all_are_gone():
     alice, bob, carol = paired(h)
     h.send(alice, b"chatwith/alice\n")                 # alice now relays to herself
     h.feed(SendQueueFull(bob))
+    h.send(carol, b"chat/x\n")
+    h.send(alice, b"chatwith/bob\nchat/y\nchatwith/alice\n")   # held back by bob, once
     h.feed(SendQueueFull(alice))                       # alice's own queue is full too
     h.feed(SendQueueDrained(bob))
     assert alice in h.paused
