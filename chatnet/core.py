@@ -110,7 +110,7 @@ from .login_gate import TRACKED_ACCOUNTS, LoginGate  # noqa: F401 (TRACKED_ACCOU
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, HungUp, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
-    LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send, SendQueueDrained,
+    LoginSucceeded, LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, SendQueueDrained,
     SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed,
 )
 
@@ -135,8 +135,11 @@ class CoreConfig(NamedTuple):
     #: untrusted addresses are refused without a check.
     account_failure_limit: int = 10
     account_failure_window: float = 600.0
-    #: Input bytes held for a waiting connection before reading it pauses.
+    #: Input bytes held for a connection before login or while it waits
+    #: (a password check, a delay, a lookup); reading pauses at the limit.
     hold_limit: int = 64 * 1024
+    #: Input bytes held for all connections before login, together.
+    unauthenticated_budget: int = 16 * 1024 * 1024
     #: Relay a chunk made only of chat/ lines with one ``bytes.replace``
     #: (see "The fast path").  False handles every line on its own: the
     #: same actions, more slowly.
@@ -171,7 +174,8 @@ class Session(object):
         "conn", "peer", "trusted", "phase", "user_id", "relay_prefix", "partner",
         "partner_online", "splitter", "held", "backlog", "pause_reasons", "congested",
         "input_ended", "login_deadline", "release_at", "failures", "looking_up",
-        "lookup_stale", "relay_joiner", "relay_growth", "hung_up",
+        "lookup_stale", "relay_joiner", "relay_growth", "hung_up", "read_limit",
+        "counted_held",
     )
 
     def __init__(self, conn, peer, trusted, max_line, login_deadline):
@@ -197,6 +201,8 @@ class Session(object):
         self.looking_up = None       # the ID a LOOKING_UP session asked about
         self.lookup_stale = False    # that ID logged in since: the answer's count is old
         self.hung_up = False         # the client closed while paused: nobody holds it back now
+        self.read_limit = None       # the last ReadAtMost size (None: the reactor's own)
+        self.counted_held = 0        # bytes of ``held`` counted in the unauthenticated budget
 
     def __repr__(self):
         return "<Session conn=%d %s user=%r partner=%r%s>" % (
@@ -215,6 +221,8 @@ class ChatCore(object):
         self._store_counts = {}      # account ID -> messages in its store (when known)
         self._store_generations = {} # account ID -> which account the count is of (lookup's word)
         self._held_back = {}         # conn with a full send queue -> conns paused for it
+        self._unauthenticated_held = 0   # input bytes held for sessions before login, together
+        self._waiting_for_room = set()   # conns paused until the unauthenticated budget has room
         self._lookups = {}           # account ID -> conns waiting for its lookup
         #: Failure delays, the per-account throttle, known addresses.
         self.login_gate = LoginGate(config.failure_delays, config.account_failure_limit,
@@ -280,6 +288,10 @@ class ChatCore(object):
         """The conns whose partner is ``user_id`` (a copy)."""
         return set(self._watchers.get(user_id, ()))
 
+    def unauthenticated_bytes(self):
+        """Input bytes held for connections that have not logged in, together."""
+        return self._unauthenticated_held
+
     def store_count(self, user_id):
         """The core's count of ``user_id``'s stored messages, or None if unknown."""
         return self._store_counts.get(user_id)
@@ -320,6 +332,7 @@ class ChatCore(object):
         self._sessions[event.conn] = Session(event.conn, event.peer, event.trusted,
                                              self.config.max_line, deadline)
         heapq.heappush(self._deadlines, (deadline, event.conn))
+        self._limit_reading(self._sessions[event.conn])
 
     def _on_data_received(self, event):
         session = self._sessions.get(event.conn)
@@ -475,13 +488,59 @@ class ChatCore(object):
             return
         if session.input_ended and session.phase not in WAITING_PHASES:
             self._close(session, "input ended")
-        elif len(session.held) > self.config.hold_limit:
+        else:
+            self._limit_reading(session)
+
+    def _limit_reading(self, session):
+        """Keep what is held for ``session`` within its limits (see "Memory before login")."""
+        room = self._room_for_input(session)
+        if room is not None and room <= 0:
             if HELD_INPUT not in session.pause_reasons:
-                self._emit(LimitReached(session.conn, "held input",
-                                        "more than %d bytes wait" % self.config.hold_limit))
+                self._emit(LimitReached(session.conn, "held input", "%d bytes wait%s" % (
+                    len(session.held), "" if session.held else
+                    "; unauthenticated connections hold %d bytes" % self._unauthenticated_held)))
             self._pause(session, HELD_INPUT)
+            room = 0
         else:
             self._unpause(session, HELD_INPUT)
+            if room != session.read_limit:
+                self._emit(ReadAtMost(session.conn, room))
+        session.read_limit = room
+        self._count_unauthenticated(session)
+
+    def _room_for_input(self, session):
+        """How many more input bytes ``session`` may take; None when it may read freely."""
+        phase = session.phase
+        if phase is Phase.CHATTING and not session.held and session.backlog is None:
+            return None
+        held = len(session.held)
+        room = self.config.hold_limit - held
+        if phase in LOGIN_PHASES:
+            others = self._unauthenticated_held - session.counted_held
+            budget_left = self.config.unauthenticated_budget - others - held
+            if phase is Phase.LOGIN:
+                # A login frame always fits, or a full budget would keep everyone out.
+                budget_left = max(budget_left, wire.FRAME_SIZE - held)
+            if budget_left < room:
+                room = budget_left
+                if room <= 0:
+                    self._waiting_for_room.add(session.conn)
+        return room
+
+    def _count_unauthenticated(self, session):
+        """Count what ``session`` holds, and the read it was granted, against the budget."""
+        counted = 0
+        if session.phase in LOGIN_PHASES:
+            counted = len(session.held) + (session.read_limit or 0)
+        change = counted - session.counted_held
+        if change:
+            session.counted_held = counted
+            self._unauthenticated_held += change
+            if change < 0 and self._waiting_for_room:
+                waiting, self._waiting_for_room = self._waiting_for_room, set()
+                for conn in waiting:
+                    if conn in self._sessions:
+                        self._limit_reading(self._sessions[conn])
 
     def _pause(self, session, reason):
         if reason in session.pause_reasons or (session.hung_up and reason is not HELD_INPUT):
@@ -750,6 +809,8 @@ class ChatCore(object):
             self._forget_lookup(session)
         session.phase = Phase.CLOSED
         del self._sessions[session.conn]
+        self._waiting_for_room.discard(session.conn)
+        self._count_unauthenticated(session)
         self._set_partner(session, None)
         self._release_held_back(session.conn)
         for senders in self._held_back.values():

@@ -230,6 +230,17 @@ class DeliverStored(NamedTuple):
 
 
 @_compared_by_type
+class ReadAtMost(NamedTuple):
+    """Let each read of ``conn`` bring at most ``size`` bytes (None: the reactor's own size).
+
+    The core holds input before login and while a connection waits; this
+    keeps what it holds within its limits, so a read never lands on top.
+    """
+    conn: int
+    size: Optional[int]
+
+
+@_compared_by_type
 class PauseReading(NamedTuple):
     """Stop reading from ``conn`` for now (the core holds enough of its input)."""
     conn: int

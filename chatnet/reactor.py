@@ -85,7 +85,7 @@ from .workers import Lookups, PasswordChecks
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, HungUp, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
-    LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send, SendQueueDrained,
+    LoginSucceeded, LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, SendQueueDrained,
     SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed,
 )
 
@@ -132,7 +132,7 @@ class Connection(object):
     __slots__ = (
         "conn", "sock", "host", "peer", "trusted", "outgoing", "mask", "paused", "eof",
         "closing", "closed", "core_knows", "dirty", "queued", "sent", "stored_marks",
-        "backlogged", "progress_at", "watched",
+        "backlogged", "progress_at", "watched", "read_size",
     )
 
     def __init__(self, conn, sock, host, peer, trusted):
@@ -155,6 +155,7 @@ class Connection(object):
         self.backlogged = False        # the core was told the send queue is full
         self.progress_at = 0.0         # when the kernel last took bytes (or the queue began)
         self.watched = False           # paused, and in the hang-up watch
+        self.read_size = RECV_SIZE     # the most one recv may bring (the core may lower it)
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.
@@ -219,6 +220,7 @@ class Reactor(object):
             StoreMessage: self._do_store_message,
             DeliverStored: self._do_deliver_stored,
             PauseReading: self._do_pause_reading,
+            ReadAtMost: self._do_read_at_most,
             ResumeReading: self._do_resume_reading,
             LoginSucceeded: self._do_log_login,
             LoginFailed: self._do_log_login_failure,
@@ -428,7 +430,7 @@ class Reactor(object):
 
     def _read_ready(self, connection):
         try:
-            data = connection.sock.recv(RECV_SIZE)
+            data = connection.sock.recv(connection.read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
@@ -647,6 +649,11 @@ class Reactor(object):
             connection.queued += len(line)
             marks.append((connection.queued, row_id))
         self._mark_dirty(connection)
+
+    def _do_read_at_most(self, action):
+        connection = self._connections.get(action.conn)
+        if connection is not None:
+            connection.read_size = min(RECV_SIZE, action.size) if action.size else RECV_SIZE
 
     def _do_pause_reading(self, action):
         connection = self._connections.get(action.conn)

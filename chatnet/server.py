@@ -68,6 +68,10 @@ def parse_args(argv):
     limits.add_argument("--keepalive", type=cli.non_negative_float, default=LIMITS.keepalive,
                         metavar="SECONDS", help="idle time before TCP keepalive probes a silent "
                         "client; 0 turns them off (default %(default)s)")
+    limits.add_argument("--unauthenticated-memory", type=cli.positive_int,
+                        default=DEFAULTS.unauthenticated_budget, metavar="BYTES",
+                        help="input held for connections that have not logged in, all together "
+                        "(default %(default)s)")
     limits.add_argument("--failure-delay", type=cli.non_negative_float,
                         default=DEFAULTS.failure_delays[0], metavar="SECONDS",
                         help="hold back a failed login's 0 this long, doubling twice "
@@ -81,7 +85,8 @@ def parse_args(argv):
                         "--account-window before further ones are refused (default %(default)s)")
     limits.add_argument("--account-window", type=cli.positive_float,
                         default=DEFAULTS.account_failure_window, metavar="SECONDS",
-                        help="(default %(default)s)")
+                        help="the window in which --account-failures are counted "
+                        "(default %(default)s)")
     parser.add_argument("--log-level", default="warning",
                         choices=("debug", "info", "warning", "error"),
                         help="what to log (default warning; info logs logins, logouts and limits)")
@@ -192,7 +197,8 @@ def serve(args, storage, log_handler):
                         failure_delays=(delay, 2 * delay, 4 * delay) if delay else (),
                         max_failures=args.max_login_failures,
                         account_failure_limit=args.account_failures,
-                        account_failure_window=args.account_window)
+                        account_failure_window=args.account_window,
+                        unauthenticated_budget=args.unauthenticated_memory)
     limits = ReactorLimits(max_connections=args.max_connections or descriptor_budget(),
                            max_per_ip=args.max_per_ip, trusted_networks=args.trusted,
                            send_queue_limit=args.send_queue_limit,

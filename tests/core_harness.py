@@ -18,7 +18,7 @@ from chatnet.core import ChatCore, CoreConfig
 from chatnet.events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
-    LoginSucceeded, LookUpAccount, PauseReading, ResumeReading, Send,
+    LoginSucceeded, LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send,
     StoreFailed, StoreMessage, TimePassed,
 )
 
@@ -49,6 +49,7 @@ class CoreHarness(object):
         self.transcript = defaultdict(bytearray)      # conn -> every byte it was ever sent
         self.closed = {}                              # conn -> reason
         self.paused = set()
+        self.read_limits = {}                         # conn -> ReadAtMost's size (None: no limit)
         self.actions = []                             # every action, in order
         self.log = []                                 # LoginSucceeded, LoginFailed, LoggedOut, LimitReached
         self.answer_checks = answer_checks            # False: the test answers CheckLogin itself
@@ -86,6 +87,17 @@ class CoreHarness(object):
         self.send(conn, frame(user_id, self.accounts[user_id] if password is None else password))
         assert self.next_line(conn) == b"1", "login of %r failed" % user_id
         return conn
+
+    def offer(self, conn, data, read_size=65536):
+        """Let ``conn``'s bytes in as the reactor does: reads of at most its limit, while not paused.
+
+        Returns what is left "in the kernel".
+        """
+        while data and conn not in self.paused and conn not in self.closed:
+            size = self.read_limits.get(conn) or read_size
+            self.send(conn, data[:size])
+            data = data[size:]
+        return data
 
     def advance(self, seconds):
         """Let time pass, firing due deadlines as the reactor would."""
@@ -172,6 +184,8 @@ class CoreHarness(object):
                 line = wire.relay_line(sender, text)
                 self.inbox[action.conn] += line
                 self.transcript[action.conn] += line
+        elif kind is ReadAtMost:
+            self.read_limits[action.conn] = action.size
         elif kind is PauseReading:
             self.paused.add(action.conn)
         elif kind is ResumeReading:

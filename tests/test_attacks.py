@@ -188,3 +188,33 @@ def test_a_client_that_leaves_while_held_back_is_offline_at_once(start_server, l
     carol.sync()                                           # both are stored now
     back = server.login("alice", "pw")
     back.expect(b"chat/carol: message one", b"chat/carol: message two")
+
+
+# ---------------------------------------------------------------- item 2: memory before login
+
+def test_connections_that_never_log_in_hold_bounded_memory_in_total(start_server):
+    """An invalid frame, then 160 KiB, from 400 connections of 25 addresses (item 2)."""
+    server = start_server(*UNTRUSTED, "--unauthenticated-memory", str(4 << 20),
+                          "--failure-delay", "5")
+    before = rss_kib(server.proc.pid)
+    socks = []
+    payload = b"\0" * 16 + b"x" * (160 * 1024)
+    for number in range(400):
+        sock = attacker_socket(server.port, "127.0.5.%d" % (1 + number // 16))
+        sock.setblocking(False)
+        try:
+            sock.send(payload)                 # as much as the kernel takes; no waiting
+        except BlockingIOError:
+            pass
+        socks.append(sock)
+    carol = RawClient(server.port, source="127.0.6.1")   # a login still gets through
+    assert carol.login("carol", "pw") == b"1"
+    carol.sync()                                         # every earlier read is done
+    peak = (rss_kib(server.proc.pid) - before) / 1024
+    for sock in socks:
+        reset(sock)
+    carol.sync()
+    after = (rss_kib(server.proc.pid) - before) / 1024
+    print("\n400 connections x 160 KiB before login: RSS +%.1f MiB, +%.1f MiB after they closed"
+          % (peak, after))
+    assert peak < 12 and after < 12                      # the budget is 4 MiB

@@ -350,3 +350,56 @@ def test_logging_out_tells_partners_connection_is_destroyed(h):
     h.lines(bob)
     h.hang_up(alice)
     assert h.lines(bob) == [NOTICE_DESTROYED]
+
+
+# ---------------------------------------------------------------- memory before login (issue 8, item 2)
+
+def test_before_login_a_read_takes_only_what_fits_under_the_hold_limit():
+    """An invalid frame, then 160 KiB: the server once held 128 KiB of it."""
+    h = CoreHarness(accounts=ACCOUNTS, hold_limit=1000, failure_delays=(0.25,))
+    conn = h.connect()
+    assert h.read_limits[conn] == 1000
+    left_in_kernel = h.offer(conn, frame(b"\0", b"bad") + b"x" * 5000)
+    assert len(h.core.session(conn).held) == 1000
+    assert conn in h.paused
+    assert len(left_in_kernel) == 16 + 5000 - 16 - 1000
+
+
+def test_after_login_reads_are_not_limited_by_the_hold_limit():
+    h = CoreHarness(accounts=ACCOUNTS, hold_limit=1000)
+    conn = h.login(b"alice")
+    assert h.read_limits[conn] is None                 # the reactor's own read size
+
+
+def test_unauthenticated_input_has_a_budget_in_total():
+    h = CoreHarness(accounts=ACCOUNTS, hold_limit=1000, unauthenticated_budget=3000,
+                    failure_delays=(10.0,))
+    holders = []
+    for _ in range(10):
+        conn = h.connect()
+        h.offer(conn, frame(b"nobody", b"bad") + b"y" * 2000)    # its 0 waits 10 s; input is held
+        holders.append(conn)
+    assert h.core.unauthenticated_bytes() <= 3000
+    assert set(holders) <= h.paused
+
+
+def test_a_login_gets_through_while_the_budget_is_used_up():
+    h = CoreHarness(accounts=ACCOUNTS, hold_limit=1000, unauthenticated_budget=3000,
+                    failure_delays=(10.0,))
+    for _ in range(10):
+        h.offer(h.connect(), frame(b"nobody", b"bad") + b"y" * 2000)
+    conn = h.connect()
+    h.offer(conn, frame(b"alice", b"pw") + b"chat/pipelined\n")
+    assert h.next_line(conn) == b"1"
+
+
+def test_room_freed_in_the_budget_lets_waiting_connections_read_again():
+    h = CoreHarness(accounts=ACCOUNTS, hold_limit=1000, unauthenticated_budget=3000,
+                    failure_delays=(10.0,))
+    holders = [h.connect() for _ in range(5)]
+    for conn in holders:
+        h.offer(conn, frame(b"nobody", b"bad") + b"y" * 2000)
+    assert set(holders) <= h.paused
+    assert h.core.unauthenticated_bytes() <= 3000
+    h.drop(holders[0])                                   # its held bytes are freed ...
+    assert not set(holders[1:]) <= h.paused               # ... and someone may read again
