@@ -100,6 +100,7 @@ SHUTDOWN_GRACE = 2.0           # time to flush goodbyes on shutdown
 STALL_SWEEP = 1.0              # how often send queues are checked for stalls
 STORAGE_BACKOFF = 1.0          # after a failed write, stores fail fast this long
 WARNING_INTERVAL = 10.0        # a repeated warning is logged at most this often
+LOOP_STALL_GRACE = 0.5         # a pass this much later than select's timeout: the loop was away
 
 NOTICE_SERVER_FULL = wire.notice("the server is full, try again later")
 NOTICE_TOO_MANY_FROM_YOU = wire.notice("too many connections from your address")
@@ -286,8 +287,9 @@ class Reactor(object):
 
     def run_once(self, max_wait=None):
         """One pass of the loop (see the module docstring)."""
-        ready = self._selector.select(self._select_timeout(max_wait))
-        self._now = self._clock()
+        timeout = self._select_timeout(max_wait)
+        ready = self._selector.select(timeout)
+        self._now = self._passed_since(self._now, timeout)
         if self._departed:
             self._departed.clear()
         if self._hangup_requested:
@@ -311,6 +313,22 @@ class Reactor(object):
             self._flush()
         if self._storage.in_transaction:
             self._commit()
+
+    def _passed_since(self, before, timeout):
+        """The time now -- crediting waiting writers with any time the loop itself was away.
+
+        ``select`` returns within its timeout.  When much more time than that
+        passed, the process was stopped (SIGSTOP, a VM pause, a stalled disk):
+        no client could read from a server that was not sending, so that
+        time does not count against anyone's write timeout.
+        """
+        now = self._clock()
+        if timeout is not None and self._writing:
+            away = now - before - timeout - LOOP_STALL_GRACE
+            if away > 0:
+                for connection in self._writing:
+                    connection.progress_at += away
+        return now
 
     def _select_timeout(self, max_wait):
         """How long ``select`` may wait: until the first deadline, core's or ours."""

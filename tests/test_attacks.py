@@ -10,6 +10,7 @@ already broken within seconds.
 """
 
 import os
+import signal
 import threading
 import time
 
@@ -218,3 +219,42 @@ def test_connections_that_never_log_in_hold_bounded_memory_in_total(start_server
     print("\n400 connections x 160 KiB before login: RSS +%.1f MiB, +%.1f MiB after they closed"
           % (peak, after))
     assert peak < 12 and after < 12                      # the budget is 4 MiB
+
+
+# ---------------------------------------------------------------- item 6: the server itself stalls
+
+def test_a_reader_is_not_judged_on_time_the_server_was_stopped(start_server):
+    """SIGSTOP (a VM pause, a long disk stall) longer than the write timeout (item 6)."""
+    server = start_server(*UNTRUSTED, "--write-timeout", "2")
+    reader = RawClient(server.port, source="127.0.7.1", attacker=True)   # a small receive buffer
+    assert reader.login("bob", "secret") == b"1"
+    sender = server.login("alice", "pw")
+    sender.chatwith("bob", b"2")
+    received = []
+
+    def read_steadily():
+        try:
+            while True:
+                data = reader.sock.recv(4096)
+                if not data:
+                    break
+                received.append(len(data))
+                time.sleep(0.001)
+        except OSError:
+            pass
+
+    threading.Thread(target=read_steadily, daemon=True).start()
+    line = b"chat/" + b"m" * 1000 + b"\n"
+    count = 12000                                # far more than the kernels hold: a queue forms
+    sender.sock.settimeout(60)
+    threading.Thread(target=lambda: sender.send(line * count), daemon=True).start()
+    time.sleep(0.5)                              # mid-stream (not a wait for "nothing")
+    assert 0 < sum(received) < count * 1000
+    server.proc.send_signal(signal.SIGSTOP)
+    time.sleep(3.0)                              # the stall itself
+    server.proc.send_signal(signal.SIGCONT)
+    end = time.monotonic() + 30
+    while sum(received) < count * len(b"chat/alice: " + b"m" * 1000 + b"\n"):
+        assert time.monotonic() < end, "the reader got %d bytes" % sum(received)
+        assert not any("dropped" in line for line in server.stderr_lines if line), server.stderr_lines
+        time.sleep(0.05)
