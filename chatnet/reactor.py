@@ -81,6 +81,7 @@ from typing import NamedTuple
 
 from . import passwords, wire
 from .hangups import HangUpWatch
+from .stored import StoredDeliveries
 from .workers import Lookups, PasswordChecks
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
@@ -133,7 +134,7 @@ class Connection(object):
     __slots__ = (
         "conn", "sock", "host", "peer", "trusted", "outgoing", "mask", "paused", "eof",
         "closing", "closed", "core_knows", "dirty", "queued", "sent", "stored_marks",
-        "backlogged", "progress_at", "watched", "read_size",
+        "backlogged", "progress_at", "watched", "read_size", "stream",
     )
 
     def __init__(self, conn, sock, host, peer, trusted):
@@ -153,6 +154,7 @@ class Connection(object):
         self.queued = 0                # bytes ever queued on this connection
         self.sent = 0                  # bytes ever taken by the kernel
         self.stored_marks = None       # deque of (end offset, stored row id)
+        self.stream = None             # a StoredStream while stored messages are on their way
         self.backlogged = False        # the core was told the send queue is full
         self.progress_at = 0.0         # when the kernel last took bytes (or the queue began)
         self.watched = False           # paused, and in the hang-up watch
@@ -193,6 +195,7 @@ class Reactor(object):
         self._uncommitted_stores = []    # StoreMessage actions written since the last commit, with
                                          # where each stood in its sender's stream
         self._storage_down_until = 0.0
+        self._stored = StoredDeliveries(storage, self._warn)
         self._warned_at = {}             # warning kind -> (last time, times suppressed since)
         self._stop_requested = False
         self._hangup_requested = False
@@ -311,6 +314,7 @@ class Reactor(object):
             self._commit()
         if self._dirty:
             self._flush()
+        self._delete_delivered()
         if self._storage.in_transaction:
             self._commit()
 
@@ -551,15 +555,18 @@ class Reactor(object):
         connection = self._connections.get(action.conn)
         if connection is None or connection.closed:
             return
-        if not connection.outgoing:
-            connection.progress_at = self._now
-        connection.outgoing += action.data
-        connection.queued += len(action.data)
-        if not connection.dirty:
-            connection.dirty = True
-            self._dirty.append(connection)
-        if len(connection.outgoing) <= self._high_water:
-            return                             # the usual case: far below every limit
+        if connection.stream is not None:      # stored messages go first (chatnet.stored)
+            connection.stream.behind += action.data
+        else:
+            if not connection.outgoing:
+                connection.progress_at = self._now
+            connection.outgoing += action.data
+            connection.queued += len(action.data)
+            if not connection.dirty:
+                connection.dirty = True
+                self._dirty.append(connection)
+            if len(connection.outgoing) <= self._high_water:
+                return                         # the usual case: far below every limit
         waiting = _live_bytes_waiting(connection)
         if waiting > self._limits.send_queue_limit:
             self._drop_slow_reader(connection, "%d bytes wait to be sent, over the limit of %d"
@@ -571,7 +578,8 @@ class Reactor(object):
     def _send_now(self, action):
         """Send one input's only output at once, from its own bytes (no copy into a queue)."""
         connection = self._connections.get(action.conn)
-        if connection is None or connection.closed or connection.outgoing:
+        if (connection is None or connection.closed or connection.outgoing
+                or connection.stream is not None):
             self._do_send(action)                  # bytes are queued: keep their order
             return
         data = action.data
@@ -591,6 +599,7 @@ class Reactor(object):
         log.info("connection %d from %s closed: %s", connection.conn, connection.peer, action.reason)
         connection.core_knows = False
         connection.closing = True
+        self._stored.stop(connection)
         if connection.outgoing:
             self._mark_dirty(connection)
             self._call_at(self._now + CLOSE_LINGER, self._abort_closing, connection)
@@ -627,7 +636,7 @@ class Reactor(object):
 
     def _do_store_message(self, action):
         sender = self._connections.get(action.sender_conn)
-        position = sender.queued if sender is not None else 0
+        position = _stream_end(sender) if sender is not None else 0
         if self._now < self._storage_down_until:
             self._store_failed(action, position)
             return
@@ -649,23 +658,9 @@ class Reactor(object):
         connection = self._connections.get(action.conn)
         if connection is None or connection.closed:
             return
-        try:
-            messages = self._storage.stored_messages(action.user_id.decode("ascii"))
-        except sqlite3.Error as error:
-            self._warn("database read", "cannot read a message store: %s", error)
-            return
-        if not messages:
-            return
-        marks = connection.stored_marks
-        if marks is None:
-            marks = connection.stored_marks = collections.deque()
         if not connection.outgoing:
             connection.progress_at = self._now
-        for row_id, sender, text in messages:
-            line = wire.relay_line(sender.encode("ascii"), text)
-            connection.outgoing += line
-            connection.queued += len(line)
-            marks.append((connection.queued, row_id))
+        self._stored.start(connection, action.user_id.decode("ascii"))
         self._mark_dirty(connection)
 
     def _do_read_at_most(self, action):
@@ -714,6 +709,7 @@ class Reactor(object):
             try:
                 self._storage.commit()
                 self._uncommitted_stores = []
+                self._stored.committed()
             except sqlite3.Error as error:
                 self._storage_failed("commit", error)
         if self._lookups_after_commit:
@@ -732,6 +728,7 @@ class Reactor(object):
             self._storage.rollback()
         except sqlite3.Error:
             pass
+        self._stored.rolled_back()
         failed, self._uncommitted_stores = self._uncommitted_stores, []
         self._stores_failed(failed)
 
@@ -754,18 +751,12 @@ class Reactor(object):
         for action, _ in failed:
             self._feed(StoreFailed(action.sender_conn, action.recipient))
 
-    def _release_stored(self, connection):
-        """Delete stored messages whose last byte the kernel has taken."""
-        marks = connection.stored_marks
-        delivered = []
-        while marks and marks[0][0] <= connection.sent:
-            delivered.append(marks.popleft()[1])
-        if delivered:
-            try:
-                self._storage.delete_stored(delivered)
-            except sqlite3.Error as error:
-                # They stay stored and come again at the next login: at least once.
-                self._warn("database delete", "cannot delete delivered messages: %s", error)
+    def _delete_delivered(self):
+        """Delete delivered stored rows, unless the database is backing off (chatnet.stored)."""
+        error = self._stored.delete_delivered(self._now < self._storage_down_until)
+        if error is not None:
+            # They stay marked delivered, so nobody gets them again; retried later.
+            self._storage_failed("delete delivered messages", error)
 
     # ================================================================ writing
 
@@ -803,8 +794,8 @@ class Reactor(object):
                 del connection.outgoing[:sent]
                 connection.sent += sent
                 connection.progress_at = self._now
-                if connection.stored_marks:
-                    self._release_stored(connection)
+                if connection.stored_marks or connection.stream is not None:
+                    self._stored.sent(connection)
                 if connection.backlogged and _live_bytes_waiting(connection) <= self._low_water:
                     connection.backlogged = False
                     self._feed(SendQueueDrained(connection.conn))
@@ -899,6 +890,7 @@ class Reactor(object):
         if not self._per_host[connection.host]:
             del self._per_host[connection.host]
         self._departed[connection.conn] = connection.peer
+        self._stored.forget(connection)
         connection.outgoing = bytearray()
 
     # ================================================================ timers and warnings
@@ -941,6 +933,7 @@ class Reactor(object):
         give_up_at = self._clock() + SHUTDOWN_GRACE
         while self._connections and self._clock() < give_up_at:
             self._flush()
+            self._delete_delivered()
             self._commit()
             if not self._connections:
                 break
@@ -951,6 +944,7 @@ class Reactor(object):
                     self._mark_dirty(connection)
         for connection in list(self._connections.values()):
             self._close_socket(connection)
+        self._delete_delivered()
         self._commit()
 
     def _release(self):
@@ -992,8 +986,19 @@ def open_listener(host, port, backlog=LISTEN_BACKLOG):
     return listener
 
 
+def _stream_end(connection):
+    """The stream offset after everything queued for ``connection`` so far."""
+    stream = connection.stream
+    return connection.queued + (len(stream.behind) if stream is not None else 0)
+
+
 def _insert(connection, position, data):
     """Put ``data`` into the unsent bytes of ``connection`` at stream offset ``position``."""
+    stream = connection.stream
+    if stream is not None and position >= connection.queued:
+        index = position - connection.queued        # in what waits behind the stored rows
+        stream.behind[index:index] = data
+        return
     unsent_from = connection.queued - len(connection.outgoing)
     index = max(0, position - unsent_from)
     connection.outgoing[index:index] = data
@@ -1007,13 +1012,15 @@ def _insert(connection, position, data):
 def _live_bytes_waiting(connection):
     """Bytes waiting for ``connection``, not counting stored messages from its login.
 
-    Those are bounded by --store-limit and --max-line, not by how the client
-    reads, so they must not make a client look slow.
+    Those are bounded by the stream's batch size (``chatnet.stored``), not by
+    how the client reads, so they must not make a client look slow.
     """
     waiting = len(connection.outgoing)
     marks = connection.stored_marks
     if marks:
         waiting -= max(0, marks[-1][0] - connection.sent)
+    if connection.stream is not None:
+        waiting += len(connection.stream.behind)
     return waiting
 
 

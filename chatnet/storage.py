@@ -244,11 +244,14 @@ class Storage(object):
             (recipient, sender, text.decode("utf-8")))
         return cursor.lastrowid
 
-    def stored_messages(self, recipient):
-        """``(row id, sender, text bytes)`` of ``recipient``'s store, oldest first."""
+    def stored_messages(self, recipient, after_row=0, limit=-1):
+        """``(row id, sender, text bytes)`` of ``recipient``'s store, oldest first.
+
+        Only rows after ``after_row``, at most ``limit`` of them (-1: all).
+        """
         rows = self._db.execute(
-            "SELECT id, sender, text FROM stored_messages WHERE recipient = ? ORDER BY id",
-            (recipient,)).fetchall()
+            "SELECT id, sender, text FROM stored_messages WHERE recipient = ? AND id > ?"
+            " ORDER BY id LIMIT ?", (recipient, after_row, limit)).fetchall()
         return [(row_id, sender, text.encode("utf-8")) for row_id, sender, text in rows]
 
     def delete_stored(self, row_ids):
