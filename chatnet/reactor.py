@@ -101,6 +101,7 @@ SHUTDOWN_GRACE = 2.0           # time to flush goodbyes on shutdown
 STALL_SWEEP = 1.0              # how often send queues are checked for stalls
 STORAGE_BACKOFF = 1.0          # after a failed write, stores fail fast this long
 WARNING_INTERVAL = 10.0        # a repeated warning is logged at most this often
+FILE_CHECK_INTERVAL = 1.0      # how often the database file is checked for deletion
 LOOP_STALL_GRACE = 0.5         # a pass this much later than select's timeout: the loop was away
 
 NOTICE_SERVER_FULL = wire.notice("the server is full, try again later")
@@ -196,6 +197,8 @@ class Reactor(object):
                                          # where each stood in its sender's stream
         self._storage_down_until = 0.0
         self._stored = StoredDeliveries(storage, self._warn)
+        self._file_lost = False          # the database file was deleted or replaced under us
+        self._call_at(self._now + FILE_CHECK_INTERVAL, self._check_database_file, None)
         self._warned_at = {}             # warning kind -> (last time, times suppressed since)
         self._stop_requested = False
         self._hangup_requested = False
@@ -637,7 +640,7 @@ class Reactor(object):
     def _do_store_message(self, action):
         sender = self._connections.get(action.sender_conn)
         position = _stream_end(sender) if sender is not None else 0
-        if self._now < self._storage_down_until:
+        if self._now < self._storage_down_until or self._file_lost:
             self._store_failed(action, position)
             return
         try:
@@ -750,6 +753,18 @@ class Reactor(object):
                 self._mark_dirty(sender)
         for action, _ in failed:
             self._feed(StoreFailed(action.sender_conn, action.recipient))
+
+    def _check_database_file(self, _):
+        """Once a second: is the database file still the one at its path?  (``rm chat.db*``)"""
+        if not self._file_lost and not self._storage.file_in_place():
+            self._file_lost = True
+            guarded = self._storage.guard_path()
+            log.warning("the database file %s was deleted or replaced while the server runs: "
+                        "stored messages are refused from now on (they would be lost at the "
+                        "stop); live chat goes on; restart the server to use the file at that path%s",
+                        self._storage.path, "" if guarded else " (its path cannot be locked)")
+        if not self._file_lost:
+            self._call_at(self._now + FILE_CHECK_INTERVAL, self._check_database_file, None)
 
     def _delete_delivered(self):
         """Delete delivered stored rows, unless the database is backing off (chatnet.stored)."""

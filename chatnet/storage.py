@@ -71,6 +71,7 @@ class Storage(object):
     def __init__(self, path, synchronous="FULL", busy_timeout_ms=5000):
         self.path = path
         self._lock_fd = None
+        self._guard_fds = []           # locks held on the path after the file was replaced
         try:
             if path == MEMORY:
                 # A named shared-cache database, so that a ``Reader`` on
@@ -144,9 +145,10 @@ class Storage(object):
                                 "committed write and is folded in at the next start", self.path, error)
         finally:
             self._db.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            for fd in [self._lock_fd] + self._guard_fds:
+                if fd is not None:
+                    os.close(fd)
+            self._lock_fd, self._guard_fds = None, []
 
     def lock_for_server(self):
         """Make sure no other chatnet server uses this file; raise StorageError if one does.
@@ -166,6 +168,42 @@ class Storage(object):
             os.close(fd)
             raise StorageError("database %s is in use by another chatnet server" % self.path)
         self._lock_fd = fd
+
+    def file_in_place(self):
+        """False once the database file was deleted or replaced under us.
+
+        Compares the file at ``path`` with the one the lock holds open.  SQLite
+        would go on writing into the deleted file, and everything written
+        would be lost at the stop.
+        """
+        if self._lock_fd is None:
+            return True
+        try:
+            at_path = os.stat(self.path)
+        except OSError:
+            return False
+        held = os.fstat(self._lock_fd)
+        return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
+
+    def guard_path(self):
+        """Hold the lock on whatever is at ``path`` now (an empty file if nothing is).
+
+        After the file was deleted, a second server could otherwise start on
+        the same path while this one still runs: the lock stays meaningful.
+        Returns False when the path could not be guarded.
+        """
+        import fcntl
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._guard_fds.append(fd)
+        return True
 
     # ---------------------------------------------------------------- accounts
 

@@ -16,10 +16,12 @@ import time
 
 import pytest
 
+from chatnet import wire
 from chatnet.bench import rss_kib
 from live_server import NOTICE_DESTROYED, RawClient, attacker_socket, frame, reset
 
 UNTRUSTED = ("--trusted", "none", "--log-level", "info")
+NOT_STORED = wire.NOTICE_NOT_STORED.rstrip(b"\n")
 
 
 class Attack(object):
@@ -374,3 +376,25 @@ def test_a_locked_database_neither_stalls_chat_per_delivery_nor_delivers_twice(t
         assert times[10] < 0.05
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------- item 8: the file is deleted
+
+def test_deleting_the_database_file_is_noticed_and_stores_are_refused(database, start_server):
+    from live_server import LiveServer
+    server = start_server(*UNTRUSTED)
+    alice = server.login("alice", "pw")
+    alice.chatwith("bob", b"1")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(database + suffix):
+            os.unlink(database + suffix)                   # rm chat.db*
+    server.wait_for_log("WARNING", "database file", timeout=5)
+    alice.send(b"chat/into the void?\n")
+    assert alice.sync() == [NOT_STORED]                    # refused, with the usual notice
+    second = LiveServer(database)
+    try:
+        second.start(timeout=10)
+    except AssertionError:
+        pass
+    assert second.proc.wait(10) == 1
+    assert any("in use by another chatnet server" in line for line in second.stderr_lines if line)
