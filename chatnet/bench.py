@@ -447,6 +447,8 @@ class Bench(object):
 
     def add(self, name, outcomes, result, detail):
         errors = [error for outcome in outcomes for error in outcome["errors"]]
+        if not outcomes:
+            errors = ["no load process reported back"]
         self.rows.append((name, result, detail, "%d errors (%s)" % (len(errors), errors[0])
                           if errors else "ok"))
 
@@ -530,6 +532,7 @@ def main(argv=None):
     if options.local:
         server, directory = start_local_server(options)
     try:
+        check_reachable(options.host, options.port)
         bench = Bench(options, server_pid=server.pid if server else None)
         print("chatnet.bench: %s:%d, %d load processes" % (options.host, options.port,
                                                            options.processes), file=sys.stderr)
@@ -544,6 +547,15 @@ def main(argv=None):
             server.send_signal(signal.SIGTERM)
             server.wait(30)
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def check_reachable(host, port):
+    """Fail at once, in one line, when nothing answers at ``host``:``port``."""
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as error:
+        raise cli.CommandError("cannot connect to %s:%s: %s" % (
+            host, port, error.strerror or error))
 
 
 def entry_point():

@@ -330,10 +330,13 @@ class ChatLoop(object):
         self._apply(self.core.receive(data, time.monotonic()))
 
     def _send(self, data):
+        # Only when every effect of an input is applied may a script be
+        # "done sending": a long line is several SendBytes in a row, and a
+        # half-close after the first would cut the rest off.
         self.outgoing += data
-        self._flush()
+        self._flush(may_be_done=False)
 
-    def _flush(self):
+    def _flush(self, may_be_done=True):
         if self.sock is None or self.connecting:
             return
         if self.outgoing:
@@ -347,13 +350,15 @@ class ChatLoop(object):
             del self.outgoing[:sent]
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outgoing else 0)
         self.selector.modify(self.sock, events, self._socket_ready)
-        self._maybe_done_sending()
+        if may_be_done:
+            self._maybe_done_sending()
 
     def _lost(self, reason):
         self._close_socket()
         if self.core is not None:
             self._apply(self.core.closed())
-        if self.quitting or (self.input_ended and self.linger_until is not None):
+        if self.quitting or (self.input_ended and self.linger_until is not None
+                             and not self.outgoing):
             self._finish(0)
         elif self.replaced:
             self._finish(CONNECTION_LOST, "logged in from another place")

@@ -23,3 +23,17 @@ def test_bad_bench_arguments_are_one_line():
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
     result = run_module("chatnet.bench", "--conns", "100000000")
     assert result.returncode == 2 and b"too long" in result.stderr
+
+
+def test_the_bench_against_a_port_with_no_server_fails_at_once():
+    import socket
+    import time
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()                                  # nothing listens there now
+    started = time.monotonic()
+    result = run_module("chatnet.bench", "--port", str(port), "--seconds", "0.2", timeout=60)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1 and b"cannot connect" in result.stderr

@@ -131,3 +131,14 @@ def test_reconnect_logs_in_again_and_picks_the_partner_again(database):
         assert "reconnecting in" in out.decode()
     finally:
         assert server.stop() == 0
+
+
+def test_a_last_line_longer_than_one_protocol_line_is_sent_whole(server):
+    """It is split in two; the client once half-closed after the first part (issue 8)."""
+    text = "x" * 4000 + "y" * 3000
+    result = client(server.port, "alice", "pw\n/to bob\n" + text + "\n")
+    assert result.returncode == 0, result.stderr
+    assert "-!- bob is offline; your messages will be stored" in result.stdout.decode()
+    bob = server.login(b"bob", b"secret")
+    parts = [bob.line(), bob.line()]
+    assert b"".join(part[len(b"chat/alice: "):] for part in parts) == text.encode()
