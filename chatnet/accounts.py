@@ -1,4 +1,4 @@
-"""``python -m chatnet.accounts``: register and manage accounts (PROTOCOL.md section 7).
+"""``python -m chatnet.accounts``: register and manage accounts (seeds/PROTOCOL.md section 7).
 
     python -m chatnet.accounts --db PATH add ID [--password-stdin]
     python -m chatnet.accounts --db PATH passwd ID [--password-stdin]

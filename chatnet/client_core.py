@@ -15,7 +15,7 @@ Phases: ``LOGGING_IN`` (the 16-byte frame is out, waiting for ``1`` or
 
 Codes are matched to requests by order: each ``chatwith/`` sent is remembered
 in ``_asked``, and the server answers them in order.  A ``2`` that arrives
-when nothing is asked is the push of PROTOCOL.md section 3: the partner, who
+when nothing is asked is the push of seeds/PROTOCOL.md section 3: the partner, who
 was offline, logged in.  The fixed notice that follows each code is not shown
 again; the code is already shown in words.
 

@@ -29,7 +29,7 @@ Each connection has a ``Session`` that moves through these phases::
   the password check is slow on purpose, so it runs outside the core.
 * CHECKING, DELAYED and LOOKING_UP *hold* the connection's later input
   untouched until the answer or the deadline, then carry on where they
-  stopped: this is how pipelined bytes are handled in order (PROTOCOL.md
+  stopped: this is how pipelined bytes are handled in order (seeds/PROTOCOL.md
   section 2).
 * CHATTING reads lines: ``chatwith/<ID>`` picks a partner, ``chat/<text>``
   goes to the partner: relayed when the partner is online, stored when it is
@@ -118,7 +118,7 @@ from .events import (
 class CoreConfig(NamedTuple):
     """The protocol's tunable limits, with chatnet's defaults."""
 
-    #: Messages an offline account's store holds (PROTOCOL.md section 6).
+    #: Messages an offline account's store holds (seeds/PROTOCOL.md section 6).
     store_limit: int = 100
     #: Longest session line, counting every byte up to and including ``\\n``.
     max_line: int = wire.DEFAULT_MAX_LINE
@@ -126,7 +126,7 @@ class CoreConfig(NamedTuple):
     login_timeout: float = 30.0
     #: Seconds a failed login's ``0`` is held back: one entry per failure on
     #: the connection, the last entry repeating.  0.25 + 0.5 + 1 keeps a
-    #: correct login after three failures well inside PROTOCOL.md's 5 s.
+    #: correct login after three failures well inside seeds/PROTOCOL.md's 5 s.
     failure_delays: tuple = (0.25, 0.5, 1.0)
     #: Failed logins after which the connection is closed (after its ``0``).
     max_failures: int = 10

@@ -599,7 +599,8 @@ class Reactor(object):
         connection = self._connections.get(action.conn)
         if connection is None:
             return
-        log.info("connection %d from %s closed: %s", connection.conn, connection.peer, action.reason)
+        # The operator's line for this is the core's LoggedOut or LimitReached: one per event.
+        log.debug("connection %d from %s closed: %s", connection.conn, connection.peer, action.reason)
         connection.core_knows = False
         connection.closing = True
         self._stored.stop(connection)

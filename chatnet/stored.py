@@ -16,7 +16,7 @@ The rules it keeps
 * **Everything else waits behind them.**  While a connection's stored
   messages are streaming, bytes for it from anywhere else (live relays,
   replies to lines it pipelined behind its login) go to ``behind`` and join
-  the queue after the last stored row: PROTOCOL.md section 3 (ordering).
+  the queue after the last stored row: seeds/PROTOCOL.md section 3 (ordering).
 * **One row, one connection.**  A row queued on a connection is *in
   delivery*; a row whose last byte the kernel took is *delivered*.  Neither
   is read again for another login, so a second login of the same account
@@ -27,7 +27,7 @@ The rules it keeps
   in the pass's transaction -- not while the database backs off after a
   failure, and again after a failed commit -- and remembered as delivered
   until a commit has removed them, so they are never delivered twice unless
-  the process crashes first (PROTOCOL.md section 6: at least once).
+  the process crashes first (seeds/PROTOCOL.md section 6: at least once).
 """
 
 import collections

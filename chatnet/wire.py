@@ -1,7 +1,7 @@
 """The chatnet wire format: every byte that crosses the socket, and nothing else.
 
 This module owns
-  * the 16-byte login frame (PROTOCOL.md section 2): building one, and deciding
+  * the 16-byte login frame (seeds/PROTOCOL.md section 2): building one, and deciding
     whether one is valid;
   * session lines (section 3): splitting a byte stream into lines with the
     length limit, the discard mode for over-long lines and the ``\\r\\n`` rule;
@@ -110,7 +110,7 @@ class LineSplitter(object):
     """Cut a byte stream into lines of at most ``max_line`` bytes.
 
     ``max_line`` counts every byte of a line up to and including its ``\\n``
-    (PROTOCOL.md section 3), so the longest accepted line has
+    (seeds/PROTOCOL.md section 3), so the longest accepted line has
     ``max_line - 1`` bytes before the newline.  ``feed(data)`` returns the
     complete lines in ``data`` (without the ``\\n``, and without one ``\\r``
     right before it) in order; a line over the limit comes out as
@@ -224,13 +224,13 @@ def notice(text):
     return line
 
 
-# The two notices whose exact text PROTOCOL.md fixes (seed step 8, 9-a).
+# The two notices whose exact text seeds/PROTOCOL.md fixes (seed step 8, 9-a).
 NOTICE_OFFLINE = notice("this user is not in the chat program now, "
                         "your message will be stored in the user's message store")
 NOTICE_ONLINE = notice("this user is in the chat program, have a good time!")
 NOTICE_DESTROYED = notice("connection is destroyed")
 
-# The notices chatnet chooses where PROTOCOL.md allows or asks for one.
+# The notices chatnet chooses where seeds/PROTOCOL.md allows or asks for one.
 NOTICE_NO_SUCH_USER = notice("no such user")
 NOTICE_STORE_FULL = notice("the user's message store is full, your message was not stored")
 NOTICE_NO_PARTNER = notice("you have no chat partner, choose one with chatwith/<ID> first")

@@ -3,7 +3,7 @@
 ``CoreHarness`` does what the reactor does, without sockets, threads or a
 database: it keeps an inbox of bytes per connection, answers ``CheckLogin`` and
 ``LookUpAccount`` from a dict of accounts, keeps stores as lists, and moves a
-fake clock.  Tests then read like PROTOCOL.md's tables::
+fake clock.  Tests then read like seeds/PROTOCOL.md's tables::
 
     h = CoreHarness(accounts={b"alice": b"pw", b"bob": b"pw"})
     a, b = h.login(b"alice"), h.login(b"bob")

@@ -1,4 +1,4 @@
-"""The command lines (PROTOCOL.md section 7): their work and every error path.
+"""The command lines (seeds/PROTOCOL.md section 7): their work and every error path.
 
 Every error must be one line on stderr with a non-zero status, never a
 traceback.

@@ -1,4 +1,4 @@
-"""PROTOCOL.md section 2 (the login phase), row by row, on the pure core."""
+"""seeds/PROTOCOL.md section 2 (the login phase), row by row, on the pure core."""
 
 import pytest
 

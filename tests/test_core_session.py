@@ -1,4 +1,4 @@
-"""PROTOCOL.md section 3 (the session phase) and section 5, row by row, on the pure core."""
+"""seeds/PROTOCOL.md section 3 (the session phase) and section 5, row by row, on the pure core."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""PROTOCOL.md section 6: stored messages survive kill -9 and restarts, and leave once."""
+"""seeds/PROTOCOL.md section 6: stored messages survive kill -9 and restarts, and leave once."""
 
 import signal
 import sqlite3

@@ -206,7 +206,7 @@ def failing_server(served):
 
 @pytest.mark.parametrize("what_fails", ["fail_inserts", "fail_commits"])
 def test_a_failed_store_is_noticed_before_the_reply_to_any_later_line(served, what_fails):
-    """Else that reply would say the message is on disk (PROTOCOL.md section 6)."""
+    """Else that reply would say the message is on disk (seeds/PROTOCOL.md section 6)."""
     server, storage = failing_server(served)
     alice = server.login(b"alice")
     carol, dave = server.login(b"carol"), server.login(b"dave")

@@ -337,3 +337,16 @@ def test_a_client_that_never_reads_does_not_stop_the_others(server):
 def test_raw_client_helper_refuses_bad_credentials_early(server):
     with pytest.raises(ValueError):
         RawClient(server.port).login(b"toolongid", b"pw")
+
+
+def test_a_logout_is_one_log_line(start_server):
+    server = start_server("--log-level", "info")
+    alice = server.login(b"alice", b"pw")
+    alice.close()
+    server.wait_for_log("logout alice")
+    carol = server.login(b"carol", b"pw")
+    carol.sync()                                   # the logout has been handled
+    about_alice = [line for line in server.stderr_lines
+                   if line and ("connection 1 " in line or "connection 1)" in line)
+                   and "login alice" not in line]
+    assert len(about_alice) == 1, about_alice
