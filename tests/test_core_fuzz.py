@@ -22,6 +22,8 @@ Invariants
    relay line, at the partner's connection; with an offline partner it is
    stored or refused with a notice; with no partner it goes nowhere.
 7. Nothing is sent to a connection after its ``Close`` (the harness checks).
+8. The budget for input before login is the sum of what each session that
+   has not logged in holds and was granted to read: nothing leaks from it.
 """
 
 import os
@@ -30,7 +32,7 @@ import random
 import pytest
 
 from chatnet import wire
-from chatnet.core import Phase
+from chatnet.core import LOGIN_PHASES, Phase
 from chatnet.events import SendQueueDrained, SendQueueFull, ServerStopping
 from core_harness import CoreHarness, frame
 
@@ -238,6 +240,9 @@ class FuzzCase(object):
             assert len(store) <= STORE_LIMIT
             count = core.store_count(user)
             assert count is None or count == len(store), (user, count, store)
+        before_login = [session for session in core.sessions() if session.phase in LOGIN_PHASES]
+        assert core.unauthenticated_bytes() == sum(
+            len(session.held) + (session.read_limit or 0) for session in before_login)
         for number in range(1, self.message_number + 1):
             text = b"m%05d" % number
             for sender in USERS:
