@@ -311,6 +311,8 @@ class Reader(object):
         self._db = _connect(path)
         self._db.execute("PRAGMA busy_timeout = %d" % busy_timeout_ms)
         self._db.execute("PRAGMA query_only = 1")
+        # Point reads by key: a small page cache will do (the OS caches the file).
+        self._db.execute("PRAGMA cache_size = -256")
         if _is_memory(path):
             self._db.execute("PRAGMA read_uncommitted = 1")   # shared cache: never wait on the writer
         # Read once now: SQLite opens the WAL and shared-memory files at the

@@ -67,8 +67,6 @@ class StoredDeliveries(object):
     def start(self, connection, user_id):
         """Begin streaming ``user_id``'s store to ``connection`` (after its ``1``)."""
         connection.stream = StoredStream(user_id)
-        if connection.stored_marks is None:
-            connection.stored_marks = collections.deque()
         self.refill(connection)
 
     def refill(self, connection):
@@ -85,6 +83,8 @@ class StoredDeliveries(object):
                 if row_id in self._in_delivery or row_id in self._delivered:
                     continue
                 self._in_delivery.add(row_id)
+                if connection.stored_marks is None:    # made only when needed: most logins have none
+                    connection.stored_marks = collections.deque()
                 line = wire.relay_line(sender.encode("ascii"), text)
                 connection.outgoing += line
                 connection.queued += len(line)

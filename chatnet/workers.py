@@ -23,7 +23,8 @@ handed to the threads as there are threads:
   ignored by the core;
 * **bounded**: each connection has at most one check at a time (the core
   waits for the answer), so waiting checks are bounded by the connection
-  limits, in total and per address.
+  limits, in total and per address; the threads are handed two jobs each at
+  most, so the order is decided here, not in their queue.
 
 Lookups (``chatwith/``) run on one thread of their own, in order, so a slow
 disk delays the person who asked, never the loop.
@@ -161,7 +162,9 @@ class PasswordChecks(object):
             self._tasks.put(None)
 
     def _start_some(self):
-        while self._running < self._workers:
+        # One job waiting per thread besides the one it runs: a thread that
+        # finishes starts the next at once, without waiting for the loop.
+        while self._running < 2 * self._workers:
             job = self._waiting.pop()
             if job is None:
                 return
