@@ -66,6 +66,7 @@ class StoredDeliveries(object):
 
     def start(self, connection, user_id):
         """Begin streaming ``user_id``'s store to ``connection`` (after its ``1``)."""
+        connection.absorb_pending()                # the login's "1" goes first, in the same send
         connection.stream = StoredStream(user_id)
         self.refill(connection)
 
@@ -119,6 +120,7 @@ class StoredDeliveries(object):
         The row being sent, if one is, is kept whole: a line cut in the
         middle would garble the stream.
         """
+        connection.absorb_pending()                # offsets below count the whole queue
         if connection.stream is not None:
             self._finish(connection)
         marks = connection.stored_marks

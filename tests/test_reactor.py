@@ -17,6 +17,7 @@ from chatnet import passwords, wire
 from chatnet.core import ChatCore
 from chatnet.events import DataReceived
 from chatnet.reactor import Reactor, open_listener
+from chatnet.transport import Transport
 from chatnet.storage import MEMORY, Storage
 from live_server import RawClient
 
@@ -52,7 +53,7 @@ class InProcessServer(object):
         return client
 
     def connection_of(self, conn_id):
-        return self.reactor._connections.get(conn_id)
+        return self.reactor.transport(conn_id)
 
     def stop(self):
         self.reactor.request_stop()
@@ -136,19 +137,18 @@ class RecordingStorage(Storage):
         Storage.commit(self)
 
 
-def test_stored_messages_are_committed_before_any_reply_of_the_same_pass_is_sent(served):
+def test_stored_messages_are_committed_before_any_reply_of_the_same_pass_is_sent(served, monkeypatch):
     journal = []
     storage = RecordingStorage(journal)
     storage.add_accounts([(name, passwords.hash_password(b"pw")) for name in ("alice", "bob")])
     server = served(storage=storage)
-    original_write = server.reactor._write
+    original_send = Transport._send
 
-    def recording_write(connection):
-        if connection.outgoing:
-            journal.append(("send", bytes(connection.outgoing)))
-        original_write(connection)
+    def recording_send(transport, data):          # the one place bytes leave a transport
+        journal.append(("send", bytes(data)))
+        return original_send(transport, data)
 
-    server.reactor._write = recording_write
+    monkeypatch.setattr(Transport, "_send", recording_send)
     alice = server.login(b"alice")
     alice.chatwith(b"bob", b"1")
     alice.send(b"chat/durable\nchat/\xff\n")                # the second line gets a reply
@@ -218,7 +218,7 @@ def test_a_failed_store_is_noticed_before_the_reply_to_any_later_line(served, wh
     carol.send(b"chat/live chat goes on\n")                     # the disk is full, chat is not
     dave.expect(b"chat/carol: live chat goes on")
     setattr(storage, what_fails, False)
-    server.reactor._storage_down_until = 0.0                    # skip the back-off
+    server.reactor.cork._down_until = 0.0                       # skip the back-off
     alice.send(b"chat/three\n")
     assert alice.sync() == []
     bob = server.login(b"bob")

@@ -1,0 +1,212 @@
+"""Admission: accepting connections, and refusing the ones a limit says no to.
+
+It owns the listening socket's accept loop, the count of connections per
+client address, the spare descriptor kept for running out of descriptors,
+and pausing accepts when even refusing fails.  It must not read or write a
+client's bytes once admitted: the loop makes a ``Transport`` of each
+socket ``accept_ready`` yields.
+
+The limits
+----------
+* at most ``max_connections`` in all, and ``max_per_ip`` from one address
+  (trusted networks exempt from the second); one over is refused at once,
+  with a notice;
+* out of descriptors (EMFILE), the spare descriptor is freed to accept and
+  refuse the newcomer, then taken back, the way nginx and libuv do, so the
+  listening socket never spins the CPU;
+* at most ``ACCEPTS_PER_PASS`` accepts per pass: accepting must not starve
+  chatting.
+"""
+
+import collections
+import errno
+import ipaddress
+import os
+import socket
+
+from . import wire
+
+ACCEPTS_PER_PASS = 64          # fairness: accepting must not starve chatting
+ACCEPT_RETRY_DELAY = 1.0       # pause accepting this long when even refusing fails
+
+NOTICE_SERVER_FULL = wire.notice("the server is full, try again later")
+NOTICE_TOO_MANY_FROM_YOU = wire.notice("too many connections from your address")
+
+#: Trusted by default: exempt from the per-address and per-account limits.
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+_OUT_OF_DESCRIPTORS = frozenset((errno.EMFILE, errno.ENFILE))
+_OUT_OF_MEMORY = frozenset((errno.ENOBUFS, errno.ENOMEM))
+
+
+class Admission(object):
+    """The accept side of one listening socket; see the module docstring."""
+
+    def __init__(self, listener, limits, loop):
+        self.listener = listener
+        self._limits = limits
+        self._loop = loop              # watch_listener, unwatch_listener, call_at, warn, count
+        self._per_host = collections.Counter()
+        self._spare_fd = _open_spare_descriptor()
+
+    def accept_ready(self):
+        """Yield ``(sock, address, host, trusted)`` for each connection admitted now."""
+        for _ in range(ACCEPTS_PER_PASS):
+            try:
+                sock, address = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno in _OUT_OF_DESCRIPTORS:
+                    if not self._refuse_with_spare_descriptor(error):
+                        return
+                    continue
+                if error.errno in _OUT_OF_MEMORY:
+                    self._pause(error)
+                    return
+                self._loop.warn("accept", "accept failed: %s", error)   # e.g. ECONNABORTED: go on
+                continue
+            admitted = self._admit(sock, address)
+            if admitted is not None:
+                yield admitted
+
+    def departed(self, host):
+        """A connection from ``host`` closed."""
+        count = self._per_host[host] - 1
+        if count > 0:
+            self._per_host[host] = count
+        else:
+            del self._per_host[host]
+
+    def close(self):
+        if self._spare_fd is not None:
+            os.close(self._spare_fd)
+            self._spare_fd = None
+
+    def _admit(self, sock, address):
+        host = host_of(address)
+        trusted = is_trusted(host, self._limits.trusted_networks)
+        if self._loop.connection_count() >= self._limits.max_connections:
+            self._loop.warn("server full", "connection from %s refused: %d connections, the maximum",
+                            format_peer(address), self._loop.connection_count())
+            refuse(sock, NOTICE_SERVER_FULL)
+        elif not trusted and self._per_host[host] >= self._limits.max_per_ip:
+            self._loop.warn("per-ip " + host, "connection from %s refused: %d connections from %s, "
+                            "the maximum per address", format_peer(address), self._per_host[host], host)
+            refuse(sock, NOTICE_TOO_MANY_FROM_YOU)
+        else:
+            self._per_host[host] += 1
+            return sock, address, host, trusted
+        return None
+
+    def _refuse_with_spare_descriptor(self, error):
+        """Out of descriptors: free the spare one, accept and refuse, take it back.
+
+        The waiting client gets a clear "server full" and the listening socket
+        stops being readable, instead of spinning the loop at 100% CPU.
+        Returns False when even that failed (then accepting pauses a moment).
+        """
+        self._loop.warn("descriptors", "out of file descriptors (%s): refusing new connections",
+                        error.strerror or error)
+        if self._spare_fd is None:
+            self._pause(error)
+            return False
+        os.close(self._spare_fd)
+        self._spare_fd = None
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            sock = None
+        if sock is not None:
+            refuse(sock, NOTICE_SERVER_FULL)
+        self._spare_fd = _open_spare_descriptor()
+        if sock is None:
+            self._pause(error)
+            return False
+        return True
+
+    def _pause(self, error):
+        self._loop.warn("accept pause", "cannot accept connections (%s); pausing accepts for %.0f s",
+                        error.strerror or error, ACCEPT_RETRY_DELAY)
+        if self._loop.unwatch_listener(self):
+            self._loop.call_at(self._loop.now + ACCEPT_RETRY_DELAY, self._resume, None)
+
+    def _resume(self, _):
+        if self._spare_fd is None:
+            self._spare_fd = _open_spare_descriptor()
+        self._loop.watch_listener(self)
+
+
+def refuse(sock, notice):
+    """Tell a connection we will not serve it, and close it."""
+    try:
+        sock.setblocking(False)
+        sock.send(notice)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _open_spare_descriptor():
+    try:
+        return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+def host_of(address):
+    """The client's host, as per-address limits count it."""
+    host = address[0] if isinstance(address, tuple) and address else str(address)
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:"):]          # an IPv4 client of a dual-stack listener
+    return host.split("%", 1)[0]
+
+
+def is_trusted(host, networks):
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address.version == network.version and address in network for network in networks)
+
+
+def parse_networks(text):
+    """``"127.0.0.0/8,::1"`` -> a tuple of networks; ``"none"`` or ``""`` -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(ipaddress.ip_network(part.strip(), strict=False)
+                 for part in text.split(",") if part.strip())
+
+
+def format_address(address):
+    """``host:port``, with IPv6 hosts in brackets."""
+    host, port = address[:2]
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def format_peer(address):
+    if isinstance(address, tuple) and len(address) >= 2:
+        return format_address(address)
+    return str(address or "?")
+
+
+def open_listener(host, port, backlog=4096):
+    """Bind and listen on ``host``:``port`` (IPv4 or IPv6); raises OSError.
+
+    The backlog leaves room for a reconnect storm (the kernel may cap it).
+    """
+    infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM,
+                               0, socket.AI_PASSIVE)
+    family, kind, protocol, _, address = infos[0]
+    listener = socket.socket(family, kind, protocol)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and address[0] in ("::", ""):
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)   # IPv4 too
+        listener.bind(address)
+        listener.listen(backlog)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener

@@ -1,0 +1,291 @@
+"""One client connection as the loop sees it: its socket, its send queue, its one write path.
+
+A ``Transport`` owns a connected, nonblocking socket and everything about
+moving bytes through it, in the manner of asyncio's
+``_SelectorSocketTransport``:
+
+* **reading**: ``read()`` is one ``recv`` of at most ``read_size`` bytes;
+  ``pause_reading``/``resume_reading`` (flow control and held input, decided
+  by the core) change what the selector watches;
+* **writing**: what one input makes the core say to this client leaves
+  together: ``write(data)`` keeps the first write of an input *pending*
+  (no copy) and the loop calls ``flush()`` when the input's actions are
+  done -- one ``send``, straight from those bytes; more writes in the same
+  input, or bytes already waiting, go to the queue.  ``write_ready()`` sends
+  from the queue when the socket is writable.  ``_send`` is the only place
+  bytes leave;
+* **water marks**: after each, the bytes waiting for the client are compared
+  with the marks, and the *edge* is returned -- ``FULL`` (above the high
+  mark), ``DRAINED`` (back below the low one), ``OVERFLOW`` (over the hard
+  cap), ``BROKEN`` (the socket failed) -- for the loop to turn into inputs
+  for the core or a drop;
+* **interest**: the events it needs (read unless paused, write only while
+  bytes wait) are handed to the loop only when they change;
+* **closing**: ``close_when_drained()`` lets the queue empty first;
+  ``close()`` closes now.
+
+It must not make a protocol decision or touch the database.  It talks to
+its loop through four calls -- ``now``, ``set_interest``, ``closed`` and the
+shared ``cork`` and ``stored`` ledgers -- so it can be tested with a fake
+socket and a fake loop, without threads.
+
+The durability cork (``chatnet.ledger``) holds every transport's output
+while the pass's stored messages wait for their commit: ``write`` only
+queues then, and the cork calls ``write_ready`` on each transport it held
+once the commit is done.  Stored messages being delivered to this client
+(``chatnet.stored``) go first: while they stream, ``write`` keeps other
+output behind them.
+"""
+
+import selectors
+
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+# The edges ``write`` and ``write_ready`` report.
+FULL = "full"            # the bytes waiting passed the high-water mark
+DRAINED = "drained"      # ... and fell back below the low-water mark
+OVERFLOW = "overflow"    # ... and passed the hard cap: drop the client
+BROKEN = "broken"        # the socket failed (``failure`` says how)
+
+
+class WaterMarks(object):
+    """The send-queue limits of one server, from its ``send_queue_limit``."""
+
+    __slots__ = ("high", "low", "hard")
+
+    def __init__(self, send_queue_limit):
+        self.hard = send_queue_limit
+        self.high = max(1, send_queue_limit // 4)
+        self.low = send_queue_limit // 16
+
+
+class Transport(object):
+    """A client's socket, send queue and write path; see the module docstring."""
+
+    __slots__ = (
+        "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask",
+        "paused", "eof", "closing", "closed", "core_knows", "backlogged", "progress_at",
+        "watched", "read_size", "stored_marks", "stream", "failure", "pending", "_loop",
+        "_marks",
+    )
+
+    def __init__(self, loop, marks, conn, sock, host, peer, trusted, read_size):
+        self._loop = loop
+        self._marks = marks
+        self.conn = conn
+        self.sock = sock
+        self.host = host               # the client's address, for per-address limits
+        self.peer = peer               # "host:port", for the log
+        self.trusted = trusted         # on a trusted network
+        self.outgoing = bytearray()    # queued, not yet taken by the kernel
+        self.queued = 0                # stream offset: bytes ever queued or sent
+        self.sent = 0                  # stream offset: bytes ever taken by the kernel
+        self.mask = 0                  # events the selector watches
+        self.paused = False            # the core asked to stop reading
+        self.eof = False               # the client sent EOF
+        self.closing = False           # close once ``outgoing`` is empty
+        self.closed = False
+        self.core_knows = True         # False once the core asked for Close
+        self.backlogged = False        # FULL was reported, DRAINED not yet
+        self.progress_at = 0.0         # when the kernel last took bytes (or the queue began)
+        self.watched = False           # paused, and in the hang-up watch
+        self.read_size = read_size     # the most one recv may bring (the core may lower it)
+        self.stored_marks = None       # deque of (end offset, stored row id) (chatnet.stored)
+        self.stream = None             # a StoredStream while stored messages are on their way
+        self.failure = None            # why the socket failed
+        self.pending = None            # this input's first write, sent by flush() (counted in queued)
+
+    def __repr__(self):
+        # In the manner of asyncio's transports: what the selector watches.
+        return "<Transport %d %s read=%s write=%s queued=%d>" % (
+            self.conn, self.peer, "polling" if self.mask & READ else "idle",
+            "polling" if self.mask & WRITE else "idle", len(self.outgoing))
+
+    # ---------------------------------------------------------------- reading
+
+    def read(self):
+        """One ``recv``: the bytes, ``b""`` at EOF, None if none are there.  OSError: it broke."""
+        try:
+            return self.sock.recv(self.read_size)
+        except (BlockingIOError, InterruptedError):
+            return None
+
+    def input_ended(self):
+        """EOF: stop watching for input, or select would report it again and again."""
+        self.eof = True
+        self.update_interest()
+
+    def pause_reading(self):
+        self.paused = True
+        self.update_interest()
+
+    def resume_reading(self):
+        self.paused = False
+        self.update_interest()
+
+    # ---------------------------------------------------------------- writing
+
+    def write(self, data):
+        """Queue ``data``; it leaves at ``flush`` (the input is done) or ``write_ready``.
+
+        Returns the water-mark edge, or None (the usual case).
+        """
+        if self.closed:
+            return None
+        if self.stream is not None:                    # stored messages go first
+            self.stream.behind += data
+            return self._edge()
+        self.queued += len(data)
+        if self.pending is None and not self.outgoing:
+            self.pending = data                        # the usual case: no copy
+            self._loop.written.append(self)
+            return None
+        self.absorb_pending()
+        if not self.outgoing:
+            self.progress_at = self._loop.now
+        self.outgoing += data
+        return self._edge()
+
+    def absorb_pending(self):
+        """Move the pending write into the queue (something must come after it there)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            if not self.outgoing:
+                self.progress_at = self._loop.now
+            self.outgoing[:0] = pending
+
+    def flush(self):
+        """The input is done: send what it wrote -- unless the cork holds it.  The edge or None."""
+        if self.pending is None or self.closed:
+            return None
+        cork = self._loop.cork
+        if cork.engaged or self.outgoing:
+            self.absorb_pending()
+            if cork.engaged:
+                cork.hold(self)
+            else:
+                self.update_interest()
+            return self._edge()
+        data, self.pending = self.pending, None
+        sent = self._send(data)
+        if sent is None:
+            return BROKEN
+        self.sent += sent
+        if sent == len(data):
+            return None
+        self.outgoing += data[sent:]                   # the kernel took part: queue the rest
+        self.progress_at = self._loop.now
+        self.update_interest()
+        return self._edge()
+
+    def write_ready(self):
+        """Send from the queue once (the socket is writable, or the cork opened); the edge or None."""
+        edge = None
+        if self.pending is not None:
+            self.absorb_pending()
+        if self.outgoing:
+            sent = self._send(self.outgoing)
+            if sent is None:
+                return BROKEN
+            if sent:
+                del self.outgoing[:sent]
+                self.sent += sent
+                self.progress_at = self._loop.now
+                if self.stored_marks or self.stream is not None:
+                    self._loop.stored.sent(self)
+                edge = self._edge()
+        if self.closing and not self.outgoing:
+            self.close()
+        elif not self.closed and (self.outgoing or self.mask != READ):
+            self.update_interest()
+        return edge
+
+    def _send(self, data):
+        """``send`` once: the bytes the kernel took (0 if it would block), or None if it broke."""
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            self.failure = "send failed: %s" % (error.strerror or error)
+            return None
+
+    def _edge(self):
+        """Compare the bytes waiting with the water marks; the edge crossed, or None."""
+        if not self.backlogged and len(self.outgoing) <= self._marks.high and self.stream is None:
+            return None                                # far below every mark
+        waiting = self.live_bytes_waiting()
+        marks = self._marks
+        if waiting > marks.hard:
+            return OVERFLOW
+        if self.backlogged:
+            if waiting <= marks.low:
+                self.backlogged = False
+                return DRAINED
+        elif waiting > marks.high:
+            self.backlogged = True
+            return FULL
+        return None
+
+    def live_bytes_waiting(self):
+        """Bytes waiting for the client, not counting stored messages from its login.
+
+        Those are bounded by the stream's batch size (``chatnet.stored``), not
+        by how the client reads, so they must not make a client look slow.
+        """
+        waiting = len(self.outgoing)
+        marks = self.stored_marks
+        if marks:
+            waiting -= max(0, marks[-1][0] - self.sent)
+        if self.stream is not None:
+            waiting += len(self.stream.behind)
+        return waiting
+
+    def stream_end(self):
+        """The stream offset after everything queued for the client so far."""
+        stream = self.stream
+        return self.queued + (len(stream.behind) if stream is not None else 0)
+
+    def insert_at(self, position, data):
+        """Put ``data`` into the unsent bytes at stream offset ``position`` (a failure notice)."""
+        self.absorb_pending()
+        stream = self.stream
+        if stream is not None and position >= self.queued:
+            index = position - self.queued             # in what waits behind the stored rows
+            stream.behind[index:index] = data
+            return
+        unsent_from = self.queued - len(self.outgoing)
+        index = max(0, position - unsent_from)
+        self.outgoing[index:index] = data
+        self.queued += len(data)
+        if self.stored_marks:
+            self.stored_marks = type(self.stored_marks)(
+                (end + len(data) if end > position else end, row_id)
+                for end, row_id in self.stored_marks)
+
+    # ---------------------------------------------------------------- interest and closing
+
+    def update_interest(self):
+        """Hand the loop exactly the events this transport needs now, if they changed."""
+        reading = not (self.paused or self.eof or self.closing)
+        mask = (READ if reading else 0) | (WRITE if self.outgoing else 0)
+        if mask != self.mask:
+            self._loop.set_interest(self, mask, not reading and not (self.eof or self.closing))
+
+    def close_when_drained(self):
+        """Close once the queue is empty; True if it closed at once."""
+        self.closing = True
+        self.absorb_pending()
+        if self.outgoing:
+            self.update_interest()
+            return False
+        self.close()
+        return True
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.closed(self)        # unregisters it, before the descriptor can be reused
+        self.sock.close()
+        self.outgoing = bytearray()
