@@ -1,7 +1,8 @@
 """Admission: accepting connections, and refusing the ones a limit says no to.
 
-It owns the listening socket's accept loop, the count of connections per
-client address, the spare descriptor kept for running out of descriptors,
+It owns the listening sockets (``Listener``: plaintext, or TLS with its
+``TLSContext``) and their accept loop, the count of connections per client
+address across all of them, the spare descriptor kept for running out of descriptors,
 and pausing accepts when even refusing fails.  It must not read or write a
 client's bytes once admitted: the loop makes a ``Transport`` of each
 socket ``accept_ready`` yields.
@@ -39,36 +40,49 @@ _OUT_OF_DESCRIPTORS = frozenset((errno.EMFILE, errno.ENFILE))
 _OUT_OF_MEMORY = frozenset((errno.ENOBUFS, errno.ENOMEM))
 
 
-class Admission(object):
-    """The accept side of one listening socket; see the module docstring."""
+class Listener(object):
+    """One listening socket, and the TLS context of its connections (None: plaintext)."""
 
-    def __init__(self, listener, limits, loop):
-        self.listener = listener
+    __slots__ = ("sock", "tls")
+
+    def __init__(self, sock, tls=None):
+        self.sock = sock
+        self.tls = tls
+
+    def address(self):
+        return self.sock.getsockname()[:2]
+
+
+class Admission(object):
+    """The accept side of the listening sockets; see the module docstring."""
+
+    def __init__(self, listeners, limits, loop):
+        self.listeners = listeners
         self._limits = limits
         self._loop = loop              # watch_listener, unwatch_listener, call_at, warn, count
         self._per_host = collections.Counter()
         self._spare_fd = _open_spare_descriptor()
 
-    def accept_ready(self):
-        """Yield ``(sock, address, host, trusted)`` for each connection admitted now."""
+    def accept_ready(self, listener):
+        """Yield ``(sock, address, host, trusted, listener)`` for each connection admitted now."""
         for _ in range(ACCEPTS_PER_PASS):
             try:
-                sock, address = self.listener.accept()
+                sock, address = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
                 if error.errno in _OUT_OF_DESCRIPTORS:
-                    if not self._refuse_with_spare_descriptor(error):
+                    if not self._refuse_with_spare_descriptor(listener, error):
                         return
                     continue
                 if error.errno in _OUT_OF_MEMORY:
-                    self._pause(error)
+                    self._pause(listener, error)
                     return
                 self._loop.warn("accept", "accept failed: %s", error)   # e.g. ECONNABORTED: go on
                 continue
             admitted = self._admit(sock, address)
             if admitted is not None:
-                yield admitted
+                yield admitted + (listener,)
 
     def departed(self, host):
         """A connection from ``host`` closed."""
@@ -79,6 +93,8 @@ class Admission(object):
             del self._per_host[host]
 
     def close(self):
+        for listener in self.listeners:
+            listener.sock.close()
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
@@ -99,7 +115,7 @@ class Admission(object):
             return sock, address, host, trusted
         return None
 
-    def _refuse_with_spare_descriptor(self, error):
+    def _refuse_with_spare_descriptor(self, listener, error):
         """Out of descriptors: free the spare one, accept and refuse, take it back.
 
         The waiting client gets a clear "server full" and the listening socket
@@ -109,32 +125,32 @@ class Admission(object):
         self._loop.warn("descriptors", "out of file descriptors (%s): refusing new connections",
                         error.strerror or error)
         if self._spare_fd is None:
-            self._pause(error)
+            self._pause(listener, error)
             return False
         os.close(self._spare_fd)
         self._spare_fd = None
         try:
-            sock, _ = self.listener.accept()
+            sock, _ = listener.sock.accept()
         except OSError:
             sock = None
         if sock is not None:
             refuse(sock, NOTICE_SERVER_FULL)
         self._spare_fd = _open_spare_descriptor()
         if sock is None:
-            self._pause(error)
+            self._pause(listener, error)
             return False
         return True
 
-    def _pause(self, error):
+    def _pause(self, listener, error):
         self._loop.warn("accept pause", "cannot accept connections (%s); pausing accepts for %.0f s",
                         error.strerror or error, ACCEPT_RETRY_DELAY)
-        if self._loop.unwatch_listener(self):
-            self._loop.call_at(self._loop.now + ACCEPT_RETRY_DELAY, self._resume, None)
+        if self._loop.unwatch_listener(listener):
+            self._loop.call_at(self._loop.now + ACCEPT_RETRY_DELAY, self._resume, listener)
 
-    def _resume(self, _):
+    def _resume(self, listener):
         if self._spare_fd is None:
             self._spare_fd = _open_spare_descriptor()
-        self._loop.watch_listener(self)
+        self._loop.watch_listener(listener)
 
 
 def refuse(sock, notice):

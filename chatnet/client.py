@@ -35,7 +35,7 @@ import socket
 import sys
 import time
 
-from . import cli, wire
+from . import cli, tls, wire
 from .client_core import (
     ClientCore, Info, LoggedIn, LoginRefused, Message, PartnerChanged, Phase, Problem,
     QuitRequested, Replaced, SendBytes, ServerLine,
@@ -47,6 +47,7 @@ PROG = cli.program_name("chatnet.client", "chatnet-client")
 CANNOT_CONNECT = 3
 LOGIN_REFUSED = 4
 CONNECTION_LOST = 5
+TLS_FAILED = 6
 
 CONNECT_TIMEOUT = 10.0
 FIRST_RETRY = 1.0            # reconnect backoff: 1 s, doubling ...
@@ -173,6 +174,7 @@ class ChatLoop(object):
         self.sock = None
         self.core = None
         self.connecting = False
+        self.handshaking = False                   # TLS: between the TCP connect and the login
         self.outgoing = bytearray()
         self.waiting_lines = collections.deque()   # typed before the login was answered
         self.input_ended = False
@@ -286,6 +288,36 @@ class ChatLoop(object):
                 self.host, self.port, os.strerror(error)))
             return
         self.connecting = False
+        if self.options.tls_context is not None:
+            self.selector.unregister(self.sock)
+            self.sock = tls.SecureSocket(self.sock, self.options.tls_context, self.host)
+            self.selector.register(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                   self._socket_ready)
+            self.handshaking = True
+            self._set_connection_state("TLS handshake")
+            self._handshake_step()
+            return
+        self._start_login()
+
+    def _handshake_step(self):
+        try:
+            self.sock.handshake()
+        except BlockingIOError:
+            self._flush()
+            return
+        except OSError as error:
+            self._close_socket()
+            self._finish(TLS_FAILED, tls_failure(error, self.options))
+            return
+        self.handshaking = False
+        problem = pin_problem(self.sock, self.options)
+        if problem is not None:
+            self._close_socket()
+            self._finish(TLS_FAILED, problem)
+            return
+        self._start_login()
+
+    def _start_login(self):
         self.core = ClientCore(self.user_id, self.password,
                                bare_line_picks_partner=not self.scripted)
         self._set_connection_state("logging in")
@@ -310,6 +342,9 @@ class ChatLoop(object):
         if self.connecting:
             if mask & selectors.EVENT_WRITE:
                 self._connected()
+            return
+        if self.handshaking:
+            self._handshake_step()
             return
         if mask & selectors.EVENT_READ:
             self._receive()
@@ -339,7 +374,14 @@ class ChatLoop(object):
     def _flush(self, may_be_done=True):
         if self.sock is None or self.connecting:
             return
-        if self.outgoing:
+        secure = isinstance(self.sock, tls.SecureSocket)
+        if secure:
+            try:
+                self.sock.flush()
+            except OSError as error:
+                self._lost("connection lost: %s" % (error.strerror or error))
+                return
+        if self.outgoing and not self.handshaking:
             try:
                 sent = self.sock.send(self.outgoing)
             except (BlockingIOError, InterruptedError):
@@ -348,7 +390,8 @@ class ChatLoop(object):
                 self._lost("connection lost: %s" % (error.strerror or error))
                 return
             del self.outgoing[:sent]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outgoing else 0)
+        waiting = self.outgoing or (secure and self.sock.pending)
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
         self.selector.modify(self.sock, events, self._socket_ready)
         if may_be_done:
             self._maybe_done_sending()
@@ -377,7 +420,7 @@ class ChatLoop(object):
                 pass
             self.sock.close()
             self.sock = None
-            self.connecting = False
+            self.connecting = self.handshaking = False
             self.connect_deadline = None
             self._set_connection_state("disconnected")
 
@@ -425,7 +468,8 @@ class ChatLoop(object):
     def _maybe_done_sending(self):
         """Scripted: once stdin has ended and all is sent, half-close and wait for the server."""
         if (not self.scripted or not self.input_ended or self.waiting_lines or self.outgoing
-                or self.sock is None or self.connecting or self.linger_until is not None
+                or self.sock is None or self.connecting or self.handshaking
+                or getattr(self.sock, "pending", False) or self.linger_until is not None
                 or self.core is None or self.core.phase is not Phase.CHATTING):
             return
         try:
@@ -481,7 +525,7 @@ class ChatLoop(object):
         self.logins += 1
         self.retry_delay = FIRST_RETRY
         self.shown_away_heading = False
-        self._set_connection_state("connected")
+        self._set_connection_state("connected (TLS)" if self.options.tls_context else "connected")
         if not self.options.raw:
             self._show(effect)
 
@@ -561,7 +605,7 @@ def log_in_interactively(options):
     # anyone types a password.  If the server's login timeout runs out while
     # the person types, the verdict below finds the connection closed and a
     # new one is made.
-    sock = connect_blocking(options.host, options.port)
+    sock = connect_blocking(options)
     user = options.user
     failed = False
     while True:
@@ -570,7 +614,7 @@ def log_in_interactively(options):
         result = wait_for_verdict(sock, core)
         if result is None:                     # the server closed: try again on a new connection
             sock.close()
-            sock = connect_blocking(options.host, options.port)
+            sock = connect_blocking(options)
             result = wait_for_verdict(sock, core)
             if result is None:
                 raise ClientExit("the server closed the connection during the login", CONNECTION_LOST)
@@ -581,14 +625,54 @@ def log_in_interactively(options):
         failed = True
 
 
-def connect_blocking(host, port):
+def connect_blocking(options):
+    host, port = options.host, options.port
     try:
         sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
     except OSError as error:
         raise ClientExit("cannot connect to %s:%s: %s" % (host, port, error.strerror or error),
                          CANNOT_CONNECT)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+    if options.tls_context is None:
+        return sock
+    secure = tls.SecureSocket(sock, options.tls_context, host)
+    try:
+        secure.handshake()
+    except socket.timeout:
+        sock.close()
+        raise ClientExit("the server did not finish the TLS handshake", CANNOT_CONNECT)
+    except OSError as error:
+        sock.close()
+        raise ClientExit(tls_failure(error, options), TLS_FAILED)
+    problem = pin_problem(secure, options)
+    if problem is not None:
+        sock.close()
+        raise ClientExit(problem, TLS_FAILED)
+    return secure
+
+
+def tls_failure(error, options):
+    """The one line for a failed handshake: why, and the fingerprint that would pin the server."""
+    text = str(error)
+    if "CERTIFICATE_VERIFY_FAILED" not in text and "certificate verify failed" not in text:
+        return "TLS with %s:%s failed: %s" % (options.host, options.port, text)
+    seen = tls.fetch_fingerprint(options.host, options.port)
+    return ("cannot verify the certificate of %s:%s (%s)%s" % (
+        options.host, options.port, text.split(": ", 1)[-1],
+        "; its SHA-256 fingerprint is %s -- if you trust it, connect with --tls-fingerprint %s"
+        % (seen, seen) if seen else ""))
+
+
+def pin_problem(secure, options):
+    """With --tls-fingerprint: why the server's certificate is not the pinned one, or None."""
+    if not options.tls_fingerprint:
+        return None
+    seen = tls.fingerprint(secure.layer.peer_certificate())
+    if seen.replace(":", "") == options.tls_fingerprint:
+        return None
+    return ("the certificate of %s:%s has the SHA-256 fingerprint %s, not the pinned one; if "
+            "the server's certificate changed, connect with --tls-fingerprint %s"
+            % (options.host, options.port, seen, seen))
 
 
 def wait_for_verdict(sock, core):
@@ -720,7 +804,8 @@ def _report(status, reason):
 def parse_args(argv):
     parser = cli.ArgumentParser(prog=PROG, description="Chat on a chatnet server.")
     parser.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
-    parser.add_argument("--port", type=cli.port_number, default=7070, help="server port (default 7070)")
+    parser.add_argument("--port", type=cli.port_number, default=None,
+                        help="server port (default 7070; 7071 with --tls)")
     parser.add_argument("--user", metavar="ID", help="your ID (asked for if not given)")
     parser.add_argument("--to", metavar="ID", help="start chatting with ID right after logging in")
     parser.add_argument("--password-stdin", action="store_true",
@@ -729,7 +814,29 @@ def parse_args(argv):
     parser.add_argument("--raw", action="store_true", help="show the server's lines unchanged")
     parser.add_argument("--reconnect", action="store_true",
                         help="when the connection drops, reconnect (with backoff) and log in again")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect with TLS, verifying the server's certificate and name")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="trust the CA (or self-signed certificate) in FILE (implies --tls)")
+    parser.add_argument("--tls-fingerprint", metavar="HEX",
+                        help="trust exactly the certificate with this SHA-256 fingerprint, "
+                        "as openssl x509 -fingerprint -sha256 prints it (implies --tls)")
     options = parser.parse_args(argv)
+    options.tls = options.tls or bool(options.tls_ca or options.tls_fingerprint)
+    if options.port is None:
+        options.port = 7071 if options.tls else 7070
+    if options.tls_fingerprint:
+        try:
+            options.tls_fingerprint = tls.normalize_fingerprint(options.tls_fingerprint)
+        except ValueError as error:
+            parser.error("argument --tls-fingerprint: %s" % error)
+    options.tls_context = None
+    if options.tls:
+        try:
+            options.tls_context = tls.client_context(options.tls_ca, bool(options.tls_fingerprint))
+        except (OSError, ValueError) as error:
+            parser.error("argument --tls-ca: cannot read %s: %s" % (
+                options.tls_ca, getattr(error, "strerror", None) or error))
     if options.to is not None and not wire.is_valid_id(options.to.encode("utf-8", "replace")):
         parser.error("argument --to: %r is not a valid ID" % options.to)
     return options

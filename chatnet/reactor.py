@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 from . import passwords, wire
 from .admission import (  # noqa: F401 (format_address, open_listener, parse_networks: for server.py)
-    LOOPBACK, Admission, format_address, format_peer, open_listener, parse_networks,
+    LOOPBACK, Admission, Listener, format_address, format_peer, open_listener, parse_networks,
 )
 from .events import (
     CheckLogin, Close, Connected, ConnectionLost, DataReceived, DeliverStored, HungUp,
@@ -63,6 +63,7 @@ from .hangups import HangUpWatch
 from .ledger import DurabilityCork
 from .stored import StoredDeliveries
 from .timers import Timers
+from .tls import TLSFailed, TLSLayer
 from .transport import BROKEN, DRAINED, FULL, OVERFLOW, READ, WRITE, Transport, WaterMarks
 from .workers import Lookups, PasswordChecks
 
@@ -78,7 +79,7 @@ LOOP_STALL_GRACE = 0.5         # a pass this much later than select's timeout: t
 
 NOTICE_SEND_QUEUE = wire.notice("you are not reading your messages, closing the connection")
 
-_LISTENER, _WAKEUP, _HANGUPS = "listener", "wakeup", "hangups"   # selector keys that are not transports
+_WAKEUP, _HANGUPS = "wakeup", "hangups"   # selector keys that are neither transports nor listeners
 
 
 class ReactorLimits(NamedTuple):
@@ -96,7 +97,9 @@ class Reactor(object):
     """Serve one listening socket with one ``ChatCore`` and one ``Storage``."""
 
     def __init__(self, listener, core, storage, limits=ReactorLimits(), workers=None,
-                 clock=time.monotonic, strict=False, selector=None):
+                 clock=time.monotonic, strict=False, selector=None, tls=None):
+        """``listener``: the plaintext listening socket (or None); ``tls``: a
+        ``(listening socket, TLSContext)`` pair for the TLS listener, or None."""
         self._core = core
         self._limits = limits
         self._clock = clock
@@ -127,9 +130,14 @@ class Reactor(object):
         self._checks = PasswordChecks(storage.open_reader, self.wake, workers or passwords.usable_cpus())
         self._lookups = Lookups(storage.open_reader, self.wake)
         self._lookups_after_commit = []  # LookUpAccount actions that must see this pass's commit
-        self._admission = Admission(listener, limits, self)
+        listeners = [Listener(listener)] if listener is not None else []
+        if tls is not None:
+            listeners.append(Listener(tls[0], tls[1]))
+        self._admission = Admission(listeners, limits, self)
         self._hangups = HangUpWatch()
-        self.watch_listener(self._admission)
+        for each in listeners:
+            each.sock.setblocking(False)
+            self.watch_listener(each)
         self._selector.register(self._wake_reader, READ, _WAKEUP)
         if self._hangups.available:
             self._selector.register(self._hangups.fileno(), READ, _HANGUPS)
@@ -147,8 +155,13 @@ class Reactor(object):
 
     @property
     def address(self):
-        """The (host, port) the listening socket is bound to."""
-        return self._admission.listener.getsockname()[:2]
+        """The (host, port) the first listening socket is bound to."""
+        return self._admission.listeners[0].address()
+
+    def listening(self):
+        """``[(host, port, tls)]`` of every listening socket."""
+        return [listener.address() + (listener.tls is not None,)
+                for listener in self._admission.listeners]
 
     def wake(self):
         """Make a waiting ``select`` return (safe from any thread)."""
@@ -251,8 +264,8 @@ class Reactor(object):
         return now
 
     def _dispatch(self, target, mask):
-        if target is _LISTENER:
-            for admitted in self._admission.accept_ready():
+        if type(target) is Listener:
+            for admitted in self._admission.accept_ready(target):
                 self._add_transport(*admitted)
         elif target is _WAKEUP:
             self._wakeup_ready()
@@ -269,11 +282,13 @@ class Reactor(object):
 
     # ================================================================ reading
 
-    def _add_transport(self, sock, address, host, trusted):
+    def _add_transport(self, sock, address, host, trusted, listener):
         sock.setblocking(False)
         _tune_socket(sock, self._limits.keepalive)
         transport = Transport(self, self._marks, next(self._conn_ids), sock, host,
                               format_peer(address), trusted, RECV_SIZE)
+        if listener.tls is not None:
+            transport.tls = TLSLayer(listener.tls.context)     # the handshake counts as login time
         self._transports[transport.conn] = transport
         transport.update_interest()
         log.debug("connection %d from %s", transport.conn, transport.peer)
@@ -282,11 +297,19 @@ class Reactor(object):
     def _read_ready(self, transport):
         try:
             data = transport.read()
+        except TLSFailed as error:
+            log.info("connection %d from %s: %s", transport.conn, transport.peer, error)
+            self._drop(transport, str(error))
+            return
         except OSError as error:
             self._drop(transport, "receive failed: %s" % (error.strerror or error))
             return
         if data:
             self.feed(DataReceived(transport.conn, data))
+            if transport.eof_follows and not transport.closed:     # TLS: the stream ended too
+                transport.eof_follows = False
+                transport.input_ended()
+                self.feed(InputEnded(transport.conn))
         elif data is not None:
             # EOF: the client will send no more, but may still be reading (a half-close).
             transport.input_ended()
@@ -531,12 +554,12 @@ class Reactor(object):
         self._admission.departed(transport.host)
         self._departed[transport.conn] = transport.peer
 
-    def watch_listener(self, admission):
-        self._selector.register(admission.listener, READ, _LISTENER)
+    def watch_listener(self, listener):
+        self._selector.register(listener.sock, READ, listener)
 
-    def unwatch_listener(self, admission):
+    def unwatch_listener(self, listener):
         try:
-            self._selector.unregister(admission.listener)
+            self._selector.unregister(listener.sock)
         except (KeyError, ValueError):
             return False
         return True
@@ -602,8 +625,9 @@ class Reactor(object):
     def _shut_down(self):
         """Stop accepting, say goodbye, flush for a moment, commit."""
         log.info("shutting down")
-        self.unwatch_listener(self._admission)
-        self._admission.listener.close()
+        for listener in self._admission.listeners:
+            self.unwatch_listener(listener)
+            listener.sock.close()
         self.now = self._clock()
         self.feed(ServerStopping())
         self._commit()

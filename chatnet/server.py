@@ -10,12 +10,16 @@ cannot be used, 2 for a bad flag.
 
 import logging
 import signal
+import ssl
 import sys
 
 from . import cli, passwords
 from .core import ChatCore, CoreConfig
 from .reactor import Reactor, ReactorLimits, format_address, open_listener, parse_networks
 from .storage import MEMORY, Storage, StorageError
+from .tls import TLSContext
+
+log = logging.getLogger("chatnet.server")
 
 PROG = cli.program_name("chatnet.server", "chatnet-server")
 DEFAULTS = CoreConfig()
@@ -40,6 +44,14 @@ def parse_args(argv):
                         help="address to listen on (default 127.0.0.1; :: for every IPv6 and IPv4 address)")
     parser.add_argument("--port", type=cli.port_number, default=7070,
                         help="TCP port (default 7070; 0 picks a free one)")
+    tls = parser.add_argument_group("TLS (see the README's \"Running with TLS\")")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="PEM certificate (chain) for the TLS listener")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key for the TLS listener")
+    tls.add_argument("--tls-port", type=cli.port_number, default=7071,
+                     help="TLS port (default 7071; 0 picks a free one)")
+    tls.add_argument("--no-plain", action="store_true",
+                     help="no plaintext listener: TLS only")
     parser.add_argument("--db", metavar="PATH", default=None,
                         help="SQLite database of accounts and stored messages (default chatnet.db)")
     parser.add_argument("--demo", action="store_true",
@@ -101,6 +113,10 @@ def parse_args(argv):
         parser.error("--demo uses an in-memory database; leave out --db")
     if args.max_line < 16:
         parser.error("argument --max-line: must be at least 16")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.no_plain and not args.tls_cert:
+        parser.error("--no-plain needs a TLS listener (--tls-cert and --tls-key)")
     if args.db is None:
         args.db = MEMORY if args.demo else "chatnet.db"
     return args
@@ -186,11 +202,10 @@ def main(argv=None):
 
 
 def serve(args, storage, log_handler):
-    try:
-        listener = open_listener(args.host, args.port)
-    except OSError as error:
-        raise cli.CommandError("cannot listen on %s:%s: %s" % (
-            args.host, args.port, error.strerror or error))
+    tls = open_tls(args)
+    listener = None if args.no_plain else listen(args.host, args.port)
+    if tls is not None:
+        tls = (listen(args.host, args.tls_port), tls)
     delay = args.failure_delay
     config = CoreConfig(store_limit=args.store_limit, max_line=args.max_line,
                         login_timeout=args.login_timeout,
@@ -203,21 +218,65 @@ def serve(args, storage, log_handler):
                            max_per_ip=args.max_per_ip, trusted_networks=args.trusted,
                            send_queue_limit=args.send_queue_limit,
                            write_timeout=args.write_timeout, keepalive=args.keepalive)
-    reactor = Reactor(listener, ChatCore(config), storage, limits)
-    reactor.install_signal_handlers(
-        on_hangup=(lambda: reopen_log(log_handler)) if args.log_file else None)
+    reactor = Reactor(listener, ChatCore(config), storage, limits, tls=tls)
+    reactor.install_signal_handlers(on_hangup=hangup_handler(args, log_handler, tls))
     if args.demo:
         print("demo accounts (ID:password): "
               + " ".join("%s:%s" % account for account in DEMO_ACCOUNTS), flush=True)
     elif not storage.account_count():
-        logging.getLogger("chatnet.server").warning(
-            "%s has no accounts yet; add one with: python -m chatnet.accounts --db %s add ID",
-            args.db, args.db)
-    address = format_address(reactor.address)
-    print("listening on %s" % address, flush=True)
-    logging.getLogger("chatnet.server").info("listening on %s, database %s", address, args.db)
+        log.warning("%s has no accounts yet; add one with: python -m chatnet.accounts --db %s add ID",
+                    args.db, args.db)
+    for host, port, secure in reactor.listening():
+        address = format_address((host, port)) + (" (TLS)" if secure else "")
+        print("listening on %s" % address, flush=True)
+        log.info("listening on %s, database %s", address, args.db)
     reactor.serve_forever()
     return 0
+
+
+def listen(host, port):
+    try:
+        return open_listener(host, port)
+    except OSError as error:
+        raise cli.CommandError("cannot listen on %s:%s: %s" % (host, port, error.strerror or error))
+
+
+def open_tls(args):
+    """The TLS context from --tls-cert and --tls-key, or None; errors are one line."""
+    if not args.tls_cert:
+        return None
+    try:
+        tls = TLSContext(args.tls_cert, args.tls_key)
+    except (ssl.SSLError, OSError) as error:
+        raise cli.CommandError("cannot use the TLS certificate %s and key %s: %s" % (
+            args.tls_cert, args.tls_key, tls_reason(error)))
+    if not tls.key_is_private():
+        log.warning("the TLS private key %s can be read by other users; chmod 600 it", args.tls_key)
+    return tls
+
+
+def tls_reason(error):
+    if isinstance(error, ssl.SSLError) and "KEY_VALUES_MISMATCH" in str(error):
+        return "the key does not belong to the certificate"
+    return getattr(error, "strerror", None) or getattr(error, "reason", None) or str(error)
+
+
+def hangup_handler(args, log_handler, tls):
+    """What SIGHUP does: reopen --log-file, reload the TLS pair; None if neither applies."""
+    if not args.log_file and tls is None:
+        return None
+
+    def on_hangup():
+        if args.log_file:
+            reopen_log(log_handler)
+        if tls is not None:
+            try:
+                tls[1].reload()
+                log.info("reloaded the TLS certificate %s and key %s", args.tls_cert, args.tls_key)
+            except (ssl.SSLError, OSError) as error:
+                log.warning("cannot reload the TLS certificate %s and key %s (%s); keeping the "
+                            "old pair", args.tls_cert, args.tls_key, tls_reason(error))
+    return on_hangup
 
 
 def entry_point():

@@ -29,6 +29,13 @@ its loop through four calls -- ``now``, ``set_interest``, ``closed`` and the
 shared ``cork`` and ``stored`` ledgers -- so it can be tested with a fake
 socket and a fake loop, without threads.
 
+TLS is a layer of the transport (``chatnet.tls``): with ``tls`` set, ``read``
+hands the ciphertext it received to the layer and returns the plaintext,
+and ``_send`` encrypts and sends the records, keeping any the kernel did not
+take in ``cipher_out`` (which the write interest then covers).  The stream
+offsets (``queued``, ``sent``) stay in plaintext.  Before the handshake is
+done nothing is encrypted: plaintext waits in the queue.
+
 The durability cork (``chatnet.ledger``) holds every transport's output
 while the pass's stored messages wait for their commit: ``write`` only
 queues then, and the cork calls ``write_ready`` on each transport it held
@@ -65,8 +72,8 @@ class Transport(object):
     __slots__ = (
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask",
         "paused", "eof", "closing", "closed", "core_knows", "backlogged", "progress_at",
-        "watched", "read_size", "stored_marks", "stream", "failure", "pending", "_loop",
-        "_marks",
+        "watched", "read_size", "stored_marks", "stream", "failure", "pending", "tls",
+        "cipher_out", "eof_follows", "_loop", "_marks",
     )
 
     def __init__(self, loop, marks, conn, sock, host, peer, trusted, read_size):
@@ -94,6 +101,9 @@ class Transport(object):
         self.stream = None             # a StoredStream while stored messages are on their way
         self.failure = None            # why the socket failed
         self.pending = None            # this input's first write, sent by flush() (counted in queued)
+        self.tls = None                # a TLSLayer on a TLS listener's connections
+        self.cipher_out = None         # TLS records the kernel has not taken yet
+        self.eof_follows = False       # TLS: the stream ended right after the data just read
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.
@@ -104,11 +114,32 @@ class Transport(object):
     # ---------------------------------------------------------------- reading
 
     def read(self):
-        """One ``recv``: the bytes, ``b""`` at EOF, None if none are there.  OSError: it broke."""
+        """One ``recv``: the bytes, ``b""`` at EOF, None if none are there.  OSError: it broke.
+
+        (``TLSFailed``, an OSError, when the TLS handshake or a record failed.)
+        """
         try:
-            return self.sock.recv(self.read_size)
+            data = self.sock.recv(self.read_size)
         except (BlockingIOError, InterruptedError):
             return None
+        if self.tls is None:
+            return data
+        return self._read_tls(data)
+
+    def _read_tls(self, data):
+        handshaking = not self.tls.handshake_done
+        plaintext, ciphertext = self.tls.receive(data)
+        if ciphertext:
+            self.cipher_out = (self.cipher_out or bytearray()) + ciphertext
+            self._flush_cipher()
+        if handshaking and self.tls.handshake_done or self.cipher_out:
+            self.update_interest()                     # plaintext may be sent now
+        if self.tls.ended:
+            if plaintext:
+                self.eof_follows = True                # the loop reports the EOF right after
+                return plaintext
+            return b""
+        return plaintext or None
 
     def input_ended(self):
         """EOF: stop watching for input, or select would report it again and again."""
@@ -181,6 +212,8 @@ class Transport(object):
     def write_ready(self):
         """Send from the queue once (the socket is writable, or the cork opened); the edge or None."""
         edge = None
+        if self.cipher_out and not self._flush_cipher():
+            return BROKEN
         if self.pending is not None:
             self.absorb_pending()
         if self.outgoing:
@@ -194,14 +227,20 @@ class Transport(object):
                 if self.stored_marks or self.stream is not None:
                     self._loop.stored.sent(self)
                 edge = self._edge()
-        if self.closing and not self.outgoing:
-            self.close()
-        elif not self.closed and (self.outgoing or self.mask != READ):
+        if self.closing and not self.outgoing and not self.cipher_out:
+            self.close(clean=True)
+        elif not self.closed and (self.outgoing or self.cipher_out or self.mask != READ):
             self.update_interest()
         return edge
 
     def _send(self, data):
-        """``send`` once: the bytes the kernel took (0 if it would block), or None if it broke."""
+        """``send`` once: the bytes the kernel took (0 if it would block), or None if it broke.
+
+        With TLS: the plaintext bytes encrypted and handed on (all, or 0 while
+        records of earlier plaintext still wait in ``cipher_out``).
+        """
+        if self.tls is not None:
+            return self._send_tls(data)
         try:
             return self.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -209,6 +248,33 @@ class Transport(object):
         except OSError as error:
             self.failure = "send failed: %s" % (error.strerror or error)
             return None
+
+    def _send_tls(self, data):
+        if not self.tls.handshake_done:
+            return 0
+        if self.cipher_out:
+            if not self._flush_cipher():
+                return None
+            if self.cipher_out:
+                return 0
+        try:
+            self.cipher_out = bytearray(self.tls.encrypt(data))
+        except OSError as error:                       # TLSFailed: the stream is over
+            self.failure = str(error)
+            return None
+        return len(data) if self._flush_cipher() else None
+
+    def _flush_cipher(self):
+        """Send waiting TLS records once; False if the socket broke."""
+        try:
+            sent = self.sock.send(self.cipher_out)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as error:
+            self.failure = "send failed: %s" % (error.strerror or error)
+            return False
+        del self.cipher_out[:sent]
+        return True
 
     def _edge(self):
         """Compare the bytes waiting with the water marks; the edge crossed, or None."""
@@ -268,7 +334,8 @@ class Transport(object):
     def update_interest(self):
         """Hand the loop exactly the events this transport needs now, if they changed."""
         reading = not (self.paused or self.eof or self.closing)
-        mask = (READ if reading else 0) | (WRITE if self.outgoing else 0)
+        writing = self.cipher_out or self.outgoing and (self.tls is None or self.tls.handshake_done)
+        mask = (READ if reading else 0) | (WRITE if writing else 0)
         if mask != self.mask:
             self._loop.set_interest(self, mask, not reading and not (self.eof or self.closing))
 
@@ -276,16 +343,25 @@ class Transport(object):
         """Close once the queue is empty; True if it closed at once."""
         self.closing = True
         self.absorb_pending()
-        if self.outgoing:
+        if self.tls is not None and not self.tls.handshake_done:
+            self.outgoing = bytearray()                # it never got as far as reading them
+        if self.outgoing or self.cipher_out:
             self.update_interest()
             return False
-        self.close()
+        self.close(clean=True)
         return True
 
-    def close(self):
+    def close(self, clean=False):
+        """Close now; ``clean``: a TLS stream ends with ``close_notify`` (best effort)."""
         if self.closed:
             return
         self.closed = True
         self._loop.closed(self)        # unregisters it, before the descriptor can be reused
+        if clean and self.tls is not None and self.tls.handshake_done:
+            try:
+                self.sock.send(self.tls.close_notify())
+            except OSError:
+                pass
         self.sock.close()
         self.outgoing = bytearray()
+        self.cipher_out = None

@@ -18,22 +18,31 @@ def database(tmp_path):
     return path
 
 
-@pytest.fixture
-def start_server(database):
-    """``start_server(*flags)`` starts a server on the test database; all are stopped after."""
+def server_starter(database, tls=False):
+    """``start(*flags)`` starts a server on the test database; ``stop_all()`` checks and stops them."""
     servers = []
 
     def start(*flags, db=None):
-        server = LiveServer(db or database, *flags).start()
+        server = LiveServer(db or database, *flags, tls=tls).start()
         servers.append(server)
         return server
 
+    def stop_all():
+        for server in servers:
+            problems = server.problems()
+            status = server.stop() if server.alive() else None
+            assert not problems, "the server logged errors: %r" % server.stderr_lines
+            assert status in (None, 0), "exit status %r; stderr %r" % (status, server.stderr_lines)
+
+    return start, stop_all
+
+
+@pytest.fixture
+def start_server(database):
+    """``start_server(*flags)`` starts a server on the test database; all are stopped after."""
+    start, stop_all = server_starter(database)
     yield start
-    for server in servers:
-        problems = server.problems()
-        status = server.stop() if server.alive() else None
-        assert not problems, "the server logged errors: %r" % server.stderr_lines
-        assert status in (None, 0), "exit status %r; stderr %r" % (status, server.stderr_lines)
+    stop_all()
 
 
 @pytest.fixture

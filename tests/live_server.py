@@ -25,6 +25,9 @@ from chatnet.storage import Storage
 from core_harness import NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, frame  # noqa: F401 (shared)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TLS_DIR = os.path.join(REPO, "tests", "tls")
+TLS_CERT = os.path.join(TLS_DIR, "server-cert.pem")
+TLS_KEY = os.path.join(TLS_DIR, "server-key.pem")
 SYNC_LINE = b"sync\n"
 SYNC_REPLY = wire.NOTICE_UNKNOWN.rstrip(b"\n")
 
@@ -79,12 +82,17 @@ def _bytes(value):
 class LiveServer(object):
     """``python -m chatnet.server --db DB --host 127.0.0.1 --port 0 ARGS``."""
 
-    def __init__(self, db, *args):
+    def __init__(self, db, *args, tls=False):
         self.db = db
         self.args = list(args)
+        self.tls = tls                 # serve TLS only (the test certificate), and talk TLS to it
+        if tls:
+            self.args += ["--tls-cert", TLS_CERT, "--tls-key", private_key_copy(db),
+                          "--tls-port", "0", "--no-plain"]
         self.proc = None
         self.port = None
         self.stderr_lines = []
+        self.stdout_lines = []
 
     def start(self, timeout=30):
         command = [sys.executable, "-m", "chatnet.server", "--db", self.db,
@@ -92,7 +100,12 @@ class LiveServer(object):
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=python_env(), cwd=REPO)
         stdout_lines = queue.Queue()
-        threading.Thread(target=self._pump, args=(self.proc.stdout, stdout_lines.put),
+
+        def keep(line):
+            self.stdout_lines.append(line)
+            stdout_lines.put(line)
+
+        threading.Thread(target=self._pump, args=(self.proc.stdout, keep),
                          daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines.append),
                          daemon=True).start()
@@ -105,8 +118,8 @@ class LiveServer(object):
                 raise AssertionError("no 'listening on' line; stderr: %r" % self.stderr_lines)
             if line is None:
                 raise AssertionError("server exited early: %r" % self.stderr_lines)
-            if "listening on " in line:
-                self.port = int(line.rsplit(":", 1)[1])
+            if "listening on " in line and ("(TLS)" in line) == self.tls:
+                self.port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
                 return self
 
     @staticmethod
@@ -115,8 +128,8 @@ class LiveServer(object):
             put(raw.decode("utf-8", "replace").rstrip("\n"))
         put(None)
 
-    def client(self, timeout=5.0):
-        return RawClient(self.port, timeout)
+    def client(self, timeout=5.0, **options):
+        return RawClient(self.port, timeout, tls=self.tls, **options)
 
     def login(self, user_id, password):
         """A client logged in as ``user_id`` (bytes)."""
@@ -138,6 +151,16 @@ class LiveServer(object):
             self.proc.kill()
         if self.proc is not None:
             self.proc.wait(10)
+
+    def tls_port(self, timeout=10.0):
+        """The port of the TLS listener, from its ``listening on ... (TLS)`` line."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in list(self.stdout_lines):
+                if line and "(TLS)" in line:
+                    return int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
+            time.sleep(0.01)
+        raise AssertionError("no TLS listening line: %r" % self.stdout_lines)
 
     def wait_for_log(self, *fragments, timeout=10.0):
         """Wait until a stderr line contains every fragment (stderr is read by a thread)."""
@@ -184,19 +207,87 @@ def reset(sock):
     sock.close()
 
 
-class RawClient(object):
-    """A protocol client over a plain blocking socket with timeouts.
+def private_key_copy(db):
+    """The test key, copied beside ``db`` with mode 0600 (git keeps no modes)."""
+    path = os.path.join(os.path.dirname(db), "tls-key.pem")
+    if not os.path.exists(path):
+        with open(TLS_KEY, "rb") as source:
+            data = source.read()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as target:
+            target.write(data)
+    return path
 
-    ``source`` binds it to another loopback address; ``attacker=True`` gives
-    it an attacker's socket options (see ``attacker_socket``).
+
+def trusting_context():
+    """A client context that trusts the test certificate (and checks 127.0.0.1 against it)."""
+    from chatnet import tls
+    return tls.client_context(ca_file=TLS_CERT)
+
+
+class TLSSocket(object):
+    """A blocking socket that speaks TLS through chatnet's own ``TLSLayer``.
+
+    It offers the socket methods the tests use, so ``RawClient`` works the
+    same over TLS; ``shutdown(SHUT_WR)`` is TLS's half-close (close_notify).
     """
 
-    def __init__(self, port, timeout=5.0, source=None, attacker=False):
+    def __init__(self, sock, context, server_hostname="127.0.0.1"):
+        from chatnet.tls import TLSLayer
+        self.raw = sock
+        self.layer = TLSLayer(context, server_side=False, server_hostname=server_hostname)
+        self.plaintext = b""
+        self.raw.sendall(self.layer.start())
+        while not self.layer.handshake_done:
+            self._pump()
+
+    def _pump(self):
+        data = self.raw.recv(65536)
+        plaintext, ciphertext = self.layer.receive(data)
+        if ciphertext:
+            self.raw.sendall(ciphertext)
+        self.plaintext += plaintext
+        return data
+
+    def sendall(self, data):
+        self.raw.sendall(self.layer.encrypt(data))
+
+    send = sendall
+
+    def recv(self, size):
+        while not self.plaintext and not self.layer.ended:
+            if not self._pump():
+                break
+        data, self.plaintext = self.plaintext[:size], self.plaintext[size:]
+        return data
+
+    def shutdown(self, how):
+        """``SHUT_WR``: TLS's half-close (close_notify); the stream stays readable."""
+        if how == socket.SHUT_WR:
+            self.raw.sendall(self.layer.close_notify())
+        else:
+            self.raw.shutdown(how)
+
+    def __getattr__(self, name):           # settimeout, setsockopt, close, fileno
+        return getattr(self.raw, name)
+
+
+class RawClient(object):
+    """A protocol client over a blocking socket with timeouts.
+
+    ``source`` binds it to another loopback address; ``attacker=True`` gives
+    it an attacker's socket options (see ``attacker_socket``); ``tls=True``
+    speaks TLS, trusting the test certificate.
+    """
+
+    def __init__(self, port, timeout=5.0, source=None, attacker=False, tls=False):
         if attacker or source:
             self.sock = attacker_socket(port, source or "127.0.0.1", timeout=timeout,
                                         receive_buffer=4096 if attacker else 1 << 20)
         else:
             self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls:
+            self.sock = TLSSocket(self.sock, trusting_context())
         self.timeout = timeout
         self.buffer = b""
 

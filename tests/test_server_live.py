@@ -6,11 +6,20 @@ import threading
 import pytest
 
 from chatnet import wire
+from conftest import server_starter
 from live_server import (
     NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, RawClient, frame, is_notice,
 )
 
 NO_PARTNER = wire.NOTICE_NO_PARTNER.rstrip(b"\n")
+
+
+@pytest.fixture(params=["plain", "tls"])
+def start_server(request, database):
+    """Every test here runs twice: over plaintext, and over TLS (seeds/PROTOCOL.md section 1.1)."""
+    start, stop_all = server_starter(database, tls=request.param == "tls")
+    yield start
+    stop_all()
 
 
 

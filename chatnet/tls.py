@@ -1,0 +1,297 @@
+"""TLS as a layer of bytes: ciphertext in, plaintext out, and back (seeds/PROTOCOL.md section 1.1).
+
+``TLSLayer`` wraps an ``ssl.SSLObject`` between two ``ssl.MemoryBIO``s, as
+asyncio's ``sslproto`` does.  It never touches a socket: the transport
+(``chatnet.transport``) keeps the socket, reads ciphertext from it and hands
+it to ``receive``, and sends whatever ``encrypt``, ``receive`` or
+``close_notify`` give back.  So the loop stays the same loop -- no
+``SSLWantReadError`` dance around ``select`` -- and the layer can be tested
+with two layers wired to each other in memory.
+
+It owns the TLS state of one connection: the handshake, the records, the
+closing ``close_notify``.  It must not decide anything about the protocol
+inside the stream.
+
+``TLSContext`` holds the server's ``ssl.SSLContext``: TLS 1.2 or newer, the
+standard library's defaults otherwise, and ``reload()`` for a renewed
+certificate (new handshakes use the new pair; open connections keep theirs).
+"""
+
+import hashlib
+import os
+import ssl
+
+#: Plaintext taken from the layer per read call.
+READ_CHUNK = 64 * 1024
+
+
+class TLSFailed(OSError):
+    """The handshake or a record failed: the connection cannot go on."""
+
+
+class TLSLayer(object):
+    """One connection's TLS; see the module docstring."""
+
+    __slots__ = ("_incoming", "_outgoing", "_ssl", "handshake_done", "ended")
+
+    def __init__(self, context, server_side=True, server_hostname=None):
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
+                                     server_hostname=server_hostname)
+        self.handshake_done = False
+        self.ended = False             # the peer closed the TLS stream (close_notify or EOF)
+
+    def start(self):
+        """The client's first flight (ClientHello); nothing for a server."""
+        self._advance_handshake()
+        return self._outgoing.read()
+
+    def receive(self, data):
+        """Ciphertext from the peer (``b""``: its TCP EOF).
+
+        Returns ``(plaintext, ciphertext to send)``; ``ended`` turns True once
+        the peer closed the stream.  Raises ``TLSFailed`` when the handshake
+        or a record fails.
+        """
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+        plaintext = b""
+        if not self.handshake_done:
+            self._advance_handshake()
+        if self.handshake_done and not self.ended:
+            plaintext = self._read_plaintext()
+        return plaintext, self._outgoing.read()
+
+    def encrypt(self, plaintext):
+        """The ciphertext records for ``plaintext`` (after the handshake)."""
+        view = memoryview(plaintext)
+        try:
+            while view:
+                written = self._ssl.write(view)
+                view = view[written:]
+        except ssl.SSLError as error:          # e.g. the peer's EOF came first
+            raise TLSFailed("TLS failed: %s" % _reason(error))
+        return self._outgoing.read()
+
+    def close_notify(self):
+        """The ``close_notify`` alert to send for a clean close (best effort)."""
+        try:
+            self._ssl.unwrap()
+        except (ssl.SSLError, ValueError):
+            pass               # SSLWantReadError: sent ours, the peer's need not be waited for
+        return self._outgoing.read()
+
+    def peer_certificate(self):
+        """The peer's certificate in DER, or None."""
+        return self._ssl.getpeercert(binary_form=True)
+
+    def describe(self):
+        """``TLSv1.3 TLS_AES_256_GCM_SHA384``, for the status line and the log."""
+        cipher = self._ssl.cipher()
+        return "%s %s" % (self._ssl.version(), cipher[0] if cipher else "?")
+
+    def _advance_handshake(self):
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            if self._incoming.eof:
+                raise TLSFailed("the peer closed during the TLS handshake")
+            return
+        except ssl.SSLError as error:
+            raise TLSFailed("TLS handshake failed: %s" % _reason(error))
+        self.handshake_done = True
+
+    def _read_plaintext(self):
+        chunks = []
+        while True:
+            try:
+                chunk = self._ssl.read(READ_CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.ended = True          # close_notify, or a TCP close without one: the end
+                break
+            except ssl.SSLError as error:
+                raise TLSFailed("TLS failed: %s" % _reason(error))
+            if not chunk:
+                self.ended = True
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _reason(error):
+    return getattr(error, "reason", None) or str(error)
+
+
+class TLSContext(object):
+    """The server's certificate and key, loadable again on SIGHUP."""
+
+    def __init__(self, cert_file, key_file):
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.context = server_context(cert_file, key_file)
+
+    def reload(self):
+        """Load the pair again; on failure keep the old one and raise ``ssl.SSLError``/``OSError``."""
+        self.context = server_context(self.cert_file, self.key_file)
+
+    def key_is_private(self):
+        """False when other users may read the private key."""
+        return not os.stat(self.key_file).st_mode & 0o077
+
+
+def server_context(cert_file, key_file):
+    """TLS 1.2 or newer with the standard library's defaults; raises ``ssl.SSLError``/``OSError``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A client that closes its side without close_notify has ended its input,
+    # exactly as over plaintext (seeds/PROTOCOL.md 1.1); OpenSSL 3 would
+    # otherwise fail the whole connection, and its replies with it.
+    context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def client_context(ca_file=None, pinned=False):
+    """The client's context: verify against the system's CAs (or ``ca_file``).
+
+    With ``pinned`` the certificate is checked against a fingerprint
+    instead (``fingerprint_matches``), so chain and host name are not.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if pinned:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def fingerprint(der):
+    """SHA-256 of a DER certificate as ``AB:CD:...``, the form ``openssl x509 -fingerprint -sha256`` prints."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[index:index + 2] for index in range(0, len(digest), 2))
+
+
+def normalize_fingerprint(text):
+    """``ab:cd...`` or ``ABCD...`` -> ``ABCD...`` (64 hex digits); ValueError otherwise."""
+    digits = text.replace(":", "").strip().upper()
+    if len(digits) != 64 or any(digit not in "0123456789ABCDEF" for digit in digits):
+        raise ValueError("a SHA-256 fingerprint is 64 hex digits, colons optional")
+    return digits
+
+
+class SecureSocket(object):
+    """A client socket seen through a ``TLSLayer``: ``send`` and ``recv`` carry plaintext.
+
+    For the client's loops, which treat it like the socket it wraps: it works
+    blocking or not (``BlockingIOError`` when no plaintext is there yet),
+    keeps records the kernel did not take (``pending``: flush them when the
+    socket is writable), and passes everything else (``fileno``,
+    ``setsockopt``, ``shutdown`` -- TCP's half-close) to the socket.
+    """
+
+    def __init__(self, sock, context, server_hostname):
+        self.raw = sock
+        self.layer = TLSLayer(context, server_side=False, server_hostname=server_hostname)
+        self._cipher = bytearray(self.layer.start())
+        self._plaintext = b""
+
+    @property
+    def pending(self):
+        """True while TLS records wait for the kernel."""
+        return bool(self._cipher)
+
+    @property
+    def handshake_done(self):
+        return self.layer.handshake_done
+
+    def flush(self):
+        """Send waiting records once (all of them, on a blocking socket)."""
+        while self._cipher:
+            try:
+                sent = self.raw.send(self._cipher)
+            except (BlockingIOError, InterruptedError):
+                return
+            del self._cipher[:sent]
+
+    def handshake(self):
+        """Advance the handshake with what the socket has; True once it is done."""
+        self.flush()
+        while not self.layer.handshake_done:
+            data = self.raw.recv(65536)          # BlockingIOError: not yet
+            self._take(data)
+            self.flush()
+            if not data and not self.layer.handshake_done:
+                raise TLSFailed("the server closed during the TLS handshake")
+        return True
+
+    def send(self, data):
+        """Encrypt all of ``data``; the records leave now or at the next ``flush``."""
+        self.flush()
+        if self._cipher:
+            raise BlockingIOError()
+        self._cipher += self.layer.encrypt(data)
+        self.flush()
+        return len(data)
+
+    def sendall(self, data):
+        self.send(data)
+        self.flush()
+
+    def recv(self, size):
+        """Plaintext (``b""`` at the end of the stream); BlockingIOError if none yet."""
+        while not self._plaintext and not self.layer.ended:
+            data = self.raw.recv(65536)
+            self._take(data)
+            self.flush()
+            if not data:
+                break
+            if not self._plaintext and self.raw.gettimeout() == 0.0:
+                raise BlockingIOError()
+        data, self._plaintext = self._plaintext[:size], self._plaintext[size:]
+        return data
+
+    def shutdown(self, how):
+        """``SHUT_WR`` is TLS's half-close: ``close_notify``, and reading goes on."""
+        import socket
+        if how != socket.SHUT_WR:
+            return self.raw.shutdown(how)
+        self._cipher += self.layer.close_notify()
+        self.flush()
+
+    def close(self):
+        """A clean close: ``close_notify``, then the socket."""
+        try:
+            if self.layer.handshake_done:
+                self.raw.send(self.layer.close_notify())
+        except OSError:
+            pass
+        self.raw.close()
+
+    def _take(self, data):
+        plaintext, ciphertext = self.layer.receive(data)
+        self._plaintext += plaintext
+        self._cipher += ciphertext
+
+    def __getattr__(self, name):             # fileno, setsockopt, getsockopt, shutdown, ...
+        return getattr(self.raw, name)
+
+
+def fetch_fingerprint(host, port, timeout=5.0):
+    """Connect without verifying and return the server's certificate fingerprint, or None.
+
+    Only to tell the person what to pin after a verification failed.
+    """
+    import socket
+    context = client_context(pinned=True)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            secure = SecureSocket(sock, context, host)
+            secure.handshake()
+            return fingerprint(secure.layer.peer_certificate())
+    except (OSError, ValueError):
+        return None

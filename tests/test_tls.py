@@ -1,0 +1,313 @@
+"""TLS (seeds/PROTOCOL.md section 1.1): the layer in memory, then a real server.
+
+The test certificates in ``tests/tls/`` are self-signed ECDSA P-256 pairs for
+``localhost`` and ``127.0.0.1``, valid for 100 years, made with::
+
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 36500 \\
+        -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \\
+        -keyout server-key.pem -out server-cert.pem
+
+(``renewed-*.pem`` the same way: the pair a certificate renewal brings.)
+"""
+
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from chatnet import tls
+from live_server import TLS_CERT, TLS_DIR, TLS_KEY, RawClient, TLSSocket, frame, trusting_context
+
+RENEWED_CERT = os.path.join(TLS_DIR, "renewed-cert.pem")
+RENEWED_KEY = os.path.join(TLS_DIR, "renewed-key.pem")
+
+
+def server_layer():
+    return tls.TLSLayer(tls.server_context(TLS_CERT, TLS_KEY), server_side=True)
+
+
+def client_layer():
+    return tls.TLSLayer(trusting_context(), server_side=False, server_hostname="localhost")
+
+
+def shake_hands(client, server):
+    """Carry the flights between two layers in memory until both are done."""
+    to_server = client.start()
+    for _ in range(10):
+        _, to_client = server.receive(to_server)
+        _, to_server = client.receive(to_client) if to_client else (b"", b"")
+        if client.handshake_done and server.handshake_done and not to_server:
+            return
+    raise AssertionError("the handshake did not finish")
+
+
+# ---------------------------------------------------------------- the layer, in memory
+
+def test_a_handshake_then_data_both_ways():
+    client, server = client_layer(), server_layer()
+    shake_hands(client, server)
+    plaintext, _ = server.receive(client.encrypt(b"alice\0\0\0pw\0\0\0\0\0\0chat/hi\n"))
+    assert plaintext == b"alice\0\0\0pw\0\0\0\0\0\0chat/hi\n"
+    plaintext, _ = client.receive(server.encrypt("1\nchat/bob: 안녕 🙂\n".encode()))
+    assert plaintext == "1\nchat/bob: 안녕 🙂\n".encode()
+    assert server.describe().startswith("TLSv1.")
+
+
+def test_plaintext_arrives_in_records_split_anywhere():
+    client, server = client_layer(), server_layer()
+    shake_hands(client, server)
+    records = client.encrypt(b"x" * 40000)
+    got = b""
+    for start in range(0, len(records), 777):
+        got += server.receive(records[start:start + 777])[0]
+    assert got == b"x" * 40000
+
+
+def test_close_notify_ends_the_stream_cleanly():
+    client, server = client_layer(), server_layer()
+    shake_hands(client, server)
+    plaintext, _ = client.receive(server.encrypt(b"bye\n") + server.close_notify())
+    assert plaintext == b"bye\n" and client.ended
+
+
+def test_a_tcp_close_without_close_notify_is_an_end_too():
+    """seeds/PROTOCOL.md 1.1: a lost connection, exactly like a TCP close."""
+    client, server = client_layer(), server_layer()
+    shake_hands(client, server)
+    plaintext, _ = server.receive(b"")
+    assert plaintext == b"" and server.ended
+
+
+@pytest.mark.parametrize("garbage", [
+    frame(b"alice", b"pw"),                               # plaintext on the TLS port
+    b"\x16\x03\x01\x00\x05hello",                          # a broken ClientHello
+    os.urandom(300),
+])
+def test_a_garbage_handshake_fails_with_a_reason(garbage):
+    with pytest.raises(tls.TLSFailed):
+        server = server_layer()
+        server.receive(garbage)
+        server.receive(b"")                                # and then it closes
+
+
+def test_an_old_protocol_version_is_refused():
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+    try:
+        with __import__("warnings").catch_warnings():
+            __import__("warnings").simplefilter("ignore", DeprecationWarning)
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+            old.minimum_version = ssl.TLSVersion.TLSv1
+    except (ValueError, ssl.SSLError):
+        pytest.skip("this OpenSSL cannot even offer TLS 1.1")
+    client = tls.TLSLayer(old, server_side=False)
+    server = server_layer()
+    try:
+        hello = client.start()
+    except tls.TLSFailed:
+        pytest.skip("this OpenSSL refuses to offer TLS 1.1 at all")
+    with pytest.raises(tls.TLSFailed):
+        server.receive(hello)
+
+
+def test_fingerprints_are_read_in_the_form_openssl_prints():
+    with open(TLS_CERT) as pem:
+        der = ssl.PEM_cert_to_DER_cert(pem.read())
+    printed = tls.fingerprint(der)
+    assert len(printed) == 95 and printed.count(":") == 31
+    assert tls.normalize_fingerprint(printed.lower()) == printed.replace(":", "")
+    with pytest.raises(ValueError):
+        tls.normalize_fingerprint("12:34")
+    if _have("openssl"):
+        out = subprocess.run(["openssl", "x509", "-in", TLS_CERT, "-noout", "-fingerprint",
+                              "-sha256"], stdout=subprocess.PIPE, check=True).stdout.decode()
+        assert out.strip().split("=", 1)[1] == printed
+
+
+def _have(command):
+    from shutil import which
+    return which(command) is not None
+
+
+# ---------------------------------------------------------------- a real server
+
+@pytest.fixture
+def tls_server(start_server, database):
+    from live_server import private_key_copy
+    return start_server("--tls-cert", TLS_CERT, "--tls-key", private_key_copy(database),
+                        "--tls-port", "0", "--log-level", "info")
+
+
+def tls_port(server):
+    return server.tls_port()
+
+
+def test_both_listeners_serve_the_same_chat(tls_server):
+    secure = RawClient(tls_port(tls_server), tls=True)
+    assert secure.login("alice", "pw") == b"1"
+    plain = tls_server.login("bob", "secret")
+    secure.chatwith("bob", b"2")
+    secure.send("chat/over TLS 🔒\n".encode())
+    plain.expect("chat/alice: over TLS 🔒".encode())
+
+
+def test_plaintext_on_the_tls_port_is_closed_and_nothing_else_notices(tls_server):
+    carol = tls_server.login("carol", "pw")
+    wrong = socket.create_connection(("127.0.0.1", tls_port(tls_server)), timeout=5)
+    wrong.sendall(frame(b"alice", b"pw"))
+    wrong.settimeout(5)
+    try:
+        assert wrong.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    tls_server.wait_for_log("TLS handshake failed", timeout=5)
+    assert carol.sync() == []
+
+
+def test_a_handshake_that_never_finishes_is_closed_at_the_login_timeout(start_server, database):
+    from live_server import private_key_copy
+    server = start_server("--tls-cert", TLS_CERT, "--tls-key", private_key_copy(database),
+                          "--tls-port", "0", "--login-timeout", "0.5")
+    silent = socket.create_connection(("127.0.0.1", tls_port(server)), timeout=5)
+    started = time.monotonic()
+    silent.settimeout(5)
+    try:
+        assert silent.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    assert 0.4 < time.monotonic() - started < 3.0
+
+
+def test_a_clean_close_sends_close_notify(tls_server):
+    client = RawClient(tls_port(tls_server), tls=True)
+    assert client.login("alice", "pw") == b"1"
+    tls_server.proc.send_signal(__import__("signal").SIGTERM)
+    assert client.wait_closed() == b"chat/the server is shutting down\n"
+    assert client.sock.layer.ended                          # close_notify, not just a FIN
+    assert tls_server.proc.wait(10) == 0
+
+
+# ---------------------------------------------------------------- the client
+
+def scripted(port, user, script, *flags):
+    from live_server import run_module
+    return run_module("chatnet.client", "--port", str(port), "--user", user, "--password-stdin",
+                      *flags, stdin=script.encode(), timeout=30)
+
+
+def server_fingerprint():
+    with open(TLS_CERT) as pem:
+        return tls.fingerprint(ssl.PEM_cert_to_DER_cert(pem.read()))
+
+
+def test_the_client_chats_over_tls_trusting_a_private_ca(tls_server):
+    port = tls_port(tls_server)
+    sent = scripted(port, "alice", "pw\n/to bob\nencrypted 안녕\n", "--tls-ca", TLS_CERT)
+    assert sent.returncode == 0, sent.stderr
+    got = scripted(port, "bob", "secret\n", "--tls", "--tls-ca", TLS_CERT)
+    assert got.returncode == 0, got.stderr
+    assert "alice: encrypted 안녕" in got.stdout.decode()
+
+
+@pytest.mark.parametrize("case", ["colons", "bare lower case"])
+def test_the_client_pins_a_certificate_by_fingerprint(tls_server, case):
+    pin = server_fingerprint()
+    if case != "colons":
+        pin = pin.replace(":", "").lower()
+    result = scripted(tls_port(tls_server), "alice", "pw\n", "--tls-fingerprint", pin)
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_unverifiable_certificate_is_one_line_naming_the_fingerprint_to_pin(tls_server):
+    result = scripted(tls_port(tls_server), "alice", "pw\n", "--tls")    # the system's CAs
+    assert result.returncode == 6
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0]
+    assert server_fingerprint() in lines[0] and "--tls-fingerprint" in lines[0]
+
+
+def test_a_wrong_pin_is_refused_and_names_the_fingerprint_seen(tls_server):
+    result = scripted(tls_port(tls_server), "alice", "pw\n", "--tls-fingerprint", "AB" * 32)
+    assert result.returncode == 6
+    assert server_fingerprint() in result.stderr.decode()
+
+
+def test_sighup_renews_the_certificate_without_a_restart(start_server, database, tmp_path):
+    """Open connections keep chatting; new ones get the new certificate."""
+    import shutil
+    import signal
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    shutil.copy(TLS_CERT, cert)
+    shutil.copy(TLS_KEY, key)
+    os.chmod(key, 0o600)
+    server = start_server("--tls-cert", cert, "--tls-key", key, "--tls-port", "0",
+                          "--log-level", "info")
+    port = tls_port(server)
+    alice = RawClient(port, tls=True)
+    assert alice.login("alice", "pw") == b"1"
+    bob = RawClient(port, tls=True)
+    assert bob.login("bob", "secret") == b"1"
+    alice.chatwith("bob", b"2")
+    shutil.copy(RENEWED_CERT, cert)                        # what certbot's deploy hook does
+    shutil.copy(RENEWED_KEY, key)
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log("reloaded the TLS certificate")
+    alice.send(b"chat/still here\n")
+    bob.expect(b"chat/alice: still here")                  # the old connections go on
+    with open(RENEWED_CERT) as pem:
+        renewed = tls.fingerprint(ssl.PEM_cert_to_DER_cert(pem.read()))
+    fresh = scripted(port, "carol", "pw\n", "--tls-fingerprint", renewed)
+    assert fresh.returncode == 0, fresh.stderr                # new ones see the new pair
+    with open(key, "w") as broken:
+        broken.write("not a key")
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log("cannot reload the TLS certificate")
+    assert scripted(port, "dave", "pw\n", "--tls-fingerprint", renewed).returncode == 0
+
+
+def test_startup_errors_are_one_line(database, tmp_path):
+    from live_server import run_module
+    missing = run_module("chatnet.server", "--db", database, "--port", "0", "--tls-cert",
+                         str(tmp_path / "nope.pem"), "--tls-key", TLS_KEY)
+    mismatch = run_module("chatnet.server", "--db", database, "--port", "0", "--tls-cert",
+                          TLS_CERT, "--tls-key", RENEWED_KEY)
+    for result in (missing, mismatch):
+        lines = result.stderr.decode().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert "does not belong" in mismatch.stderr.decode()
+    alone = run_module("chatnet.server", "--db", database, "--no-plain")
+    assert alone.returncode == 2
+
+
+def test_many_handshakes_at_once_while_a_pair_chats(tls_server):
+    port = tls_port(tls_server)
+    carol = RawClient(port, tls=True)
+    assert carol.login("carol", "pw") == b"1"
+    dave = RawClient(port, tls=True)
+    assert dave.login("dave", "pw") == b"1"
+    carol.chatwith("dave", b"2")
+    results = []
+
+    def crowd(count):
+        for _ in range(count):
+            client = RawClient(port, tls=True, timeout=20)
+            results.append(client.login("erin", "pw"))
+            client.close()
+
+    threads = [threading.Thread(target=crowd, args=(50,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    times = []
+    for number in range(50):
+        started = time.perf_counter()
+        carol.send(b"chat/%d\n" % number)
+        dave.expect(b"chat/carol: %d" % number)
+        times.append(time.perf_counter() - started)
+    for thread in threads:
+        thread.join(60)
+    assert results.count(b"1") == 200
+    assert sorted(times)[45] < 0.25
