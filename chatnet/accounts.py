@@ -27,8 +27,7 @@ PROG = cli.program_name("chatnet.accounts", "chatnet-accounts")
 #: server holds one only for a moment; a stuck program longer).
 BUSY_TIMEOUT = 10.0
 
-ID_RULE = "an ID is 1 to 7 of the characters A-Z a-z 0-9 . _ -"
-PASSWORD_RULE = "a password is 1 to 7 bytes and contains no NUL"
+ID_RULE, PASSWORD_RULE = wire.ID_RULE, wire.PASSWORD_RULE
 
 
 def parse_args(argv):

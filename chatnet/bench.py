@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 
-from . import cli, wire
+from . import cli, tls, wire
 
 PROG = cli.program_name("chatnet.bench", "chatnet-bench")
 SCENARIOS = ("relay", "latency", "conns", "storm")
@@ -74,9 +74,10 @@ class Client(object):
 class Worker(object):
     """A selectors loop driving many clients (runs in its own process)."""
 
-    def __init__(self, host, port, password):
+    def __init__(self, host, port, password, tls_context=None):
         self.address = (host, port)
         self.password = password
+        self.tls_context = tls_context           # TLS for every connection (not verified)
         self.selector = selectors.DefaultSelector()
         self.latencies = []
         self.errors = []
@@ -88,6 +89,8 @@ class Worker(object):
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.connect_ex(self.address)
+        if self.tls_context is not None:
+            sock = tls.SecureSocket(sock, self.tls_context, self.address[0])
         client.sock = sock
         client.started = time.perf_counter()
         client.state = "connecting"
@@ -110,7 +113,7 @@ class Worker(object):
             self.fail(client, str(error))
             return
         del client.outbox[:sent]
-        if not client.outbox and client.wants_write:
+        if not client.outbox and client.wants_write and not getattr(client.sock, "pending", False):
             client.wants_write = False
             self.selector.modify(client.sock, selectors.EVENT_READ, client)
 
@@ -132,12 +135,28 @@ class Worker(object):
                 return False
             for key, mask in self.selector.select(min(left, 0.5)):
                 client = key.data
+                if client.state in ("connecting", "handshake") and not self.connected(client):
+                    continue
                 if mask & selectors.EVENT_WRITE:
-                    if client.state == "connecting":
-                        client.state = "login"
                     self.flush(client)
                 if mask & selectors.EVENT_READ and client.state != "failed":
                     self.read(client, handle_line)
+        return True
+
+    def connected(self, client):
+        """Past the TCP connect (and the TLS handshake): True once the login can go."""
+        if self.tls_context is None:
+            client.state = "login"
+            return True
+        client.state = "handshake"
+        try:
+            client.sock.handshake()
+        except BlockingIOError:
+            return False
+        except OSError as error:
+            self.fail(client, str(error))
+            return False
+        client.state = "login"
         return True
 
     def read(self, client, handle_line):
@@ -251,9 +270,10 @@ class Worker(object):
 class PairPinger(threading.Thread):
     """Two clients chatting with each other, timing round trips until told to stop."""
 
-    def __init__(self, host, port, password, first, second):
+    def __init__(self, host, port, password, first, second, tls_context=None):
         threading.Thread.__init__(self, daemon=True)
         self.address, self.password = (host, port), password
+        self.tls_context = tls_context
         self.users = (first, second)
         self.round_trips = []
         self.ready = threading.Event()
@@ -283,6 +303,9 @@ class PairPinger(threading.Thread):
     def connect(self, user):
         sock = socket.create_connection(self.address, timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls_context is not None:
+            sock = tls.SecureSocket(sock, self.tls_context, self.address[0])
+            sock.handshake()
         sock.sendall(wire.login_frame(user, self.password))
         client = (sock, [b""])
         if self.read_line(client) != b"1":
@@ -301,10 +324,10 @@ class PairPinger(threading.Thread):
         return line
 
 
-def run_worker(task, host, port, password, results):
+def run_worker(task, host, port, password, results, use_tls=False):
     """Entry point of a worker process: one scenario part, results onto ``results``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent handles Ctrl-C
-    worker = Worker(host, port, password)
+    worker = Worker(host, port, password, bench_tls_context() if use_tls else None)
     kind = task["kind"]
     clients = [Client(user_id) for user_id in task["users"]]
     outcome = {"kind": kind}
@@ -330,6 +353,11 @@ def run_worker(task, host, port, password, results):
 
 
 # ================================================================ the parent
+
+def bench_tls_context():
+    """TLS without verification: the bench measures a server, it does not trust one."""
+    return tls.client_context(pinned=True)
+
 
 def split(users, parts):
     """Cut ``users`` into ``parts`` slices; pairs stay together."""
@@ -371,7 +399,8 @@ class Bench(object):
     def run_tasks(self, tasks, on_holding=None):
         results = self.context.Queue()
         processes = [self.context.Process(target=run_worker, args=(task, self.options.host,
-                     self.options.port, self.options.password.encode(), results), daemon=True)
+                     self.options.port, self.options.password.encode(), results, self.options.tls),
+                     daemon=True)
                      for task in tasks]
         for process in processes:
             process.start()
@@ -425,7 +454,8 @@ class Bench(object):
             self.add(name, outcomes, "%d logged in and held in %.2f s" % (o.conns, seconds), extra.lstrip(", "))
         elif name == "storm":
             first, second = self.users(2, offset=o.storm)
-            pinger = PairPinger(o.host, o.port, o.password.encode(), first, second)
+            pinger = PairPinger(o.host, o.port, o.password.encode(), first, second,
+                                bench_tls_context() if o.tls else None)
             pinger.start()
             pinger.ready.wait(30)
             calm = len(pinger.round_trips)
@@ -468,15 +498,31 @@ def start_local_server(options):
     listing = "".join("%s%d:%s\n" % (options.prefix, index, options.password) for index in range(count))
     subprocess.run([sys.executable, "-m", "chatnet.accounts", "--db", database, "import", "-"],
                    input=listing.encode(), check=True, stdout=subprocess.DEVNULL)
-    server = subprocess.Popen([sys.executable, "-m", "chatnet.server", "--db", database,
-                               "--host", "127.0.0.1", "--port", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "chatnet.server", "--db", database,
+               "--host", "127.0.0.1", "--port", "0"]
+    if options.tls:
+        command += ["--no-plain", "--tls-port", "0"] + throw_away_certificate(directory)
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     line = server.stdout.readline().decode()
     if "listening on" not in line:
         server.kill()
         raise cli.CommandError("the local server did not start")
-    options.port = int(line.rsplit(":", 1)[1])
+    options.port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
     return server, directory
+
+
+def throw_away_certificate(directory):
+    """``--tls-cert C --tls-key K`` for a self-signed pair made with openssl in ``directory``."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                        "-keyout", key, "-out", cert], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except (OSError, subprocess.CalledProcessError):
+        raise cli.CommandError("--local --tls needs the openssl command to make a certificate")
+    os.chmod(key, 0o600)
+    return ["--tls-cert", cert, "--tls-key", key]
 
 
 # ================================================================ command line
@@ -490,22 +536,32 @@ def parse_args(argv):
                         help="for 'accounts': how many")
     parser.add_argument("--local", action="store_true",
                         help="start a throw-away server on 127.0.0.1 and measure it")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=cli.port_number, default=7070)
+    parser.add_argument("--host", default="127.0.0.1", help="the server (default %(default)s)")
+    parser.add_argument("--port", type=cli.port_number, default=None,
+                        help="its port (default 7070; 7071 with --tls)")
+    parser.add_argument("--tls", action="store_true",
+                        help="every connection over TLS (the certificate is not checked); with "
+                        "--local, the server gets a throw-away certificate (needs openssl)")
     parser.add_argument("--prefix", default="u", help="bench account IDs: PREFIX0, PREFIX1, ...")
-    parser.add_argument("--password", default="pw")
+    parser.add_argument("--password", default="pw", help="their password (default %(default)s)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated, from %s" % ", ".join(SCENARIOS))
     parser.add_argument("--processes", type=cli.positive_int, default=os.cpu_count() or 1,
                         help="load-generating processes (default: one per CPU)")
     parser.add_argument("--seconds", type=cli.positive_float, default=5.0,
                         help="measuring time of relay and latency (default %(default)s)")
-    parser.add_argument("--pairs", type=cli.positive_int, default=50)
-    parser.add_argument("--window", type=cli.positive_int, default=16)
+    parser.add_argument("--pairs", type=cli.positive_int, default=50,
+                        help="relay: chatting pairs (default %(default)s)")
+    parser.add_argument("--window", type=cli.positive_int, default=16,
+                        help="relay: messages each sender keeps in flight (default %(default)s)")
     parser.add_argument("--size", type=cli.positive_int, default=64, help="message bytes (>= 24)")
-    parser.add_argument("--conns", type=cli.positive_int, default=2000)
-    parser.add_argument("--storm", type=cli.positive_int, default=500)
+    parser.add_argument("--conns", type=cli.positive_int, default=2000,
+                        help="conns: connections logged in and held (default %(default)s)")
+    parser.add_argument("--storm", type=cli.positive_int, default=500,
+                        help="storm: logins at once (default %(default)s)")
     options = parser.parse_args(argv)
+    if options.port is None:
+        options.port = 7071 if options.tls else 7070
     options.scenarios = [name for name in options.scenarios.split(",") if name]
     for name in options.scenarios:
         if name not in SCENARIOS:
@@ -513,7 +569,7 @@ def parse_args(argv):
     if options.size < 24:
         parser.error("argument --size: at least 24 bytes (the time stamp)")
     if not wire.is_valid_password(options.password.encode()):
-        parser.error("argument --password: 1 to 7 bytes")
+        parser.error("argument --password: %s" % wire.PASSWORD_RULE)
     longest = options.prefix + str(max(2 * options.pairs, options.conns, options.storm + 2,
                                        options.count or 0))
     if not wire.is_valid_id(longest.encode()):

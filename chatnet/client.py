@@ -585,12 +585,12 @@ def ask_credentials(user, stream=sys.stderr, again=False):
             user = input("ID [%s]: " % user).strip() or user
             again = False
         if not wire.is_valid_id(user.encode("utf-8", "replace")):
-            print("an ID is 1 to 7 of the characters A-Z a-z 0-9 . _ -", file=stream)
+            print(wire.ID_RULE, file=stream)
             user = None
             continue
         password = getpass.getpass("Password for %s: " % user).encode("utf-8")
         if not wire.is_valid_password(password):
-            print("a password is 1 to 7 bytes and contains no NUL", file=stream)
+            print(wire.PASSWORD_RULE, file=stream)
             continue
         return user, password
 
@@ -762,7 +762,7 @@ def run_scripted(options):
         raise ClientExit("give --user ID when standard input is not a terminal", cli.USAGE_ERROR)
     user_id = options.user.encode("utf-8", "replace")
     if not wire.is_valid_id(user_id):
-        raise ClientExit("invalid ID %r: 1 to 7 of A-Z a-z 0-9 . _ -" % options.user, cli.USAGE_ERROR)
+        raise ClientExit("invalid ID %r: %s" % (options.user, wire.ID_RULE), cli.USAGE_ERROR)
     stdin_fd = sys.stdin.fileno()
     if options.password_stdin:
         password = read_first_line(stdin_fd)
@@ -773,7 +773,7 @@ def run_scripted(options):
             raise ClientExit("no terminal to ask for the password: use --password-stdin",
                              cli.USAGE_ERROR)
     if not wire.is_valid_password(password):
-        raise ClientExit("invalid password: 1 to 7 bytes, no NUL", cli.USAGE_ERROR)
+        raise ClientExit("invalid password: %s" % wire.PASSWORD_RULE, cli.USAGE_ERROR)
     options.user_id, options.password = user_id, password
     screen = PlainScreen(sys.stdout, interactive=False)
     loop = ChatLoop(options, screen, PipeInput(stdin_fd), scripted=True)

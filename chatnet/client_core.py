@@ -35,7 +35,7 @@ from typing import NamedTuple, Optional
 from . import wire
 
 STORED_WINDOW = 1.0
-RELAY_LINE = re.compile(rb"chat/([A-Za-z0-9._-]{1,7}): (.*)", re.S)
+RELAY_LINE = re.compile(rb"chat/(" + wire.ID_CHARACTERS + rb"): (.*)", re.S)
 LONGEST_SERVER_LINE = 256 * 1024         # any real server line is far shorter
 
 HELP = (
@@ -174,8 +174,8 @@ class ClientCore(object):
     def _choose(self, user_id_text):
         user_id = user_id_text.strip().encode("utf-8", "replace")
         if not wire.is_valid_id(user_id):
-            self._effects.append(Problem("%r is not a valid ID (1 to 7 of A-Z a-z 0-9 . _ -)"
-                                         % user_id_text.strip()))
+            self._effects.append(Problem("%r is not a valid ID (%s)"
+                                         % (user_id_text.strip(), wire.ID_RULE)))
         else:
             self._asked.append(user_id)
             self._set_partner(user_id, PartnerState.ASKING)

@@ -16,14 +16,20 @@ The reactor calls ``ChatCore.handle(event, now)`` with one input from
 ``chatnet.events`` and gets back a list of actions to carry out in order.
 ``next_deadline()`` says when the core next needs a ``TimePassed`` input.
 
-Each connection has a ``Session`` that moves through these phases::
+Each connection has a ``Session`` that moves through these phases, and
+only along the arrows: ``chatnet.phases.TRANSITIONS`` is this listing as data, and
+``ChatCore._enter`` is the one place a phase changes::
 
-    LOGIN --frame--> CHECKING --ok--> CHATTING <--answer-- LOOKING_UP
-      ^                 |                 |                    ^
-      |              wrong             chatwith/<ID> (offline) |
-      +--delay-- DELAYED <---+            +--------------------+
-
-    any phase --EOF, reset, replaced, timeout, too many failures--> CLOSED
+    LOGIN       --frame-->           CHECKING     a valid frame: check the password
+    LOGIN       --failure-->         DELAYED      an invalid or throttled frame
+    LOGIN       --answered 0-->      LOGIN        ... when no delay is configured
+    CHECKING    --password right-->  CHATTING
+    CHECKING    --failure-->         DELAYED      the 0 waits out the failure delay
+    CHECKING    --answered 0-->      LOGIN        ... or comes now, with no delay
+    DELAYED     --answered 0-->      LOGIN
+    CHATTING    --chatwith-->        LOOKING_UP   the account is looked up
+    LOOKING_UP  --looked up-->       CHATTING
+    any phase   --closed-->          CLOSED       EOF, reset, replaced, timeout, failures
 
 * LOGIN reads 16-byte frames.  A valid frame becomes a ``CheckLogin`` action:
   the password check is slow on purpose, so it runs outside the core.
@@ -45,33 +51,18 @@ relay; when it logs out, its watchers get ``chat/connection is destroyed`` and
 lose their partner.  A second login of the same account replaces the first
 connection and changes nothing for the watchers.
 
-The view of the stores is a count per account (``_store_counts``): enough to
-refuse a message to a full store.  The messages themselves live in the
-database, which the reactor reads and writes for ``StoreMessage`` and
-``DeliverStored``.  A count is learned from the database at ``chatwith/``
-(``AccountLookedUp.stored``), then kept up to date by the core itself; it is
-dropped when the account logs in, because delivery empties the store.
+The view of the stores is a count per account, enough to refuse a message
+to a full store: ``chatnet.store_view.StoreView``.  The messages themselves
+live in the database, which the reactor reads and writes for
+``StoreMessage`` and ``DeliverStored``.
 
 Waiting: who stops being read, and why
 --------------------------------------
-The core asks the reactor to stop reading a connection (``PauseReading``)
-while at least one of these reasons holds, and to read it again
-(``ResumeReading``) when none is left:
-
-* ``HELD_INPUT``: more than ``hold_limit`` bytes wait for a password check,
-  a delay or an account lookup;
-* ``OWN_QUEUE``: the reactor reported the connection's own send queue full
-  (``SendQueueFull``): a client that does not read its replies is not given
-  more to reply to;
-* ``(PARTNER_QUEUE, conn)``: the connection relayed a message to ``conn``
-  while its send queue was full.  Only a connection that actually sends to
-  a slow reader waits -- not everyone whose partner it is -- so a watcher
-  that does not write can still pick someone else.
-
-A client that closes while it is paused (``HungUp``) is held back no
-longer: what it sent before leaving is read and handled, then its EOF ends
-the session, so it does not stay online as a ghost.  Only ``HELD_INPUT``
-still applies to it (that wait is short and bounded).
+Reading a connection pauses while its held input is at its limit, while its
+own send queue is full, or while it relays to a slow reader; a read before
+login brings only what fits the session and the budget for all sessions
+before login.  Those rules and their state are ``chatnet.reading.ReadingGate``,
+which the core consults.
 
 Failed logins
 -------------
@@ -92,21 +83,24 @@ Most input is a run of ``chat/`` lines to an online partner, and handling
 them one by one in Python costs more than everything else together.  So when
 a chunk (with any unfinished line carried over from before) is nothing but
 complete, valid ``chat/`` lines -- checked with a handful of C-speed passes
-over the bytes: ``count``, ``find``, ``isascii``/``decode`` and one regex for
-over-long lines -- the relay of the whole chunk is one ``bytes.replace``: each
-``\nchat/`` becomes ``\nchat/<sender>: ``.  Anything else (another kind of
-line, a ``\r\n``, a bad byte, a partner that is offline or whose send queue is
-full) takes the line-by-line path, which stays the reference: with
+over the bytes (``wire.relay_chunk``: ``find``, ``count``, ``isascii``/``decode``,
+one ``split`` for over-long lines) -- the relay of the whole chunk is one
+``bytes.replace``: each ``\nchat/`` becomes ``\nchat/<sender>: ``.  The core
+keeps only the policy gate: the partner is online and its send queue is not
+full.  Anything else (another kind of line, a ``\r\n``, a bad byte, a
+partner that is offline or congested) takes the line-by-line path, which stays the reference: with
 ``relay_whole_chunks=False`` every chunk takes it, and a test checks that both
 give the same actions.
 """
 
-import enum
 import heapq
 from typing import NamedTuple
 
 from . import wire
 from .login_gate import TRACKED_ACCOUNTS, LoginGate  # noqa: F401 (TRACKED_ACCOUNTS: for tests)
+from .phases import LOGIN_PHASES, TRANSITIONS, WAITING_PHASES, Phase  # noqa: F401 (for tests)
+from .store_view import StoreView
+from .reading import HELD_INPUT, OWN_QUEUE, PARTNER_QUEUE, ReadingGate  # noqa: F401 (for tests)
 from .events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, HungUp, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
@@ -146,26 +140,7 @@ class CoreConfig(NamedTuple):
     relay_whole_chunks: bool = True
 
 
-class Phase(enum.Enum):
-    LOGIN = "login"              #: reading 16-byte login frames
-    CHECKING = "checking"        #: a frame's password is being checked; input held
-    DELAYED = "delayed"          #: a failed login's ``0`` waits out its delay; input held
-    CHATTING = "chatting"        #: logged in, reading lines
-    LOOKING_UP = "looking up"    #: a ``chatwith/`` waits for its account lookup; input held
-    CLOSED = "closed"            #: forgotten; nothing more happens
-
-
-#: Phases before a successful login; the login timeout applies to them.
-LOGIN_PHASES = frozenset((Phase.LOGIN, Phase.CHECKING, Phase.DELAYED))
-#: Phases that wait for something outside the connection's own input.
-WAITING_PHASES = frozenset((Phase.CHECKING, Phase.DELAYED, Phase.LOOKING_UP))
-
-# Reasons to stop reading a connection (see "Waiting" in the module docstring).
-HELD_INPUT = "held input"
-OWN_QUEUE = "own send queue"
-PARTNER_QUEUE = "partner's send queue"
-
-
+# Reasons to stop reading a connection: see ``chatnet.reading``.
 
 class Session(object):
     """What the core knows about one connection."""
@@ -174,7 +149,7 @@ class Session(object):
         "conn", "peer", "trusted", "phase", "user_id", "relay_prefix", "partner",
         "partner_online", "splitter", "held", "backlog", "pause_reasons", "congested",
         "input_ended", "login_deadline", "release_at", "failures", "looking_up",
-        "lookup_stale", "relay_joiner", "relay_growth", "hung_up", "read_limit",
+        "lookup_stale", "hung_up", "read_limit",
         "counted_held",
     )
 
@@ -185,8 +160,6 @@ class Session(object):
         self.phase = Phase.LOGIN
         self.user_id = None          # the account, once logged in
         self.relay_prefix = None     # b"chat/<user_id>: ", built once at login
-        self.relay_joiner = None     # b"\nchat/<user_id>: ", for the fast path
-        self.relay_growth = 0        # bytes a chat/ line gains when relayed: len(ID) + 2
         self.partner = None          # the account my chat/ lines go to
         self.partner_online = False  # relay live (True) or store (False)
         self.splitter = wire.LineSplitter(max_line)
@@ -218,12 +191,11 @@ class ChatCore(object):
         self._sessions = {}          # conn -> Session
         self._online = {}            # account ID -> conn
         self._watchers = {}          # account ID -> set of conns whose partner it is
-        self._store_counts = {}      # account ID -> messages in its store (when known)
-        self._store_generations = {} # account ID -> which account the count is of (lookup's word)
-        self._held_back = {}         # conn with a full send queue -> conns paused for it
-        self._unauthenticated_held = 0   # input bytes held for sessions before login, together
-        self._waiting_for_room = set()   # conns paused until the unauthenticated budget has room
+        self._stores = StoreView(config.store_limit)   # a count per account (chatnet.store_view)
         self._lookups = {}           # account ID -> conns waiting for its lookup
+        #: Pause reasons, hold-backs, the before-login budget (``chatnet.reading``).
+        self.reading = ReadingGate(config.hold_limit, config.unauthenticated_budget,
+                                   self._sessions, self._emit)
         #: Failure delays, the per-account throttle, known addresses.
         self.login_gate = LoginGate(config.failure_delays, config.account_failure_limit,
                                     config.account_failure_window)
@@ -290,11 +262,11 @@ class ChatCore(object):
 
     def unauthenticated_bytes(self):
         """Input bytes held for connections that have not logged in, together."""
-        return self._unauthenticated_held
+        return self.reading.unauthenticated_bytes
 
     def store_count(self, user_id):
         """The core's count of ``user_id``'s stored messages, or None if unknown."""
-        return self._store_counts.get(user_id)
+        return self._stores.count(user_id)
 
     # ================================================================ output
 
@@ -332,7 +304,7 @@ class ChatCore(object):
         self._sessions[event.conn] = Session(event.conn, event.peer, event.trusted,
                                              self.config.max_line, deadline)
         heapq.heappush(self._deadlines, (deadline, event.conn))
-        self._limit_reading(self._sessions[event.conn])
+        self.reading.limit(self._sessions[event.conn])
 
     def _on_data_received(self, event):
         session = self._sessions.get(event.conn)
@@ -386,7 +358,7 @@ class ChatCore(object):
             self._emit(LookUpAccount(session.conn, event.user_id))
             return
         self._forget_lookup(session)
-        session.phase = Phase.CHATTING
+        self._enter(session, "looked up")
         registered = self._learn_account(event)
         if session.phase is Phase.CHATTING:         # not closed: its own account was removed
             self._answer_chatwith(session, event.user_id, registered)
@@ -394,9 +366,7 @@ class ChatCore(object):
 
     def _on_store_failed(self, event):
         # The sender has been told already, in place (see StoreMessage).
-        count = self._store_counts.get(event.recipient)
-        if count:
-            self._store_counts[event.recipient] = count - 1
+        self._stores.failed(event.recipient)
 
     def _on_send_queue_full(self, event):
         session = self._sessions.get(event.conn)
@@ -405,26 +375,20 @@ class ChatCore(object):
         session.congested = True
         self._emit(LimitReached(session.conn, "send queue", "the client is not reading; "
                                 "pausing it and whoever sends to it"))
-        self._pause(session, OWN_QUEUE)
+        self.reading.pause(session, OWN_QUEUE)
 
     def _on_hung_up(self, event):
         session = self._sessions.get(event.conn)
-        if session is None or session.hung_up:
-            return
-        # Nobody waits for a client that has left: whatever it sent before
-        # leaving is read and handled now, and then its EOF ends it.
-        session.hung_up = True
-        for reason in list(session.pause_reasons):
-            if reason is not HELD_INPUT:
-                self._unpause(session, reason)
+        if session is not None and not session.hung_up:
+            self.reading.hung_up(session)
 
     def _on_send_queue_drained(self, event):
         session = self._sessions.get(event.conn)
         if session is None or not session.congested:
             return
         session.congested = False
-        self._unpause(session, OWN_QUEUE)
-        self._release_held_back(session.conn)
+        self.reading.unpause(session, OWN_QUEUE)
+        self.reading.release_held_back(session.conn)
 
     def _on_time_passed(self, event):
         deadlines = self._deadlines
@@ -446,7 +410,7 @@ class ChatCore(object):
         for session in self._sessions.values():
             session.partner = None
         self._watchers.clear()
-        self._held_back.clear()
+        self.reading.forget_hold_backs()
         for session in list(self._sessions.values()):
             logged_in = session.phase in (Phase.CHATTING, Phase.LOOKING_UP)
             self._close(session, "shutdown", wire.NOTICE_SHUTDOWN if logged_in else None)
@@ -463,6 +427,13 @@ class ChatCore(object):
         return session.phase is Phase.DELAYED and when == session.release_at
 
     # ================================================================ input flow
+
+    def _enter(self, session, cause):
+        """The one place a phase changes: to where ``TRANSITIONS`` says ``cause`` leads."""
+        try:
+            session.phase = TRANSITIONS[(session.phase, cause)]
+        except KeyError:
+            raise AssertionError("no transition from %s on %r" % (session.phase, cause))
 
     def _carry_on(self, session):
         """Handle whatever input the session can handle now, then tidy up.
@@ -489,84 +460,7 @@ class ChatCore(object):
         if session.input_ended and session.phase not in WAITING_PHASES:
             self._close(session, "input ended")
         else:
-            self._limit_reading(session)
-
-    def _limit_reading(self, session):
-        """Keep what is held for ``session`` within its limits (see "Memory before login")."""
-        room = self._room_for_input(session)
-        if room is not None and room <= 0:
-            if HELD_INPUT not in session.pause_reasons:
-                self._emit(LimitReached(session.conn, "held input", "%d bytes wait%s" % (
-                    len(session.held), "" if session.held else
-                    "; unauthenticated connections hold %d bytes" % self._unauthenticated_held)))
-            self._pause(session, HELD_INPUT)
-            room = 0
-        else:
-            self._unpause(session, HELD_INPUT)
-            if room != session.read_limit:
-                self._emit(ReadAtMost(session.conn, room))
-        session.read_limit = room
-        self._count_unauthenticated(session)
-
-    def _room_for_input(self, session):
-        """How many more input bytes ``session`` may take; None when it may read freely."""
-        phase = session.phase
-        if phase is Phase.CHATTING and not session.held and session.backlog is None:
-            return None
-        held = len(session.held)
-        room = self.config.hold_limit - held
-        if phase in LOGIN_PHASES:
-            others = self._unauthenticated_held - session.counted_held
-            budget_left = self.config.unauthenticated_budget - others - held
-            if phase is Phase.LOGIN:
-                # A login frame always fits, or a full budget would keep everyone out.
-                budget_left = max(budget_left, wire.FRAME_SIZE - held)
-            if budget_left < room:
-                room = budget_left
-                if room <= 0:
-                    self._waiting_for_room.add(session.conn)
-        return room
-
-    def _count_unauthenticated(self, session):
-        """Count what ``session`` holds, and the read it was granted, against the budget."""
-        counted = 0
-        if session.phase in LOGIN_PHASES:
-            counted = len(session.held) + (session.read_limit or 0)
-        change = counted - session.counted_held
-        if change:
-            session.counted_held = counted
-            self._unauthenticated_held += change
-            if change < 0 and self._waiting_for_room:
-                waiting, self._waiting_for_room = self._waiting_for_room, set()
-                for conn in waiting:
-                    if conn in self._sessions:
-                        self._limit_reading(self._sessions[conn])
-
-    def _pause(self, session, reason):
-        if reason in session.pause_reasons or (session.hung_up and reason is not HELD_INPUT):
-            return
-        if not session.pause_reasons:
-            session.pause_reasons = set()
-            self._emit(PauseReading(session.conn))
-        session.pause_reasons.add(reason)
-
-    def _unpause(self, session, reason):
-        if reason not in session.pause_reasons:
-            return
-        session.pause_reasons.discard(reason)
-        if not session.pause_reasons:
-            self._emit(ResumeReading(session.conn))
-
-    def _hold_back(self, sender, congested_conn):
-        """Pause ``sender``: what it relays piles up at ``congested_conn``."""
-        self._held_back.setdefault(congested_conn, set()).add(sender.conn)
-        self._pause(sender, (PARTNER_QUEUE, congested_conn))
-
-    def _release_held_back(self, congested_conn):
-        for conn in self._held_back.pop(congested_conn, ()):
-            sender = self._sessions.get(conn)
-            if sender is not None:
-                self._unpause(sender, (PARTNER_QUEUE, congested_conn))
+            self.reading.limit(session)
 
     # ================================================================ login (section 2)
 
@@ -581,7 +475,7 @@ class ChatCore(object):
                                     % credentials.user_id.decode("ascii")))
             self._login_failed(session, credentials.user_id)
         else:
-            session.phase = Phase.CHECKING
+            self._enter(session, "frame")
             self._emit(CheckLogin(session.conn, credentials.user_id, credentials.password))
 
     def _login_failed(self, session, user_id):
@@ -589,7 +483,7 @@ class ChatCore(object):
         self._emit(LoginFailed(session.conn, user_id, session.failures))
         delay = self.login_gate.delay_after(session.failures)
         if delay > 0:
-            session.phase = Phase.DELAYED
+            self._enter(session, "failure")
             session.release_at = self._now + delay
             heapq.heappush(self._deadlines, (session.release_at, session.conn))
         else:
@@ -603,17 +497,15 @@ class ChatCore(object):
                                     "%d on one connection" % session.failures))
             self._close(session, "too many failed logins")
         else:
-            session.phase = Phase.LOGIN
+            self._enter(session, "answered 0")
 
     def _log_in(self, session, user_id):
         replaced = self._sessions.get(self._online.get(user_id))
-        session.phase = Phase.CHATTING
+        self._enter(session, "password right")
         session.user_id = user_id
         session.relay_prefix = wire.relay_prefix(user_id)
-        session.relay_joiner = b"\n" + session.relay_prefix
-        session.relay_growth = len(session.relay_prefix) - len(wire.CHAT)
         self._online[user_id] = session.conn
-        self._forget_store_count(user_id)           # delivery is about to empty it
+        self._stores.forget(user_id)                 # delivery is about to empty it
         for conn in self._lookups.get(user_id, ()):
             self._sessions[conn].lookup_stale = True
         self.login_gate.note_login(user_id, session.peer, session.trusted)
@@ -651,9 +543,10 @@ class ChatCore(object):
                 return
 
     def _relay_whole_chunk(self, session, data):
-        """The fast path (see the module docstring); False if this chunk must go line by line.
+        """The fast path's policy gate (see the module docstring); False: go line by line.
 
-        Each check is one pass over the bytes in C, cheapest first.
+        The byte work -- is this chunk nothing but valid ``chat/`` lines, and
+        what is its relay? -- is ``wire.relay_chunk``'s.
         """
         partner = session.partner
         if partner is None or not session.partner_online:
@@ -661,26 +554,12 @@ class ChatCore(object):
         partner_conn = self._online[partner]
         if self._sessions[partner_conn].congested:
             return False                                  # the slow path holds the sender back
-        if data[-1:] == b"\n":
-            lines, rest = data, None
-        else:                                             # the last line is unfinished
-            end = data.rfind(b"\n") + 1
-            if end == 0:
-                return False
-            lines, rest = data[:end], data[end:]
-        if not lines.startswith(wire.CHAT) or b"\r" in lines:
-            return False                                  # CRLF lines go the slow way
-        if len(lines) >= self._max_line and wire.longest_line(lines) >= self._max_line:
+        relay = wire.relay_chunk(data, session.user_id, self._max_line)
+        if relay is None:
             return False
-        if not lines.isascii() and not wire.is_utf8(lines):
-            return False                                  # valid as a whole: valid line by line
-        relayed = session.relay_prefix + lines[len(wire.CHAT):].replace(b"\nchat/", session.relay_joiner)
-        # Each chat/ line grew by len(ID) + 2; if the chunk grew by less, some line was not one.
-        if len(relayed) - len(lines) != session.relay_growth * lines.count(b"\n"):
-            return False
-        self._send(partner_conn, relayed)
-        if rest is not None:
-            self._handle_lines(session, session.splitter.feed(rest))
+        self._send(partner_conn, relay[0])
+        if relay[1]:
+            self._handle_lines(session, session.splitter.feed(relay[1]))
         return True
 
     def _handle_line(self, session, line):
@@ -707,18 +586,16 @@ class ChatCore(object):
             partner_conn = self._online[partner]
             self._send(partner_conn, session.relay_prefix + text + b"\n")
             if self._sessions[partner_conn].congested:
-                self._hold_back(session, partner_conn)
+                self.reading.hold_back(session, partner_conn)
         else:
             self._store(session, partner, text)
 
     def _store(self, session, recipient, text):
-        count = self._store_counts.get(recipient, 0)
-        if count >= self.config.store_limit:
+        if not self._stores.take(recipient):
             self._emit(LimitReached(session.conn, "store full",
                                     "the store of %s is full" % recipient.decode("ascii")))
             self._send(session.conn, wire.NOTICE_STORE_FULL)
         else:
-            self._store_counts[recipient] = count + 1
             self._emit(StoreMessage(recipient, session.user_id, text, session.conn,
                                     wire.NOTICE_NOT_STORED))
 
@@ -728,7 +605,7 @@ class ChatCore(object):
         else:
             # Even an online account is looked up: it may have been removed
             # (with ``chatnet.accounts``) since it logged in.
-            session.phase = Phase.LOOKING_UP
+            self._enter(session, "chatwith")
             session.looking_up = target
             self._lookups.setdefault(target, set()).add(session.conn)
             self._emit(LookUpAccount(session.conn, target))
@@ -764,24 +641,15 @@ class ChatCore(object):
         if answer.failed:
             return target in self._online
         if not answer.registered:
-            self._forget_store_count(target)
+            self._stores.forget(target)
             removed = self._sessions.get(self._online.get(target))
             if removed is not None:
                 self._emit(LimitReached(removed.conn, "account removed",
                                         "%s is no longer registered" % target.decode("ascii")))
                 self._close(removed, "account removed", wire.NOTICE_REMOVED)
             return False
-        if self._store_generations.get(target) != answer.generation:
-            # Our own count, when it is of this account, already includes
-            # what was stored since the question; a count of an account
-            # removed and added again is of a store that is gone.
-            self._store_counts[target] = answer.stored
-            self._store_generations[target] = answer.generation
+        self._stores.learn(target, answer.stored, answer.generation)
         return True
-
-    def _forget_store_count(self, user_id):
-        self._store_counts.pop(user_id, None)
-        self._store_generations.pop(user_id, None)
 
     def _set_partner(self, session, partner):
         old = session.partner
@@ -807,14 +675,10 @@ class ChatCore(object):
     def _end_session(self, session, reason):
         if session.looking_up is not None:
             self._forget_lookup(session)
-        session.phase = Phase.CLOSED
+        self._enter(session, "closed")
         del self._sessions[session.conn]
-        self._waiting_for_room.discard(session.conn)
-        self._count_unauthenticated(session)
         self._set_partner(session, None)
-        self._release_held_back(session.conn)
-        for senders in self._held_back.values():
-            senders.discard(session.conn)
+        self.reading.forget(session)
         user_id = session.user_id
         if user_id is None:
             return

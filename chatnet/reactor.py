@@ -59,7 +59,7 @@ from .events import (
     PauseReading, ReadAtMost, ResumeReading, Send, SendQueueDrained, SendQueueFull,
     ServerStopping, StoreMessage, TimePassed,
 )
-from .hangups import HangUpWatch
+from .connections import Connections
 from .ledger import DurabilityCork
 from .stored import StoredDeliveries
 from .timers import Timers
@@ -107,20 +107,18 @@ class Reactor(object):
         self._selector = selector or selectors.DefaultSelector()
         self.now = clock()
         self._conn_ids = iter(range(1, 1 << 62))
-        self._transports = {}            # conn id -> Transport
+        self._connections = Connections(self._selector, self._start_sweep)
         self._marks = WaterMarks(limits.send_queue_limit)
         self._writable = []              # transports to write in this pass's write step
         self.written = []                # transports written to by the input being handled
-        self._writing = set()            # transports waiting for EVENT_WRITE (the stall sweep)
-        self._sweeping = False
         self._inputs = collections.deque()
         self._feeding = False
         self._timers = Timers()
-        self._departed = {}              # conn id -> peer, closed in this pass (for the log)
         self._warned_at = {}             # warning kind -> (last time, times suppressed since)
         self._stop_requested = self._hangup_requested = False
         self._on_hangup = None
         self._core_deadline = None
+        self._sweeping = False
         self.stored = StoredDeliveries(storage, self.warn)
         self.cork = DurabilityCork(storage, self.stored, self)
         self._storage = storage
@@ -134,13 +132,13 @@ class Reactor(object):
         if tls is not None:
             listeners.append(Listener(tls[0], tls[1]))
         self._admission = Admission(listeners, limits, self)
-        self._hangups = HangUpWatch()
+        hangups = self._connections.hangups
         for each in listeners:
             each.sock.setblocking(False)
             self.watch_listener(each)
         self._selector.register(self._wake_reader, READ, _WAKEUP)
-        if self._hangups.available:
-            self._selector.register(self._hangups.fileno(), READ, _HANGUPS)
+        if hangups.available:
+            self._selector.register(hangups.fileno(), READ, _HANGUPS)
         self.call_at(self.now + FILE_CHECK_INTERVAL, self._check_database_file)
         self._handlers = {
             Send: self._do_send, Close: self._do_close, CheckLogin: self._do_check_login,
@@ -217,7 +215,7 @@ class Reactor(object):
         timeout = self._select_timeout(max_wait)
         ready = self._selector.select(timeout)
         self.now = self._passed_since(self.now, timeout)
-        self._departed.clear()
+        self._connections.new_pass()
         if self._hangup_requested:
             self._hangup_requested = False
             self._on_hangup()
@@ -256,10 +254,11 @@ class Reactor(object):
         time does not count against anyone's write timeout.
         """
         now = self._clock()
-        if timeout is not None and self._writing:
+        writing = self._connections.writing
+        if timeout is not None and writing:
             away = now - before - timeout - LOOP_STALL_GRACE
             if away > 0:
-                for transport in self._writing:
+                for transport in writing:
                     transport.progress_at += away
         return now
 
@@ -289,8 +288,7 @@ class Reactor(object):
                               format_peer(address), trusted, RECV_SIZE)
         if listener.tls is not None:
             transport.tls = TLSLayer(listener.tls.context)     # the handshake counts as login time
-        self._transports[transport.conn] = transport
-        transport.update_interest()
+        self._connections.add(transport)
         log.debug("connection %d from %s", transport.conn, transport.peer)
         self.feed(Connected(transport.conn, host, trusted))
 
@@ -328,7 +326,7 @@ class Reactor(object):
 
     def _hangups_ready(self):
         """A paused client left: a reset drops it now; a FIN lets the core decide."""
-        for transport, reset in self._hangups.hung_up():
+        for transport, reset in self._connections.hangups.hung_up():
             transport.watched = False
             if transport.closed:
                 continue
@@ -382,7 +380,7 @@ class Reactor(object):
         conn = getattr(event, "conn", None)
         log.exception("internal error while handling %s; closing connection %s",
                       type(event).__name__, conn)
-        transport = self._transports.get(conn)
+        transport = self._connections.get(conn)
         if transport is not None:
             transport.core_knows = False
             transport.close()
@@ -406,7 +404,7 @@ class Reactor(object):
     # ================================================================ actions
 
     def _do_send(self, action):
-        transport = self._transports.get(action.conn)
+        transport = self._connections.get(action.conn)
         if transport is not None:
             edge = transport.write(action.data)
             if edge is not None:
@@ -425,7 +423,7 @@ class Reactor(object):
             self._drop(transport, transport.failure)
 
     def _do_close(self, action):
-        transport = self._transports.get(action.conn)
+        transport = self._connections.get(action.conn)
         if transport is None:
             return
         # The operator's line for this is the core's LoggedOut or LimitReached: one per event.
@@ -443,7 +441,7 @@ class Reactor(object):
             transport.close()
 
     def _do_check_login(self, action):
-        transport = self._transports.get(action.conn)
+        transport = self._connections.get(action.conn)
         if transport is not None:
             self._checks.submit(action.conn, transport.host, action.user_id, action.password)
 
@@ -459,7 +457,7 @@ class Reactor(object):
             self._lookups.submit(action.conn, action.user_id)
 
     def _do_deliver_stored(self, action):
-        transport = self._transports.get(action.conn)
+        transport = self._connections.get(action.conn)
         if transport is not None:
             if not transport.outgoing:
                 transport.progress_at = self.now
@@ -467,24 +465,22 @@ class Reactor(object):
             self._writable.append(transport)
 
     def _do_pause_reading(self, action):
-        transport = self._transports.get(action.conn)
+        transport = self._connections.get(action.conn)
         if transport is not None:
             transport.pause_reading()
 
     def _do_resume_reading(self, action):
-        transport = self._transports.get(action.conn)
+        transport = self._connections.get(action.conn)
         if transport is not None:
             transport.resume_reading()
 
     def _do_read_at_most(self, action):
-        transport = self._transports.get(action.conn)
+        transport = self._connections.get(action.conn)
         if transport is not None:
             transport.read_size = min(RECV_SIZE, action.size) if action.size else RECV_SIZE
 
     def _log_event(self, action):
-        transport = self._transports.get(action.conn)
-        peer = transport.peer if transport is not None else self._departed.get(action.conn, "?")
-        log.info(*_describe(action, peer))
+        log.info(*_describe(action, self._connections.peer(action.conn)))
 
     # ================================================================ commit and write
 
@@ -511,48 +507,20 @@ class Reactor(object):
 
     def transport(self, conn):
         """The open transport of ``conn``, or None."""
-        return self._transports.get(conn)
+        return self._connections.get(conn)
 
     def connection_count(self):
-        return len(self._transports)
+        return len(self._connections)
 
     def set_interest(self, transport, mask, paused):
-        """Register exactly ``mask`` for ``transport``; watch a paused one for its hang-up."""
-        if paused != transport.watched:
-            transport.watched = paused
-            if paused:
-                self._hangups.watch(transport.sock.fileno(), transport)
-            else:
-                self._hangups.unwatch(transport.sock.fileno())
-        if mask & WRITE:
-            self._writing.add(transport)
-            if not self._sweeping:
-                self._sweeping = True
-                self.call_at(self.now + STALL_SWEEP, self._sweep_stalled_writers)
-        else:
-            self._writing.discard(transport)
-        if transport.mask == 0:
-            self._selector.register(transport.sock, mask, transport)
-        elif mask == 0:
-            self._selector.unregister(transport.sock)
-        else:
-            self._selector.modify(transport.sock, mask, transport)
-        transport.mask = mask
+        self._connections.set_interest(transport, mask, paused)
 
     def closed(self, transport):
         """``transport`` is closing its socket: forget it everywhere first."""
-        if transport.mask:
-            self._selector.unregister(transport.sock)    # before close: the fd may be reused
-            transport.mask = 0
-        if transport.watched:
-            self._hangups.unwatch(transport.sock.fileno())
-            transport.watched = False
-        self._writing.discard(transport)
+        self._connections.forget(transport)
         self._checks.cancel(transport.conn)
         self.stored.forget(transport)
-        del self._transports[transport.conn]
         self._admission.departed(transport.host)
-        self._departed[transport.conn] = transport.peer
 
     def watch_listener(self, listener):
         self._selector.register(listener.sock, READ, listener)
@@ -589,14 +557,19 @@ class Reactor(object):
         and not at all otherwise, so an idle server sleeps.
         """
         stalled_before = self.now - self._limits.write_timeout
-        for transport in list(self._writing):
+        for transport in list(self._connections.writing):
             if transport.outgoing and transport.progress_at < stalled_before:
                 self._drop_slow_reader(transport, "no byte taken for %.0f s"
                                        % self._limits.write_timeout)
-        if self._writing:
+        if self._connections.writing:
             self.call_at(self.now + STALL_SWEEP, self._sweep_stalled_writers)
         else:
             self._sweeping = False
+
+    def _start_sweep(self):
+        if not self._sweeping:
+            self._sweeping = True
+            self.call_at(self.now + STALL_SWEEP, self._sweep_stalled_writers)
 
     def _check_database_file(self, _):
         if self.cork.check_file():
@@ -632,15 +605,15 @@ class Reactor(object):
         self.feed(ServerStopping())
         self._commit()
         give_up_at = self._clock() + SHUTDOWN_GRACE
-        while self._transports and self._clock() < give_up_at:
-            self._writable.extend(t for t in self._transports.values() if t.outgoing)
+        while len(self._connections) and self._clock() < give_up_at:
+            self._writable.extend(t for t in self._connections.all() if t.outgoing)
             self._write_step()
             self.cork.delete_delivered()
             self._commit()
-            if self._transports:
+            if len(self._connections):
                 self._selector.select(min(0.05, max(0.0, give_up_at - self._clock())))
                 self.now = self._clock()
-        for transport in list(self._transports.values()):
+        for transport in self._connections.all():
             transport.close()
         self.cork.delete_delivered()
         self._commit()
@@ -648,10 +621,10 @@ class Reactor(object):
     def _release(self):
         self._checks.shutdown()
         self._lookups.shutdown()
-        for transport in list(self._transports.values()):
+        for transport in self._connections.all():
             transport.close()
         self._selector.close()
-        self._hangups.close()
+        self._connections.close()
         self._admission.close()
         self._wake_reader.close()
         self._wake_writer.close()

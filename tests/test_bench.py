@@ -37,3 +37,15 @@ def test_the_bench_against_a_port_with_no_server_fails_at_once():
     assert time.monotonic() - started < 10
     assert result.returncode == 1
     assert len(result.stderr.splitlines()) == 1 and b"cannot connect" in result.stderr
+
+
+def test_the_bench_measures_a_local_server_over_tls():
+    import shutil
+    import pytest
+    if shutil.which("openssl") is None:
+        pytest.skip("--local --tls needs the openssl command")
+    result = run_module("chatnet.bench", "--local", "--tls", "--seconds", "0.4", "--pairs", "2",
+                        "--conns", "20", "--storm", "20", "--processes", "2", timeout=120)
+    assert result.returncode == 0, result.stderr
+    table = result.stdout.decode()
+    assert table.count("| ok |") == 4, table

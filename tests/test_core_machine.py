@@ -101,3 +101,55 @@ def test_the_core_and_its_vocabulary_import_no_io_module(module):
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert imported & FORBIDDEN == set()
+
+
+# ---------------------------------------------------------------- the transition table
+
+def test_every_transition_in_the_table_happens_and_no_other():
+    """Drive sessions through every arrow of core.TRANSITIONS, recording each change."""
+    from chatnet.core import TRANSITIONS, ChatCore
+    from core_harness import CoreHarness, frame
+    seen = set()
+    original = ChatCore._enter
+
+    def recording(core, session, cause):
+        before = session.phase
+        original(core, session, cause)
+        seen.add((before, cause, session.phase))
+
+    ChatCore._enter = recording
+    try:
+        accounts = {b"alice": b"pw", b"bob": b"pw"}
+        delayed = CoreHarness(accounts=accounts, failure_delays=(0.5,), account_failure_limit=1)
+        conn = delayed.connect()
+        delayed.send(conn, frame(b"\0", b"x"))                        # LOGIN -failure-> DELAYED
+        delayed.advance(1.0)                                          # DELAYED -answered 0-> LOGIN
+        delayed.send(conn, frame(b"alice", b"no"))                    # LOGIN -frame-> CHECKING -failure->
+        delayed.advance(1.0)
+        assert delayed.lines(conn) == [b"0", b"0"]
+        delayed.login(b"alice", conn=conn)                            # CHECKING -password right->
+        delayed.send(conn, b"chatwith/bob\n")                         # CHATTING <-> LOOKING_UP
+        for phase_conn in (delayed.connect(), ):
+            delayed.drop(phase_conn)                                  # LOGIN -closed->
+        quick = CoreHarness(accounts=accounts, answer_checks=False)
+        conn = quick.connect()
+        quick.send(conn, frame(b"\0", b"x"))                          # LOGIN -answered 0-> LOGIN
+        quick.send(conn, frame(b"alice", b"no"))
+        quick.answer_check()                                          # CHECKING -answered 0-> LOGIN
+        waiting = quick.connect()
+        quick.send(waiting, frame(b"alice", b"pw"))
+        quick.drop(waiting)                                           # CHECKING -closed->
+        slow = CoreHarness(accounts=accounts, failure_delays=(5.0,))
+        conn = slow.connect()
+        slow.send(conn, frame(b"alice", b"no"))
+        slow.drop(conn)                                               # DELAYED -closed->
+        looking = CoreHarness(accounts=accounts)
+        looking.answer_lookups = False
+        conn = looking.login(b"alice")
+        looking.send(conn, b"chatwith/bob\n")
+        looking.drop(conn)                                            # LOOKING_UP -closed->
+        chatting = CoreHarness(accounts=accounts)
+        chatting.drop(chatting.login(b"bob"))                         # CHATTING -closed->
+    finally:
+        ChatCore._enter = original
+    assert seen == {(before, cause, after) for (before, cause), after in TRANSITIONS.items()}

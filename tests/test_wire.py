@@ -142,3 +142,32 @@ def test_relay_line():
                                             (b"ab\n" * 1000 + b"z" * 70 + b"\n", 70)])
 def test_longest_line(chunk, longest):
     assert wire.longest_line(chunk) == longest
+
+
+# ---------------------------------------------------------------- the fast path's byte work
+
+def test_relay_chunk_worked_example_holds():
+    import doctest
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner()
+    for test in finder.find(wire.relay_chunk, "relay_chunk", globs={"relay_chunk": wire.relay_chunk}):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries >= 2
+
+
+@pytest.mark.parametrize("chunk", [
+    b"chat/a\r\nchat/b\n",                  # CRLF goes line by line
+    b"chat/a\nhello\n",                      # another kind of line
+    b"chat/a\nchatwith/bob\n",
+    b"chat/\xff\n",                          # not UTF-8
+    b"chat/" + b"x" * 100 + b"\n",           # over the limit of 64
+    b"no newline at all",
+    b"chat/a\nxchat/b\n",                    # 'chat/' inside a line is not a line start
+])
+def test_relay_chunk_refuses_anything_but_plain_chat_lines(chunk):
+    assert wire.relay_chunk(chunk, b"bob", 64) is None
+
+
+def test_relay_chunk_keeps_the_unfinished_line_and_multibyte_text():
+    relayed, rest = wire.relay_chunk("chat/안녕\nchat/🙂\nchat/par".encode(), b"bob", 64)
+    assert relayed == "chat/bob: 안녕\nchat/bob: 🙂\n".encode() and rest == b"chat/par"

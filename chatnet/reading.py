@@ -1,0 +1,160 @@
+"""Who stops being read, and how much a read may bring: the core's flow control.
+
+The core (``chatnet.core``) asks the reactor to stop reading a connection
+(``PauseReading``) while at least one of these reasons holds, and to read it
+again (``ResumeReading``) when none is left:
+
+* ``HELD_INPUT``: the input held for the session -- waiting for a password
+  check, a delay or a lookup, or not logged in yet -- has reached its limit;
+* ``OWN_QUEUE``: the reactor reported the connection's own send queue full
+  (``SendQueueFull``): a client that does not read its replies is not given
+  more to reply to;
+* ``(PARTNER_QUEUE, conn)``: the connection relayed a message to ``conn``
+  while its send queue was full.  Only a connection that actually sends to
+  a slow reader waits -- not everyone whose partner it is -- so a watcher
+  that does not write can still pick someone else.
+
+A client that closes while it is paused (``HungUp``) is held back no longer:
+what it sent before leaving is read and handled, then its EOF ends the
+session, so it does not stay online as a ghost.  Only ``HELD_INPUT`` still
+applies to it (that wait is short and bounded).
+
+Memory before login
+-------------------
+Before login, and while a session waits, its input is held, so a read must
+bring only what fits: ``ReadAtMost`` tells the reactor how much.  Per
+session that is ``hold_limit`` minus what is held.  Before login there is
+also a budget for all sessions together (``unauthenticated_budget``), kept
+with credit, as HTTP/2 keeps its windows: a read granted to a session is
+reserved in the budget until it is used or taken back, so the bound is exact.
+A login frame always fits (16 bytes), or a full budget would keep everyone
+out.  Sessions that found the budget used up wait in ``_waiting_for_room``
+and are let read again as room frees.
+
+``ReadingGate`` owns the reasons, the hold-backs and the budget.  It is pure,
+like the core: it emits actions through the function it is given.
+"""
+
+from . import wire
+from .events import LimitReached, PauseReading, ReadAtMost, ResumeReading
+from .phases import LOGIN_PHASES, Phase
+
+HELD_INPUT = "held input"
+OWN_QUEUE = "own send queue"
+PARTNER_QUEUE = "partner's send queue"
+
+
+class ReadingGate(object):
+    """Pause reasons, hold-backs and the before-login budget; see the module docstring."""
+
+    def __init__(self, hold_limit, budget, sessions, emit):
+        self._hold_limit = hold_limit
+        self._budget = budget
+        self._sessions = sessions            # the core's conn -> Session (read only)
+        self._emit = emit                    # the core's way to add an action
+        self._held_back = {}                 # conn with a full send queue -> conns paused for it
+        self._unauthenticated = 0            # input bytes held or granted before login, together
+        self._waiting_for_room = set()       # conns paused until the budget has room
+
+    @property
+    def unauthenticated_bytes(self):
+        return self._unauthenticated
+
+    # ---------------------------------------------------------------- held input
+
+    def limit(self, session):
+        """Keep what is held for ``session`` within its limits; pause or grant a read."""
+        room = self._room_for_input(session)
+        if room is not None and room <= 0:
+            if HELD_INPUT not in session.pause_reasons:
+                self._emit(LimitReached(session.conn, "held input", "%d bytes wait%s" % (
+                    len(session.held), "" if session.held else
+                    "; unauthenticated connections hold %d bytes" % self._unauthenticated)))
+            self.pause(session, HELD_INPUT)
+            room = 0
+        else:
+            self.unpause(session, HELD_INPUT)
+            if room != session.read_limit:
+                self._emit(ReadAtMost(session.conn, room))
+        session.read_limit = room
+        self._count_unauthenticated(session)
+
+    def _room_for_input(self, session):
+        """How many more input bytes ``session`` may take; None when it may read freely."""
+        phase = session.phase
+        if phase is Phase.CHATTING and not session.held and session.backlog is None:
+            return None
+        held = len(session.held)
+        room = self._hold_limit - held
+        if phase in LOGIN_PHASES:
+            others = self._unauthenticated - session.counted_held
+            budget_left = self._budget - others - held
+            if phase is Phase.LOGIN:
+                budget_left = max(budget_left, wire.FRAME_SIZE - held)
+            if budget_left < room:
+                room = budget_left
+                if room <= 0:
+                    self._waiting_for_room.add(session.conn)
+        return room
+
+    def _count_unauthenticated(self, session):
+        """Count what ``session`` holds, and the read it was granted, against the budget."""
+        counted = 0
+        if session.phase in LOGIN_PHASES:
+            counted = len(session.held) + (session.read_limit or 0)
+        change = counted - session.counted_held
+        if change:
+            session.counted_held = counted
+            self._unauthenticated += change
+            if change < 0 and self._waiting_for_room:
+                waiting, self._waiting_for_room = self._waiting_for_room, set()
+                for conn in waiting:
+                    if conn in self._sessions:
+                        self.limit(self._sessions[conn])
+
+    # ---------------------------------------------------------------- reasons
+
+    def pause(self, session, reason):
+        if reason in session.pause_reasons or (session.hung_up and reason is not HELD_INPUT):
+            return
+        if not session.pause_reasons:
+            session.pause_reasons = set()
+            self._emit(PauseReading(session.conn))
+        session.pause_reasons.add(reason)
+
+    def unpause(self, session, reason):
+        if reason not in session.pause_reasons:
+            return
+        session.pause_reasons.discard(reason)
+        if not session.pause_reasons:
+            self._emit(ResumeReading(session.conn))
+
+    def hold_back(self, sender, congested_conn):
+        """Pause ``sender``: what it relays piles up at ``congested_conn``."""
+        self._held_back.setdefault(congested_conn, set()).add(sender.conn)
+        self.pause(sender, (PARTNER_QUEUE, congested_conn))
+
+    def release_held_back(self, congested_conn):
+        for conn in self._held_back.pop(congested_conn, ()):
+            sender = self._sessions.get(conn)
+            if sender is not None:
+                self.unpause(sender, (PARTNER_QUEUE, congested_conn))
+
+    def hung_up(self, session):
+        """Nobody waits for a client that has left: only its held input still pauses it."""
+        session.hung_up = True
+        for reason in list(session.pause_reasons):
+            if reason is not HELD_INPUT:
+                self.unpause(session, reason)
+
+    def forget(self, session):
+        """``session`` ended (its phase is CLOSED): its holds, its budget, its hold-backs."""
+        self._waiting_for_room.discard(session.conn)
+        self._count_unauthenticated(session)
+        self.release_held_back(session.conn)
+        for senders in self._held_back.values():
+            senders.discard(session.conn)
+
+    def forget_hold_backs(self):
+        """The server stops: nobody is held back for anybody."""
+        self._held_back.clear()
