@@ -21,8 +21,8 @@ import hashlib
 import os
 import ssl
 
-#: Plaintext taken from the layer per read call.
-READ_CHUNK = 64 * 1024
+#: Plaintext taken from the layer per read call: one record's worth at most.
+READ_CHUNK = 16 * 1024
 
 
 class TLSFailed(OSError):
@@ -63,15 +63,17 @@ class TLSLayer(object):
             self._advance_handshake()
         if self.handshake_done and not self.ended:
             plaintext = self._read_plaintext()
-        return plaintext, self._outgoing.read()
+        # Usually nothing goes back (a handshake, a key update or an alert does).
+        return plaintext, self._outgoing.read() if self._outgoing.pending else b""
 
     def encrypt(self, plaintext):
         """The ciphertext records for ``plaintext`` (after the handshake)."""
-        view = memoryview(plaintext)
         try:
-            while view:
-                written = self._ssl.write(view)
-                view = view[written:]
+            written = self._ssl.write(plaintext)     # a memory BIO takes it all at once ...
+            if written < len(plaintext):             # ... but the API allows less
+                view = memoryview(plaintext)[written:]
+                while view:
+                    view = view[self._ssl.write(view):]
         except ssl.SSLError as error:          # e.g. the peer's EOF came first
             raise TLSFailed("TLS failed: %s" % _reason(error))
         return self._outgoing.read()
@@ -105,10 +107,17 @@ class TLSLayer(object):
         self.handshake_done = True
 
     def _read_plaintext(self):
+        """Every record's plaintext that complete records hold.
+
+        Records are read one ``read`` each (OpenSSL's rule); the loop stops
+        when no ciphertext is left, so a chunk of whole records costs no
+        ``SSLWantReadError``.
+        """
         chunks = []
-        while True:
+        incoming, ssl_object = self._incoming, self._ssl
+        while incoming.pending or ssl_object.pending():
             try:
-                chunk = self._ssl.read(READ_CHUNK)
+                chunk = ssl_object.read(READ_CHUNK)
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -120,7 +129,18 @@ class TLSLayer(object):
                 self.ended = True
                 break
             chunks.append(chunk)
-        return b"".join(chunks)
+        if incoming.eof and not self.ended:
+            try:
+                last = ssl_object.read(1)          # the EOF: close_notify or a bare TCP close
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ssl.SSLWantReadError):
+                last = b""
+            except ssl.SSLError as error:
+                raise TLSFailed("TLS failed: %s" % _reason(error))
+            if last:
+                chunks.append(last)
+            else:
+                self.ended = True
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _reason(error):

@@ -258,11 +258,20 @@ class Transport(object):
             if self.cipher_out:
                 return 0
         try:
-            self.cipher_out = bytearray(self.tls.encrypt(data))
+            records = self.tls.encrypt(data)
         except OSError as error:                       # TLSFailed: the stream is over
             self.failure = str(error)
             return None
-        return len(data) if self._flush_cipher() else None
+        try:
+            sent = self.sock.send(records)             # usually all of it: no copy
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as error:
+            self.failure = "send failed: %s" % (error.strerror or error)
+            return None
+        if sent < len(records):
+            self.cipher_out = bytearray(records[sent:])
+        return len(data)
 
     def _flush_cipher(self):
         """Send waiting TLS records once; False if the socket broke."""
