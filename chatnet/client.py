@@ -29,6 +29,7 @@ import collections
 import errno
 import getpass
 import os
+import ssl
 import random
 import selectors
 import socket
@@ -654,7 +655,7 @@ def connect_blocking(options):
 def tls_failure(error, options):
     """The one line for a failed handshake: why, and the fingerprint that would pin the server."""
     text = str(error)
-    if "CERTIFICATE_VERIFY_FAILED" not in text and "certificate verify failed" not in text:
+    if not isinstance(getattr(error, "__cause__", None), ssl.SSLCertVerificationError):
         return "TLS with %s:%s failed: %s" % (options.host, options.port, text)
     seen = tls.fetch_fingerprint(options.host, options.port)
     return ("cannot verify the certificate of %s:%s (%s)%s" % (

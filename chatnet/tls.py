@@ -103,7 +103,7 @@ class TLSLayer(object):
                 raise TLSFailed("the peer closed during the TLS handshake")
             return
         except ssl.SSLError as error:
-            raise TLSFailed("TLS handshake failed: %s" % _reason(error))
+            raise TLSFailed("TLS handshake failed: %s" % _reason(error)) from error
         self.handshake_done = True
 
     def _read_plaintext(self):
@@ -144,7 +144,9 @@ class TLSLayer(object):
 
 
 def _reason(error):
-    return getattr(error, "reason", None) or str(error)
+    """OpenSSL's words for a failure: the verification's own message when there is one."""
+    return (getattr(error, "verify_message", None) or getattr(error, "reason", None)
+            or str(error))
 
 
 class TLSContext(object):
