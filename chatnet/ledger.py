@@ -1,138 +1,186 @@
 """The durability cork: no reply leaves before the stored messages it follows are on disk.
 
-The guarantee (PROTOCOL.md section 6)
--------------------------------------
+The guarantee (seeds/PROTOCOL.md section 6)
+-------------------------------------------
 *A message accepted into a store is on disk before its sender can see any
-reply to a later line.*  ``DurabilityCork`` enforces it like this: the first
-``StoreMessage`` of a loop pass opens the pass's SQLite transaction, and
-from that moment the cork is **engaged** -- every transport's ``write``
-only queues, and the transport is *held* here.  At the pass's commit step
-``release()`` commits once for all of the pass's stores (group commit) and
-only then hands the held transports back to be written.  So no byte
-produced after a store can leave before that store's commit.
+reply to a later line.*  ``DurabilityCork`` enforces it: when a session
+stores a message, its sender's transport is **corked** -- everything for it
+waits in its queue (``holds``) -- until the batch holding that message has
+been committed by the storage thread (``chatnet.workers.StorageWriter``).
+Each loop pass hands the thread one batch, the pass's stores and the
+delivered rows to delete, committed as one transaction (group commit).
+Nobody else waits: a slow disk delays the senders whose messages it is
+writing, and the loop goes on serving everyone else.
 
-If a store or the commit fails (a full disk, a lock held elsewhere, a file
-that became read-only), none of the pass's stores can be trusted to be on
-disk: each sender gets ``the server could not store your message`` spliced
-into its unsent bytes exactly where the message was (``StoreMessage`` said
-where: ``Transport.stream_end`` when it was stored), so no later reply
-overtakes it, and the core hears ``StoreFailed``.  Stores then fail fast for
-``BACKOFF`` seconds, so chat is not stalled on the lock again and again.
+If the batch fails (a full disk, a lock held elsewhere, a file that became
+read-only), none of its stores is on disk: each sender gets ``the server
+could not store your message`` spliced into its unsent bytes exactly where
+the message was (its position, ``Transport.stream_end`` when it was stored),
+so no later reply overtakes it, and the core hears ``StoreFailed``.  Stores
+then fail at once for ``BACKOFF`` seconds, and so do deletes, so chat is not
+stalled on the lock again and again.
 
-It also deletes delivered stored rows (``chatnet.stored``) in the same
-transactions, under the same back-off, and notices a database file deleted
-or replaced under the running server (``check_file``): stores are refused
-from then on, since they would be lost at the stop.
+Two more things wait for commits, so that what they read includes every
+store made before them: a login's stored delivery, when stores for that
+account are still on their way (``deliver``), and account lookups
+(``after_commits``).  And ``check_file`` notices a database file deleted or
+replaced under the running server: stores are refused from then on, since
+they would be lost at the stop.
 
-It owns the transaction, the positions of uncommitted stores and the
-back-off.  It must not send or decide anything itself: it tells its loop
-(``transport``, ``feed``, ``warn``, ``now``) what happened.
+It owns the batches in flight, the corks, the positions of stores not yet
+committed and the back-off.  It must not send or decide anything itself: it
+tells its loop (``transport``, ``writable``, ``feed``, ``warn``, ``now``)
+what happened.
 """
 
+import collections
 import logging
-import sqlite3
 
 from .events import StoreFailed
+from .workers import Batch
 
 log = logging.getLogger("chatnet.server")
 
-#: After a failed write, stores fail fast this long (seconds).
+#: After a failed write, stores (and deletes) fail fast this long (seconds).
 BACKOFF = 1.0
 
 
 class DurabilityCork(object):
-    """Group commit, and the cork that makes it a guarantee; see the module docstring."""
+    """Group commit on the storage thread, and the cork that makes it a guarantee."""
 
-    def __init__(self, storage, stored, loop):
-        self._storage = storage
+    def __init__(self, writer, stored, storage, loop):
+        self._writer = writer
         self._stored = stored
+        self._storage = storage        # for the file check only: it writes nothing here
         self._loop = loop
-        self._uncommitted = []         # (StoreMessage, its position in the sender's stream)
-        self._held = {}                # conn -> transport whose output waits for the commit
-        self._down_until = 0.0         # stores fail fast until then
+        self._pass_stores = []         # (StoreMessage, position) stored in this pass
+        self._in_flight = {}           # batch number -> Batch the thread is writing
+        self._next_number = 1
+        self._corked = collections.Counter()       # conn -> its stores not yet committed
+        self._recipients = collections.Counter()   # account -> stores for it not yet committed
+        self._deliveries = {}          # account -> transports waiting to read its store
+        self._after = []               # (batch number, function, argument) to run after it
+        self._down_until = 0.0
         self.file_lost = False         # the database file was deleted or replaced under us
 
-    @property
-    def engaged(self):
-        """True while stores of this pass wait for their commit: output must wait too."""
-        return self._storage.in_transaction
+    def holds(self, transport):
+        """True while ``transport``'s output must wait for a commit."""
+        return transport.conn in self._corked
 
-    def hold(self, transport):
-        self._held[transport.conn] = transport
+    def in_flight(self):
+        return bool(self._in_flight or self._pass_stores or self._stored.has_deletes())
 
-    # ---------------------------------------------------------------- stores
+    # ---------------------------------------------------------------- stores and batches
 
     def store(self, action):
-        """Write one ``StoreMessage`` into the pass's transaction (or fail it in place)."""
+        """A ``StoreMessage``: into this pass's batch (or failed in place, while backing off)."""
         sender = self._loop.transport(action.sender_conn)
         position = sender.stream_end() if sender is not None else 0
         if self._loop.now < self._down_until or self.file_lost:
             self._fail([(action, position)])
             return
-        try:
-            self._storage.store_message(action.recipient.decode("ascii"),
-                                        action.sender.decode("ascii"), action.text)
-        except sqlite3.IntegrityError as error:
-            # This one message cannot be stored (its recipient was just removed).
-            log.info("a message for %r was not stored: %s", action.recipient, error)
-            self._fail([(action, position)])
-            return
-        except sqlite3.Error as error:
-            self._uncommitted.append((action, position))     # fails with the rest
-            self._abandon("store a message", error)
-            return
-        self._uncommitted.append((action, position))
+        self._pass_stores.append((action, position))
+        self._corked[action.sender_conn] += 1
+        self._recipients[action.recipient] += 1
 
     def release(self):
-        """The pass's commit step: commit, then return the transports whose output may go now."""
-        if self._storage.in_transaction:
-            try:
-                self._storage.commit()
-                self._uncommitted = []
-                self._stored.committed()
-            except sqlite3.Error as error:
-                self._abandon("commit", error)
-        held, self._held = self._held, {}
-        return held.values()
+        """The pass's commit step: hand this pass's stores and deletes to the storage thread."""
+        deletes = self._stored.take_deletes() if self._loop.now >= self._down_until else []
+        if not self._pass_stores and not deletes:
+            self._run_after()
+            return
+        batch = Batch(self._next_number, self._pass_stores, deletes)
+        self._next_number += 1
+        self._pass_stores = []
+        self._in_flight[batch.number] = batch
+        self._writer.submit(batch)
 
-    def delete_delivered(self):
-        """Delete delivered stored rows in the transaction, unless the database backs off."""
-        error = self._stored.delete_delivered(self._loop.now < self._down_until)
-        if error is not None:
-            # They stay marked delivered, so nobody gets them again; retried later.
-            self._abandon("delete delivered messages", error)
+    def finished(self, batch):
+        """The storage thread wrote ``batch``: failures in place, corks off, waiters on."""
+        del self._in_flight[batch.number]
+        if batch.error is not None:
+            self._loop.warn("database write", "cannot %s in the database (%s); stored messages "
+                            "are refused for %.0f s, live chat goes on",
+                            "store messages" if batch.stores else "delete delivered messages",
+                            batch.error, BACKOFF)
+            self._down_until = self._loop.now + BACKOFF
+            self._stored.not_deleted(batch.deletes)
+            failed = batch.stores
+        else:
+            self._stored.deleted(batch.deletes)
+            failed = [batch.stores[index] for index in batch.refused]
+            for action, _ in failed:
+                log.info("a message for %r was not stored: its account is gone", action.recipient)
+        self._splice(failed)
+        for action, _ in batch.stores:
+            self._uncork(action)
+        for action, _ in failed:
+            self._loop.feed(StoreFailed(action.sender_conn, action.recipient))
+        self._run_after()
 
-    def _abandon(self, what, error):
-        """A write failed: roll back, tell every sender in the transaction, back off a moment.
-
-        SQLite may already have rolled the whole transaction back (a full disk
-        does that), so none of its stores can be trusted to be on disk.
-        """
-        self._loop.warn("database write", "cannot %s in the database (%s); stored messages are "
-                        "refused for %.0f s, live chat goes on", what, error, BACKOFF)
-        self._down_until = self._loop.now + BACKOFF
-        try:
-            self._storage.rollback()
-        except sqlite3.Error:
-            pass
-        self._stored.rolled_back()
-        failed, self._uncommitted = self._uncommitted, []
-        self._fail(failed)
+    def _uncork(self, action):
+        conn, recipient = action.sender_conn, action.recipient
+        self._corked[conn] -= 1
+        if not self._corked[conn]:
+            del self._corked[conn]
+            transport = self._loop.transport(conn)
+            if transport is not None:
+                self._loop.writable(transport)
+        self._recipients[recipient] -= 1
+        if not self._recipients[recipient]:
+            del self._recipients[recipient]
+            for transport in self._deliveries.pop(recipient, ()):
+                if not transport.closed and transport.stream is not None:
+                    self._stored.refill(transport)
+                    self._loop.writable(transport)
 
     def _fail(self, failed):
-        """Put each failure notice where its message was in the sender's stream; tell the core.
+        """Stores that failed before reaching a batch: notices in place, the core told."""
+        self._splice(failed)
+        for action, _ in failed:
+            self._loop.feed(StoreFailed(action.sender_conn, action.recipient))
 
-        Nothing produced since the first store has been sent yet (the cork),
-        so every position is still in the unsent bytes.  All notices go in
-        before the core hears of any failure, because telling it may send.
+    def _splice(self, failed):
+        """Put each failure notice where its message was in the sender's stream.
+
+        Nothing of the sender's produced since the store has been sent (its
+        transport is corked), so every position is still in the unsent bytes.
         """
         for action, position in reversed(failed):     # latest first: no position shifts
             sender = self._loop.transport(action.sender_conn)
             if sender is not None:
                 sender.insert_at(position, action.failure_notice)
-                self.hold(sender)
-        for action, _ in failed:
-            self._loop.feed(StoreFailed(action.sender_conn, action.recipient))
+                self._loop.writable(sender)
+
+    # ---------------------------------------------------------------- what waits for commits
+
+    def deliver(self, transport, user_id):
+        """Start the stored delivery of a login -- reading once stores for it are committed."""
+        waiting = user_id in self._recipients
+        self._stored.start(transport, user_id.decode("ascii"), read_now=not waiting)
+        if waiting:
+            self._deliveries.setdefault(user_id, []).append(transport)
+
+    def after_commits(self, function, argument):
+        """Run ``function(argument)`` once every store and delete made so far is committed."""
+        if not self.in_flight():
+            function(argument)
+            return
+        pass_work = self._pass_stores or self._stored.has_deletes()
+        last = self._next_number if pass_work else max(self._in_flight)
+        self._after.append((last, function, argument))
+
+    def _run_after(self):
+        if not self._after:
+            return
+        oldest = min(self._in_flight) if self._in_flight else self._next_number + 1
+        if self._pass_stores:
+            oldest = min(oldest, self._next_number)
+        ready = [entry for entry in self._after if entry[0] < oldest]
+        if ready:
+            self._after = [entry for entry in self._after if entry[0] >= oldest]
+            for _, function, argument in ready:
+                function(argument)
 
     # ---------------------------------------------------------------- the file
 

@@ -14,21 +14,25 @@ One pass of the loop (``run_once``)
    not at all when output is ready to be written.
 2. **Read**: accept new connections; ``recv`` once from every readable
    transport and give the bytes to the core; take the answers of the
-   worker threads (password checks, lookups) and of the hang-up watch.
+   worker threads (password checks, lookups, the database writer) and of
+   the hang-up watch.
 3. **Time**: run due timers; give the core ``TimePassed`` when one of its
    deadlines is due.
-4. **Commit**: one SQLite transaction for every message stored in this
-   pass (group commit) -- the cork's release.
-5. **Write**: ``write_ready`` on every transport that is writable or that
-   the cork held; then delete delivered stored rows and commit that.
+4. **Commit**: hand this pass's stored messages (and the delivered rows to
+   delete) to the storage thread as one batch -- group commit, off the
+   loop (``DurabilityCork.release``).
+5. **Write**: ``write_ready`` on every transport that is writable, or that
+   the cork let go because its batch was committed.
 
 When do bytes leave?  As soon as the core's actions for one input are
 carried out (in step 2 or 3), each transport written to sends what that
 input produced, in one ``send`` (``Transport.flush``) -- unless bytes are
 already queued for that client (then they wait for ``EVENT_WRITE``), *or
-the cork is engaged*: once a message was stored in this pass, every byte
-waits for step 4.  That is the whole answer; ``Transport._send`` is the one
-place bytes leave.
+the cork holds it*: a message its client stored is not on disk yet, so
+everything for that client waits until the storage thread has committed
+the batch (then step 5 sends it).  Everyone else's bytes go at once.  That
+is the whole answer; ``Transport._send`` is the one place bytes leave, and
+no step waits for the disk.
 
 Inputs go through one FIFO (``feed``): an input produced while another is
 being handled (an edge of a send queue, a failed store) waits its turn, so
@@ -65,13 +69,14 @@ from .stored import StoredDeliveries
 from .timers import Timers
 from .tls import TLSFailed, TLSLayer
 from .transport import BROKEN, DRAINED, FULL, OVERFLOW, READ, WRITE, Transport, WaterMarks
-from .workers import Lookups, PasswordChecks
+from .workers import Lookups, PasswordChecks, StorageWriter
 
 log = logging.getLogger("chatnet.server")
 
 RECV_SIZE = 64 * 1024          # bytes read per readable connection per pass
 CLOSE_LINGER = 5.0             # time a closing connection gets to take its last bytes
 SHUTDOWN_GRACE = 2.0           # time to flush goodbyes on shutdown
+WRITER_GRACE = 10.0            # ... and then for the database to finish its last writes
 STALL_SWEEP = 1.0              # how often send queues are checked for stalls
 WARNING_INTERVAL = 10.0        # a repeated warning is logged at most this often
 FILE_CHECK_INTERVAL = 1.0      # how often the database file is checked for deletion
@@ -119,15 +124,14 @@ class Reactor(object):
         self._on_hangup = None
         self._core_deadline = None
         self._sweeping = False
-        self.stored = StoredDeliveries(storage, self.warn)
-        self.cork = DurabilityCork(storage, self.stored, self)
-        self._storage = storage
         self._wake_reader, self._wake_writer = socket.socketpair()
         for end in (self._wake_reader, self._wake_writer):
             end.setblocking(False)
+        self.stored = StoredDeliveries(storage.open_reader(), self.warn)
+        self._writer = StorageWriter(storage, self.wake)
+        self.cork = DurabilityCork(self._writer, self.stored, storage, self)
         self._checks = PasswordChecks(storage.open_reader, self.wake, workers or passwords.usable_cpus())
         self._lookups = Lookups(storage.open_reader, self.wake)
-        self._lookups_after_commit = []  # LookUpAccount actions that must see this pass's commit
         listeners = [Listener(listener)] if listener is not None else []
         if tls is not None:
             listeners.append(Listener(tls[0], tls[1]))
@@ -227,10 +231,10 @@ class Reactor(object):
             self.feed(TimePassed())
             deadline = self._core.next_deadline()
         self._core_deadline = deadline
-        self._commit()                                            # ---- commit
+        self.cork.release()                                       # ---- commit (on its thread)
         self._write_step()                                        # ---- write
-        self.cork.delete_delivered()
-        self._commit()
+        if self.stored.has_deletes():
+            self.cork.release()                                   # what the writes delivered
 
     def _select_timeout(self, max_wait):
         """How long ``select`` may wait: not at all if output is ready, else until a deadline."""
@@ -323,6 +327,8 @@ class Reactor(object):
             self.feed(result)
         for result in self._lookups.results():
             self.feed(result)
+        for batch in self._writer.results():
+            self.cork.finished(batch)
 
     def _hangups_ready(self):
         """A paused client left: a reset drops it now; a FIN lets the core decide."""
@@ -446,22 +452,22 @@ class Reactor(object):
             self._checks.submit(action.conn, transport.host, action.user_id, action.password)
 
     def _do_look_up_account(self, action):
-        """Ask the lookup thread -- after this pass's commit if stores wait for one.
+        """Ask the lookup thread -- once the stores and deletes made so far are committed.
 
         The lookup thread reads what is committed, so the answer then counts
         everything stored and delivered before the question was asked.
         """
-        if self.cork.engaged:
-            self._lookups_after_commit.append(action)
-        else:
-            self._lookups.submit(action.conn, action.user_id)
+        self.cork.after_commits(self._submit_lookup, action)
+
+    def _submit_lookup(self, action):
+        self._lookups.submit(action.conn, action.user_id)
 
     def _do_deliver_stored(self, action):
         transport = self._connections.get(action.conn)
         if transport is not None:
             if not transport.outgoing:
                 transport.progress_at = self.now
-            self.stored.start(transport, action.user_id.decode("ascii"))
+            self.cork.deliver(transport, action.user_id)
             self._writable.append(transport)
 
     def _do_pause_reading(self, action):
@@ -484,13 +490,9 @@ class Reactor(object):
 
     # ================================================================ commit and write
 
-    def _commit(self):
-        """Step 4 (and after the deletes of step 5): group commit; the cork lets go."""
-        self._writable.extend(self.cork.release())
-        if self._lookups_after_commit:
-            waiting, self._lookups_after_commit = self._lookups_after_commit, []
-            for action in waiting:
-                self._lookups.submit(action.conn, action.user_id)
+    def writable(self, transport):
+        """``transport`` may send now (the cork let it go, a notice went in): write it this pass."""
+        self._writable.append(transport)
 
     def _write_step(self):
         writable, self._writable = self._writable, []
@@ -603,22 +605,21 @@ class Reactor(object):
             listener.sock.close()
         self.now = self._clock()
         self.feed(ServerStopping())
-        self._commit()
         give_up_at = self._clock() + SHUTDOWN_GRACE
-        while len(self._connections) and self._clock() < give_up_at:
+        while (len(self._connections) or self.cork.in_flight()) and self._clock() < give_up_at:
+            self.cork.release()
             self._writable.extend(t for t in self._connections.all() if t.outgoing)
             self._write_step()
-            self.cork.delete_delivered()
-            self._commit()
-            if len(self._connections):
-                self._selector.select(min(0.05, max(0.0, give_up_at - self._clock())))
-                self.now = self._clock()
+            self._selector.select(min(0.05, max(0.0, give_up_at - self._clock())))
+            self.now = self._clock()
+            self._wakeup_ready()
         for transport in self._connections.all():
             transport.close()
-        self.cork.delete_delivered()
-        self._commit()
+        self.cork.release()                   # what the last writes delivered
 
     def _release(self):
+        if not self._writer.stop(WRITER_GRACE):
+            log.warning("the database did not finish its last writes within %.0f s", WRITER_GRACE)
         self._checks.shutdown()
         self._lookups.shutdown()
         for transport in self._connections.all():

@@ -287,10 +287,7 @@ class Storage(object):
 
         Only rows after ``after_row``, at most ``limit`` of them (-1: all).
         """
-        rows = self._db.execute(
-            "SELECT id, sender, text FROM stored_messages WHERE recipient = ? AND id > ?"
-            " ORDER BY id LIMIT ?", (recipient, after_row, limit)).fetchall()
-        return [(row_id, sender, text.encode("utf-8")) for row_id, sender, text in rows]
+        return _stored_messages(self._db, recipient, after_row, limit)
 
     def delete_stored(self, row_ids):
         """Remove delivered messages (inside the group transaction)."""
@@ -328,8 +325,19 @@ class Reader(object):
         """``(registered, stored message count, generation)`` for ``user_id``."""
         return _look_up(self._db, user_id)
 
+    def stored_messages(self, recipient, after_row=0, limit=-1):
+        """Like ``Storage.stored_messages``: what is committed."""
+        return _stored_messages(self._db, recipient, after_row, limit)
+
     def close(self):
         self._db.close()
+
+
+def _stored_messages(db, recipient, after_row, limit):
+    rows = db.execute(
+        "SELECT id, sender, text FROM stored_messages WHERE recipient = ? AND id > ?"
+        " ORDER BY id LIMIT ?", (recipient, after_row, limit)).fetchall()
+    return [(row_id, sender, text.encode("utf-8")) for row_id, sender, text in rows]
 
 
 def _look_up(db, user_id):

@@ -23,11 +23,16 @@ The rules it keeps
   never receives what the first is receiving.  When a connection closes, the
   rows it had not started sending leave its queue and stay stored; a row
   half sent is finished if the socket allows, else stays stored.
-* **Deleted once, retried until it sticks.**  Delivered rows are deleted
-  in the pass's transaction -- not while the database backs off after a
-  failure, and again after a failed commit -- and remembered as delivered
-  until a commit has removed them, so they are never delivered twice unless
-  the process crashes first (seeds/PROTOCOL.md section 6: at least once).
+* **Deleted once, retried until it sticks.**  Delivered rows are handed to
+  the storage thread's next batch (``take_deletes``) -- not while the
+  database backs off after a failure, and again after a failed batch -- and
+  remembered as delivered until a commit has removed them, so they are never
+  delivered twice unless the process crashes first (seeds/PROTOCOL.md
+  section 6: at least once).
+* **Read on the loop's own connection**, read-only: it sees what is
+  committed.  A login whose account has stores still on their way to the
+  disk starts reading only once they are committed (``start(...,
+  read_now=False)``, then ``refill``), so they come in order.
 """
 
 import collections
@@ -55,27 +60,32 @@ class StoredStream(object):
 class StoredDeliveries(object):
     """The reactor's ledger of stored rows in delivery; see the module docstring."""
 
-    def __init__(self, storage, warn):
-        self._storage = storage
+    def __init__(self, reader, warn):
+        self._reader = reader          # a read-only connection of the loop's own
         self._warn = warn
         self._in_delivery = set()      # row ids queued on some connection
         self._delivered = set()        # row ids delivered, not yet deleted by a commit
-        self._deleting = set()         # ... of which deletes are in the open transaction
+        self._deleting = set()         # ... of which deletes are in a batch on its way
 
     # ---------------------------------------------------------------- streaming
 
-    def start(self, connection, user_id):
-        """Begin streaming ``user_id``'s store to ``connection`` (after its ``1``)."""
+    def start(self, connection, user_id, read_now=True):
+        """Begin streaming ``user_id``'s store to ``connection`` (after its ``1``).
+
+        ``read_now=False``: stores for it are not committed yet; everything
+        else for the connection waits behind until ``refill`` is called.
+        """
         connection.absorb_pending()                # the login's "1" goes first, in the same send
         connection.stream = StoredStream(user_id)
-        self.refill(connection)
+        if read_now:
+            self.refill(connection)
 
     def refill(self, connection):
         """Queue rows until the queue holds ``REFILL_BELOW`` bytes or the store is done."""
         stream = connection.stream
         while stream is not None and len(connection.outgoing) < REFILL_BELOW:
             try:
-                rows = self._storage.stored_messages(stream.user_id, stream.after_row, BATCH_ROWS)
+                rows = self._reader.stored_messages(stream.user_id, stream.after_row, BATCH_ROWS)
             except sqlite3.Error as error:
                 self._warn("database read", "cannot read a message store: %s", error)
                 rows = []               # what is left stays stored for the next login
@@ -150,28 +160,24 @@ class StoredDeliveries(object):
 
     # ---------------------------------------------------------------- deleting
 
-    def delete_delivered(self, backing_off):
-        """Delete delivered rows in the open transaction (not while the database backs off).
+    def has_deletes(self):
+        """True when delivered rows wait to be handed to a batch."""
+        return len(self._delivered) > len(self._deleting)
 
-        Returns the error when the delete failed (the caller rolls back and
-        backs off), else None.
-        """
+    def take_deletes(self):
+        """Delivered rows not yet on their way to be deleted: for the next batch."""
         todo = self._delivered - self._deleting
-        if not todo or backing_off:
-            return None
-        try:
-            self._storage.delete_stored(sorted(todo))
-        except sqlite3.Error as error:
-            return error
         self._deleting |= todo
-        return None
+        return sorted(todo)
 
-    def committed(self):
-        self._delivered -= self._deleting
-        self._deleting.clear()
+    def deleted(self, row_ids):
+        """A batch with these deletes committed."""
+        self._delivered.difference_update(row_ids)
+        self._deleting.difference_update(row_ids)
 
-    def rolled_back(self):
-        self._deleting.clear()          # still delivered: deleted again at the next try
+    def not_deleted(self, row_ids):
+        """A batch with these deletes failed: they are taken again later."""
+        self._deleting.difference_update(row_ids)
 
     def waiting_to_be_deleted(self):
         return len(self._delivered)

@@ -36,10 +36,10 @@ take in ``cipher_out`` (which the write interest then covers).  The stream
 offsets (``queued``, ``sent``) stay in plaintext.  Before the handshake is
 done nothing is encrypted: plaintext waits in the queue.
 
-The durability cork (``chatnet.ledger``) holds every transport's output
-while the pass's stored messages wait for their commit: ``write`` only
-queues then, and the cork calls ``write_ready`` on each transport it held
-once the commit is done.  Stored messages being delivered to this client
+The durability cork (``chatnet.ledger``) holds a transport's output while a
+message its client stored waits for its commit: ``flush`` only queues then,
+``write_ready`` sends nothing and ``EVENT_WRITE`` is not watched, and the
+loop writes the transport once the commit is done.  Stored messages being delivered to this client
 (``chatnet.stored``) go first: while they stream, ``write`` keeps other
 output behind them.
 """
@@ -189,13 +189,9 @@ class Transport(object):
         """The input is done: send what it wrote -- unless the cork holds it.  The edge or None."""
         if self.pending is None or self.closed:
             return None
-        cork = self._loop.cork
-        if cork.engaged or self.outgoing:
+        if self.outgoing or self._loop.cork.holds(self):
             self.absorb_pending()
-            if cork.engaged:
-                cork.hold(self)
-            else:
-                self.update_interest()
+            self.update_interest()
             return self._edge()
         data, self.pending = self.pending, None
         sent = self._send(data)
@@ -216,7 +212,7 @@ class Transport(object):
             return BROKEN
         if self.pending is not None:
             self.absorb_pending()
-        if self.outgoing:
+        if self.outgoing and not self._loop.cork.holds(self):
             sent = self._send(self.outgoing)
             if sent is None:
                 return BROKEN
@@ -343,7 +339,8 @@ class Transport(object):
     def update_interest(self):
         """Hand the loop exactly the events this transport needs now, if they changed."""
         reading = not (self.paused or self.eof or self.closing)
-        writing = self.cipher_out or self.outgoing and (self.tls is None or self.tls.handshake_done)
+        writing = self.cipher_out or (self.outgoing and (self.tls is None or self.tls.handshake_done)
+                                      and not self._loop.cork.holds(self))
         mask = (READ if reading else 0) | (WRITE if writing else 0)
         if mask != self.mask:
             self._loop.set_interest(self, mask, not reading and not (self.eof or self.closing))

@@ -1,4 +1,4 @@
-"""Work that must not run on the loop's thread: password checks and account lookups.
+"""Work that must not run on the loop's thread: password checks, lookups, database writes.
 
 It owns the worker threads, their read-only database connections, and the
 queues between them and the loop.  It must not make a protocol decision or
@@ -28,12 +28,20 @@ handed to the threads as there are threads:
 
 Lookups (``chatwith/``) run on one thread of their own, in order, so a slow
 disk delays the person who asked, never the loop.
+
+Database writes (``StorageWriter``) run on one more thread, which owns the
+write transaction: each loop pass hands it one ``Batch`` (that pass's stored
+messages and the delivered rows to delete) and it commits it as one
+transaction -- group commit -- while the loop goes on.  The loop's
+``DurabilityCork`` (``chatnet.ledger``) holds back the output that must wait
+for that commit, and only that.
 """
 
 import collections
 import logging
 import os
 import queue
+import sqlite3
 import threading
 
 from . import passwords
@@ -240,3 +248,81 @@ def _yield_to_the_loop():
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):       # not Linux, or not allowed: no matter
         pass
+
+
+class Batch(object):
+    """One pass's writes for the storage thread: stores and deletes, one transaction.
+
+    ``stores`` are ``(StoreMessage, position)`` pairs (the position is the
+    loop's, for a failure notice); after the write, ``error`` is set when the
+    transaction failed as a whole, and ``refused`` lists the stores that
+    failed alone (their recipient was removed meanwhile).
+    """
+
+    __slots__ = ("number", "stores", "deletes", "error", "refused")
+
+    def __init__(self, number, stores, deletes):
+        self.number = number
+        self.stores = stores
+        self.deletes = deletes
+        self.error = None
+        self.refused = []
+
+
+class StorageWriter(object):
+    """The one thread that writes the database: a batch at a time, in order, each one commit.
+
+    A slow or frozen disk, or a lock another program holds, stalls this
+    thread and the senders whose stores wait for it -- never the loop.
+    """
+
+    def __init__(self, storage, wake):
+        self._storage = storage
+        self._wake = wake
+        self._done = collections.deque()
+        self._tasks = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="chatnet-storage", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch):
+        self._tasks.put(batch)
+
+    def results(self):
+        """The written batches, in order (call from the loop's thread)."""
+        done = self._done
+        while done:
+            yield done.popleft()
+
+    def stop(self, timeout):
+        """Finish what was submitted (at most ``timeout`` seconds); True if it did."""
+        self._tasks.put(None)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _work(self):
+        while True:
+            batch = self._tasks.get()
+            if batch is None:
+                break
+            self._write(batch)
+            self._done.append(batch)
+            self._wake()
+
+    def _write(self, batch):
+        storage = self._storage
+        try:
+            for index, (action, _) in enumerate(batch.stores):
+                try:
+                    storage.store_message(action.recipient.decode("ascii"),
+                                          action.sender.decode("ascii"), action.text)
+                except sqlite3.IntegrityError:
+                    batch.refused.append(index)       # this one alone: its recipient is gone
+            if batch.deletes:
+                storage.delete_stored(batch.deletes)
+            storage.commit()
+        except sqlite3.Error as error:
+            batch.error = error
+            try:
+                storage.rollback()
+            except sqlite3.Error:
+                pass

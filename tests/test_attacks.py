@@ -361,9 +361,9 @@ def test_a_locked_database_neither_stalls_chat_per_delivery_nor_delivers_twice(t
             carol.send(b"chat/ping\n")
             dave.expect(b"chat/carol: ping")
             times.append(time.perf_counter() - started)
-        holder.execute("ROLLBACK")
+        server.wait_for_log("cannot delete delivered messages", timeout=10)   # the lock outlasted
+        holder.execute("ROLLBACK")                          # the writer's busy timeout
         holder.close()
-        server.wait_for_log("cannot delete delivered messages", timeout=10)
         time.sleep(1.5)                                   # past the back-off: the retry commits
         carol.sync()
         for user in users:                                # nothing is delivered again

@@ -224,3 +224,43 @@ def test_a_failed_store_is_noticed_before_the_reply_to_any_later_line(served, wh
     bob = server.login(b"bob")
     bob.expect(b"chat/alice: three")
     assert bob.sync() == []
+
+
+class BlockingStorage(Storage):
+    """Storage whose commits wait until the test lets them go (a frozen or stalled disk)."""
+
+    def __init__(self):
+        Storage.__init__(self, MEMORY)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def commit(self):
+        if self.in_transaction and not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(10)
+        Storage.commit(self)
+
+
+def test_a_stalled_disk_delays_only_the_senders_whose_stores_wait_for_it(served):
+    """Issue 9: the database writes run on their own thread; the cork holds only their senders."""
+    storage = BlockingStorage()
+    storage.add_accounts([(name, passwords.hash_password(b"pw"))
+                          for name in ("alice", "bob", "carol", "dave")])
+    server = served(storage=storage)
+    alice, carol, dave = server.login(b"alice"), server.login(b"carol"), server.login(b"dave")
+    alice.chatwith(b"bob", b"1")
+    carol.chatwith(b"dave", b"2")
+    storage.gate.clear()                                        # the disk stops
+    alice.send(b"chat/for bob, stuck on the disk\nhello\n")     # a store, then a line with a reply
+    assert storage.waiting.wait(5)
+    for number in range(20):                                    # everyone else chats on
+        carol.send(b"chat/%d\n" % number)
+        dave.expect(b"chat/carol: %d" % number)
+    held = server.connection_of(1)                              # alice's reply waits for the commit
+    wait_until(lambda: server.reactor.cork.holds(held) and UNKNOWN in bytes(held.outgoing))
+    assert held.sent == len(b"1\n") + len(b"1\n" + wire.NOTICE_OFFLINE)    # nothing after the store
+    storage.gate.set()                                          # the disk comes back
+    assert alice.line(timeout=5) == UNKNOWN
+    bob = server.login(b"bob")
+    bob.expect(b"chat/alice: for bob, stuck on the disk")
