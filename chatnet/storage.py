@@ -9,9 +9,12 @@ Durability
 ----------
 * WAL journal and ``synchronous=FULL``: a committed store survives a crash of
   the server process (``kill -9``) and, if the disk honours fsync, a power cut.
-* Writes are grouped: the reactor calls ``commit()`` once per loop pass,
-  before it sends any byte produced in that pass (``chatnet.reactor``).  So a
-  stored message is on disk before its sender sees any later reply.
+* Writes are grouped: the storage thread (``chatnet.workers.StorageWriter``)
+  writes each loop pass's stores and deletes and calls ``commit()`` once for
+  them, and the loop's cork (``chatnet.ledger``) holds the senders' replies
+  until then.  So a stored message is on disk before its sender sees any
+  later reply.  A ``Storage`` is used from one thread at a time: the writer
+  while the server runs; readers (``Reader``) have connections of their own.
 * ``busy_timeout`` lets ``python -m chatnet.accounts`` write to the file
   while the server runs; the server keeps its transactions short.
 
