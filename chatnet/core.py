@@ -102,7 +102,7 @@ from .phases import LOGIN_PHASES, TRANSITIONS, WAITING_PHASES, Phase  # noqa: F4
 from .store_view import StoreView
 from .reading import HELD_INPUT, OWN_QUEUE, PARTNER_QUEUE, ReadingGate  # noqa: F401 (for tests)
 from .events import (
-    AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
+    AccountLookedUp, AccountsRemoved, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, HungUp, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
     LoginSucceeded, LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, SendQueueDrained,
     SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed,
@@ -217,6 +217,7 @@ class ChatCore(object):
             SendQueueFull: self._on_send_queue_full,
             SendQueueDrained: self._on_send_queue_drained,
             HungUp: self._on_hung_up,
+            AccountsRemoved: self._on_accounts_removed,
             TimePassed: self._on_time_passed,
             ServerStopping: self._on_server_stopping,
         }
@@ -376,6 +377,19 @@ class ChatCore(object):
         self._emit(LimitReached(session.conn, "send queue", "the client is not reading; "
                                 "pausing it and whoever sends to it"))
         self.reading.pause(session, OWN_QUEUE)
+
+    def _on_accounts_removed(self, event):
+        for user_id in event.user_ids:
+            self._account_removed(user_id)
+
+    def _account_removed(self, user_id):
+        """``user_id`` is no longer registered: forget its store; close it if it is online."""
+        self._stores.forget(user_id)
+        removed = self._sessions.get(self._online.get(user_id))
+        if removed is not None:
+            self._emit(LimitReached(removed.conn, "account removed",
+                                    "%s is no longer registered" % user_id.decode("ascii")))
+            self._close(removed, "account removed", wire.NOTICE_REMOVED)
 
     def _on_hung_up(self, event):
         session = self._sessions.get(event.conn)
@@ -641,12 +655,7 @@ class ChatCore(object):
         if answer.failed:
             return target in self._online
         if not answer.registered:
-            self._stores.forget(target)
-            removed = self._sessions.get(self._online.get(target))
-            if removed is not None:
-                self._emit(LimitReached(removed.conn, "account removed",
-                                        "%s is no longer registered" % target.decode("ascii")))
-                self._close(removed, "account removed", wire.NOTICE_REMOVED)
+            self._account_removed(target)
             return False
         self._stores.learn(target, answer.stored, answer.generation)
         return True

@@ -124,6 +124,12 @@ class AccountLookedUp(NamedTuple):
 
 
 @_compared_by_type
+class AccountsRemoved(NamedTuple):
+    """These logged-in accounts are no longer registered (``chatnet.accounts remove``)."""
+    user_ids: tuple
+
+
+@_compared_by_type
 class StoreFailed(NamedTuple):
     """A ``StoreMessage`` could not be written (disk full, database locked...).
 

@@ -79,7 +79,7 @@ SHUTDOWN_GRACE = 2.0           # time to flush goodbyes on shutdown
 WRITER_GRACE = 10.0            # ... and then for the database to finish its last writes
 STALL_SWEEP = 1.0              # how often send queues are checked for stalls
 WARNING_INTERVAL = 10.0        # a repeated warning is logged at most this often
-FILE_CHECK_INTERVAL = 1.0      # how often the database file is checked for deletion
+CHECK_INTERVAL = 1.0           # how often the database file and removed accounts are checked
 LOOP_STALL_GRACE = 0.5         # a pass this much later than select's timeout: the loop was away
 
 NOTICE_SEND_QUEUE = wire.notice("you are not reading your messages, closing the connection")
@@ -143,13 +143,13 @@ class Reactor(object):
         self._selector.register(self._wake_reader, READ, _WAKEUP)
         if hangups.available:
             self._selector.register(hangups.fileno(), READ, _HANGUPS)
-        self.call_at(self.now + FILE_CHECK_INTERVAL, self._check_database_file)
+        self.call_at(self.now + CHECK_INTERVAL, self._every_second)
         self._handlers = {
             Send: self._do_send, Close: self._do_close, CheckLogin: self._do_check_login,
             LookUpAccount: self._do_look_up_account, StoreMessage: self.cork.store,
             DeliverStored: self._do_deliver_stored, PauseReading: self._do_pause_reading,
             ResumeReading: self._do_resume_reading, ReadAtMost: self._do_read_at_most,
-            LoginSucceeded: self._log_event, LoginFailed: self._log_event,
+            LoginSucceeded: self._do_login_succeeded, LoginFailed: self._log_event,
             LoggedOut: self._log_event, LimitReached: self._log_event,
         }
 
@@ -485,6 +485,12 @@ class Reactor(object):
         if transport is not None:
             transport.read_size = min(RECV_SIZE, action.size) if action.size else RECV_SIZE
 
+    def _do_login_succeeded(self, action):
+        transport = self._connections.get(action.conn)
+        if transport is not None:
+            transport.user_id = action.user_id      # for the accounts check (``_every_second``)
+        self._log_event(action)
+
     def _log_event(self, action):
         log.info(*_describe(action, self._connections.peer(action.conn)))
 
@@ -573,9 +579,18 @@ class Reactor(object):
             self._sweeping = True
             self.call_at(self.now + STALL_SWEEP, self._sweep_stalled_writers)
 
-    def _check_database_file(self, _):
-        if self.cork.check_file():
-            self.call_at(self.now + FILE_CHECK_INTERVAL, self._check_database_file)
+    def _every_second(self, _):
+        """Is the database file still in place?  Were accounts of people online removed?
+
+        Both are answered off the loop or nearly free: a ``stat``, and a job
+        for the lookup thread that costs one ``PRAGMA data_version`` unless
+        another program committed something.
+        """
+        self.cork.check_file()
+        logged_in = [t.user_id for t in self._connections.all() if t.user_id is not None]
+        if logged_in:
+            self._lookups.check_accounts(logged_in)
+        self.call_at(self.now + CHECK_INTERVAL, self._every_second)
 
     # ================================================================ closing
 

@@ -328,6 +328,21 @@ class Reader(object):
         """``(registered, stored message count, generation)`` for ``user_id``."""
         return _look_up(self._db, user_id)
 
+    def data_version(self):
+        """Changes whenever another connection committed (SQLite's ``PRAGMA data_version``)."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def missing_ids(self, user_ids):
+        """The IDs in ``user_ids`` (str) that are not registered."""
+        found = set()
+        user_ids = list(user_ids)
+        for start in range(0, len(user_ids), 500):
+            chunk = user_ids[start:start + 500]
+            rows = self._db.execute("SELECT id FROM accounts WHERE id IN (%s)"
+                                    % ",".join("?" * len(chunk)), chunk)
+            found.update(row[0] for row in rows)
+        return set(user_ids) - found
+
     def stored_messages(self, recipient, after_row=0, limit=-1):
         """Like ``Storage.stored_messages``: what is committed."""
         return _stored_messages(self._db, recipient, after_row, limit)

@@ -73,7 +73,7 @@ class Transport(object):
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask",
         "paused", "eof", "closing", "closed", "core_knows", "backlogged", "progress_at",
         "watched", "read_size", "stored_marks", "stream", "failure", "pending", "tls",
-        "cipher_out", "eof_follows", "_loop", "_marks",
+        "cipher_out", "eof_follows", "user_id", "_loop", "_marks",
     )
 
     def __init__(self, loop, marks, conn, sock, host, peer, trusted, read_size):
@@ -104,6 +104,7 @@ class Transport(object):
         self.tls = None                # a TLSLayer on a TLS listener's connections
         self.cipher_out = None         # TLS records the kernel has not taken yet
         self.eof_follows = False       # TLS: the stream ended right after the data just read
+        self.user_id = None            # the account logged in on it (from LoginSucceeded)
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.

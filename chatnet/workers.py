@@ -45,7 +45,7 @@ import sqlite3
 import threading
 
 from . import passwords
-from .events import AccountLookedUp, LoginChecked
+from .events import AccountLookedUp, AccountsRemoved, LoginChecked
 
 log = logging.getLogger("chatnet.server")
 
@@ -205,12 +205,21 @@ class Lookups(object):
         self._wake = wake
         self._done = collections.deque()
         self._tasks = queue.SimpleQueue()
+        self._seen_version = None      # PRAGMA data_version at the last accounts check
         self._thread = threading.Thread(target=self._work, args=(open_reader(),),
                                         name="chatnet-lookups", daemon=True)
         self._thread.start()
 
     def submit(self, conn, user_id):
         self._tasks.put((conn, user_id))
+
+    def check_accounts(self, user_ids):
+        """Answer ``AccountsRemoved`` if any of ``user_ids`` (bytes) was removed since last time.
+
+        Cheap when nothing changed: SQLite's ``data_version`` is read first,
+        and the accounts are looked at only when another connection committed.
+        """
+        self._tasks.put((None, tuple(user_ids)))
 
     def results(self):
         done = self._done
@@ -226,6 +235,9 @@ class Lookups(object):
             if task is None:
                 break
             conn, user_id = task
+            if conn is None:
+                self._check_accounts(reader, user_id)
+                continue
             try:
                 registered, stored, generation = reader.look_up(user_id.decode("ascii"))
                 failed = False
@@ -235,6 +247,20 @@ class Lookups(object):
             self._done.append(AccountLookedUp(conn, user_id, registered, stored, generation, failed))
             self._wake()
         reader.close()
+
+    def _check_accounts(self, reader, user_ids):
+        try:
+            version = reader.data_version()
+            if version == self._seen_version:
+                return
+            self._seen_version = version
+            gone = reader.missing_ids(user_id.decode("ascii") for user_id in user_ids)
+        except Exception as error:
+            log.warning("cannot check the accounts in the database: %s", error)
+            return
+        if gone:
+            self._done.append(AccountsRemoved(tuple(sorted(user.encode("ascii") for user in gone))))
+            self._wake()
 
 
 def _yield_to_the_loop():

@@ -433,3 +433,14 @@ def test_a_lookup_made_stale_by_a_login_is_asked_again(h):
     assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob")] * 2
     h.answer_lookup()
     assert h.core.store_count(b"bob") == 0
+
+
+def test_accounts_removed_while_online_are_closed_with_a_notice(h):
+    from chatnet.events import AccountsRemoved
+    alice, bob, carol = h.login(b"alice"), h.login(b"bob"), h.login(b"carol")
+    chatwith(h, carol, b"bob")
+    h.feed(AccountsRemoved((b"bob", b"nobody-online")))
+    assert h.lines(bob) == [REMOVED]
+    assert h.closed[bob] == "account removed"
+    assert h.lines(carol) == [NOTICE_DESTROYED]
+    assert alice not in h.closed

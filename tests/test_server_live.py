@@ -359,3 +359,18 @@ def test_a_logout_is_one_log_line(start_server):
                    if line and ("connection 1 " in line or "connection 1)" in line)
                    and "login alice" not in line]
     assert len(about_alice) == 1, about_alice
+
+
+def test_removing_an_online_account_closes_it_within_a_second(server, database):
+    from live_server import run_module
+    bob = server.login(b"bob", b"secret")
+    carol = server.login(b"carol", b"pw")
+    carol.chatwith(b"bob", b"2")
+    removed = run_module("chatnet.accounts", "--db", database, "remove", "bob")
+    assert removed.returncode == 0, removed.stderr
+    import time
+    started = time.monotonic()
+    assert bob.wait_closed(timeout=5) == wire.NOTICE_REMOVED
+    assert time.monotonic() - started < 2.5
+    carol.expect(NOTICE_DESTROYED)
+    carol.chatwith(b"bob", b"0")
