@@ -5,6 +5,8 @@
     python -m chatnet.accounts --db PATH remove ID
     python -m chatnet.accounts --db PATH list [--long]
     python -m chatnet.accounts --db PATH import FILE|-
+    python -m chatnet.accounts --db PATH backup DEST
+    python -m chatnet.accounts --db PATH check
 
 It works on the same file as a running server, which sees every change at the
 next login or ``chatwith/``.  This module is glue: checking what the user typed
@@ -14,6 +16,7 @@ account of its file or none.
 """
 
 import getpass
+import os
 import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -54,13 +57,19 @@ def parse_args(argv):
                                        "(split at the first ':'; blank lines skipped). "
                                        "Nothing is added when any line is bad.")
     sub.add_argument("file", metavar="FILE", help="the file, or - for standard input")
+    sub = verbs.add_parser("backup", help="copy the database consistently, even while a server runs")
+    sub.add_argument("destination", metavar="DEST", help="a new file for the copy")
+    verbs.add_parser("check", help="check the database's integrity and print a one-line verdict")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    command = {"add": add, "passwd": change_password, "remove": remove,
-               "list": list_accounts, "import": import_accounts}[args.verb]
+    command = {"add": add, "passwd": change_password, "remove": remove, "list": list_accounts,
+               "import": import_accounts, "backup": backup, "check": check}[args.verb]
+    if args.verb not in ("add", "import") and not os.path.exists(args.db):
+        raise cli.CommandError("there is no database at %s (check --db; 'add' or 'import' "
+                               "make a new one)" % args.db)
     try:
         storage = Storage(args.db, busy_timeout_ms=int(args.busy_timeout * 1000))
     except StorageError as error:
@@ -128,6 +137,19 @@ def import_accounts(storage, args):
         records = list(pool.map(passwords.hash_password, [password for _, password, _ in entries]))
     storage.add_accounts(zip([user_id for user_id, _, _ in entries], records))
     print("imported %d account%s" % (len(entries), "" if len(entries) == 1 else "s"))
+
+
+def backup(storage, args):
+    storage.backup(args.destination)
+    print("backed up %s to %s" % (args.db, args.destination))
+
+
+def check(storage, args):
+    problems, accounts, stored = storage.integrity()
+    if problems:
+        raise cli.CommandError("%s is damaged: %s" % (args.db, problems[0]))
+    print("%s: ok (%d account%s, %d stored message%s)" % (
+        args.db, accounts, "" if accounts == 1 else "s", stored, "" if stored == 1 else "s"))
 
 
 # ---------------------------------------------------------------- input

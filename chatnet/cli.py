@@ -26,7 +26,13 @@ def program_name(module, script):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a usage error reported in one line."""
+    """argparse, with a usage error reported in one line, and ``--version`` on every command."""
+
+    def __init__(self, *args, **kwargs):
+        argparse.ArgumentParser.__init__(self, *args, **kwargs)
+        from . import __version__
+        self.add_argument("--version", action="version", version="%(prog)s " + __version__,
+                          help="print the version and exit")
 
     def error(self, message):
         self.exit(USAGE_ERROR, "%s: error: %s (see --help)\n" % (self.prog, message))

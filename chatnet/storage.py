@@ -84,6 +84,7 @@ class Storage(object):
                 _create_private(path)
             self._db = _connect(path)
             self._db.execute("PRAGMA busy_timeout = %d" % busy_timeout_ms)
+            self._refuse_another_programs_database()
             if not _is_memory(path):
                 self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = %s" % synchronous)
@@ -94,10 +95,18 @@ class Storage(object):
         #: True while a write transaction is open (commit() or rollback() ends it).
         self.in_transaction = False
 
+    def _refuse_another_programs_database(self):
+        """Some other program's SQLite file: adding our tables (or WAL) would alter it."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise sqlite3.DatabaseError("it is not a chatnet database (it holds another "
+                                        "program's tables); nothing was changed")
+
     def _create_schema(self):
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError("made by a newer chatnet (schema %d)" % version)
+
         if version < SCHEMA_VERSION:
             self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA
                                    + "PRAGMA user_version = %d; COMMIT;" % SCHEMA_VERSION)
@@ -152,6 +161,32 @@ class Storage(object):
                 if fd is not None:
                     os.close(fd)
             self._lock_fd, self._guard_fds = None, []
+
+    def backup(self, destination):
+        """Copy the database to ``destination`` (a new file, mode 0600), consistently.
+
+        SQLite's online backup API: the copy is one committed state, taken
+        while a server keeps writing.
+        """
+        try:
+            fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise StorageError("%s exists already; choose a new file for the backup" % destination)
+        except OSError as error:
+            raise StorageError("cannot create %s: %s" % (destination, _reason(error)))
+        os.close(fd)
+        target = sqlite3.connect(destination)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+
+    def integrity(self):
+        """``(problems, accounts, stored messages)``: SQLite's integrity check, and the counts."""
+        problems = [row[0] for row in self._db.execute("PRAGMA integrity_check")]
+        accounts = self.account_count()
+        stored = self._db.execute("SELECT count(*) FROM stored_messages").fetchone()[0]
+        return ([] if problems == ["ok"] else problems), accounts, stored
 
     def lock_for_server(self):
         """Make sure no other chatnet server uses this file; raise StorageError if one does.

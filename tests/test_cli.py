@@ -73,6 +73,8 @@ def test_passwords_set_by_the_cli_work_on_the_wire(db):
     (["import", "/no/such/file"], b"", "cannot read"),
 ])
 def test_account_errors_are_one_line(db, args, stdin, fragment):
+    if args[0] in ("remove", "passwd"):
+        accounts(db, "add", "alice", "--password-stdin", stdin=b"pw\n")    # a database to ask
     assert fragment in one_line_error(accounts(db, *args, stdin=stdin))
 
 
@@ -213,3 +215,74 @@ def test_a_database_locked_by_another_program_is_one_line(db):
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+@pytest.mark.parametrize("module", ["chatnet.server", "chatnet.accounts", "chatnet.client",
+                                    "chatnet.bench"])
+def test_every_command_tells_its_version(module):
+    from chatnet import __version__
+    result = run_module(module, "--version")
+    assert result.returncode == 0 and result.stdout.decode().strip().endswith(__version__)
+
+
+@pytest.mark.parametrize("verb", [["list"], ["remove", "alice"], ["passwd", "alice"], ["check"],
+                                  ["backup", "copy.db"]])
+def test_a_missing_database_is_an_error_for_every_verb_but_add_and_import(db, verb):
+    assert "there is no database" in one_line_error(accounts(db, *verb))
+    assert not os.path.exists(db)                          # and none was made
+
+
+def test_another_programs_database_is_refused_and_left_alone(tmp_path):
+    import sqlite3
+    path = str(tmp_path / "other.db")
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE photos (name TEXT)")
+    before = open(path, "rb").read()
+    assert "not a chatnet database" in one_line_error(
+        accounts(path, "add", "alice", "--password-stdin", stdin=b"pw\n"))
+    assert open(path, "rb").read() == before
+
+
+def test_check_gives_a_one_line_verdict(db):
+    accounts(db, "add", "alice", "--password-stdin", stdin=b"pw\n")
+    result = accounts(db, "check")
+    assert result.returncode == 0
+    assert result.stdout.decode().strip() == "%s: ok (1 account, 0 stored messages)" % db
+
+
+def test_a_backup_under_heavy_store_traffic_restores_every_acknowledged_message(database, tmp_path):
+    import threading
+    server = LiveServer(database).start()
+    try:
+        alice = server.login(b"alice", b"pw")
+        alice.chatwith(b"bob", b"1")
+        alice.send(b"".join(b"chat/kept %03d\n" % number for number in range(90)))
+        alice.sync()                                       # all 90 acknowledged: on disk
+        carol = server.login(b"carol", b"pw")
+        carol.chatwith(b"dave", b"1")
+        running = [True]
+
+        def store_more():
+            number = 0
+            while running[0]:
+                carol.send(b"chat/more %d\n" % number)
+                number += 1
+                if number % 50 == 0:
+                    carol.sync()
+
+        flood = threading.Thread(target=store_more, daemon=True)
+        flood.start()
+        copy = str(tmp_path / "copy.db")
+        result = accounts(database, "backup", copy)
+        running[0] = False
+        flood.join(10)
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.stop()
+    assert accounts(copy, "check").returncode == 0
+    restored = LiveServer(copy).start()
+    try:
+        bob = restored.login(b"bob", b"secret")
+        assert [bob.line() for _ in range(90)] == [b"chat/alice: kept %03d" % n for n in range(90)]
+    finally:
+        restored.stop()
