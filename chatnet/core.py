@@ -192,6 +192,9 @@ class ChatCore(object):
         self._online = {}            # account ID -> conn
         self._watchers = {}          # account ID -> set of conns whose partner it is
         self._stores = StoreView(config.store_limit)   # a count per account (chatnet.store_view)
+        #: What the rules did, counted (for the operator's metrics; read, do not modify).
+        self.counts = dict(relayed=0, stored=0, refused_store_full=0, refused_no_partner=0,
+                           logins_succeeded=0, logins_failed=0)
         self._lookups = {}           # account ID -> conns waiting for its lookup
         #: Pause reasons, hold-backs, the before-login budget (``chatnet.reading``).
         self.reading = ReadingGate(config.hold_limit, config.unauthenticated_budget,
@@ -493,6 +496,7 @@ class ChatCore(object):
             self._emit(CheckLogin(session.conn, credentials.user_id, credentials.password))
 
     def _login_failed(self, session, user_id):
+        self.counts["logins_failed"] += 1
         session.failures += 1
         self._emit(LoginFailed(session.conn, user_id, session.failures))
         delay = self.login_gate.delay_after(session.failures)
@@ -515,6 +519,7 @@ class ChatCore(object):
 
     def _log_in(self, session, user_id):
         replaced = self._sessions.get(self._online.get(user_id))
+        self.counts["logins_succeeded"] += 1
         self._enter(session, "password right")
         session.user_id = user_id
         session.relay_prefix = wire.relay_prefix(user_id)
@@ -572,6 +577,7 @@ class ChatCore(object):
         if relay is None:
             return False
         self._send(partner_conn, relay[0])
+        self.counts["relayed"] += relay[0].count(b"\n")
         if relay[1]:
             self._handle_lines(session, session.splitter.feed(relay[1]))
         return True
@@ -595,9 +601,11 @@ class ChatCore(object):
     def _chat(self, session, text):
         partner = session.partner
         if partner is None:
+            self.counts["refused_no_partner"] += 1
             self._send(session.conn, wire.NOTICE_NO_PARTNER)
         elif session.partner_online:
             partner_conn = self._online[partner]
+            self.counts["relayed"] += 1
             self._send(partner_conn, session.relay_prefix + text + b"\n")
             if self._sessions[partner_conn].congested:
                 self.reading.hold_back(session, partner_conn)
@@ -606,10 +614,12 @@ class ChatCore(object):
 
     def _store(self, session, recipient, text):
         if not self._stores.take(recipient):
+            self.counts["refused_store_full"] += 1
             self._emit(LimitReached(session.conn, "store full",
                                     "the store of %s is full" % recipient.decode("ascii")))
             self._send(session.conn, wire.NOTICE_STORE_FULL)
         else:
+            self.counts["stored"] += 1
             self._emit(StoreMessage(recipient, session.user_id, text, session.conn,
                                     wire.NOTICE_NOT_STORED))
 

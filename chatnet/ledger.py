@@ -48,11 +48,13 @@ BACKOFF = 1.0
 class DurabilityCork(object):
     """Group commit on the storage thread, and the cork that makes it a guarantee."""
 
-    def __init__(self, writer, stored, storage, loop):
+    def __init__(self, writer, stored, storage, loop, metrics=None):
         self._writer = writer
         self._stored = stored
         self._storage = storage        # for the file check only: it writes nothing here
         self._loop = loop
+        self._metrics = metrics        # commit latency and failures, when measured
+        self._submitted_at = {}        # batch number -> when it was handed over
         self._pass_stores = []         # (StoreMessage, position) stored in this pass
         self._in_flight = {}           # batch number -> Batch the thread is writing
         self._next_number = 1
@@ -93,11 +95,17 @@ class DurabilityCork(object):
         self._next_number += 1
         self._pass_stores = []
         self._in_flight[batch.number] = batch
+        self._submitted_at[batch.number] = self._loop.now
         self._writer.submit(batch)
 
     def finished(self, batch):
         """The storage thread wrote ``batch``: failures in place, corks off, waiters on."""
         del self._in_flight[batch.number]
+        submitted_at = self._submitted_at.pop(batch.number)
+        if self._metrics is not None:
+            self._metrics.commit_latency.observe(max(0.0, self._loop.clock() - submitted_at))
+            if batch.error is not None:
+                self._metrics.database_failures += 1
         if batch.error is not None:
             self._loop.warn("database write", "cannot %s in the database (%s); stored messages "
                             "are refused for %.0f s, live chat goes on",

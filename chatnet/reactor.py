@@ -65,11 +65,12 @@ from .events import (
 )
 from .connections import Connections
 from .ledger import DurabilityCork
+from .metrics import Metrics, MetricsEndpoint, MetricsRequest
 from .stored import StoredDeliveries
 from .timers import Timers
 from .tls import TLSFailed, TLSLayer
 from .transport import BROKEN, DRAINED, FULL, OVERFLOW, READ, WRITE, Transport, WaterMarks
-from .workers import Lookups, PasswordChecks, StorageWriter
+from .workers import Lookups, PasswordChecks, StorageWriter, StoredCount
 
 log = logging.getLogger("chatnet.server")
 
@@ -102,9 +103,10 @@ class Reactor(object):
     """Serve one listening socket with one ``ChatCore`` and one ``Storage``."""
 
     def __init__(self, listener, core, storage, limits=ReactorLimits(), workers=None,
-                 clock=time.monotonic, strict=False, selector=None, tls=None):
+                 clock=time.monotonic, strict=False, selector=None, tls=None, metrics=None):
         """``listener``: the plaintext listening socket (or None); ``tls``: a
-        ``(listening socket, TLSContext)`` pair for the TLS listener, or None."""
+        ``(listening socket, TLSContext)`` pair for the TLS listener, or None;
+        ``metrics``: the listening socket of ``GET /metrics``, or None."""
         self._core = core
         self._limits = limits
         self._clock = clock
@@ -127,9 +129,10 @@ class Reactor(object):
         self._wake_reader, self._wake_writer = socket.socketpair()
         for end in (self._wake_reader, self._wake_writer):
             end.setblocking(False)
+        self.metrics = Metrics()
         self.stored = StoredDeliveries(storage.open_reader(), self.warn)
         self._writer = StorageWriter(storage, self.wake)
-        self.cork = DurabilityCork(self._writer, self.stored, storage, self)
+        self.cork = DurabilityCork(self._writer, self.stored, storage, self, self.metrics)
         self._checks = PasswordChecks(storage.open_reader, self.wake, workers or passwords.usable_cpus())
         self._lookups = Lookups(storage.open_reader, self.wake)
         listeners = [Listener(listener)] if listener is not None else []
@@ -143,7 +146,10 @@ class Reactor(object):
         self._selector.register(self._wake_reader, READ, _WAKEUP)
         if hangups.available:
             self._selector.register(hangups.fileno(), READ, _HANGUPS)
-        self.call_at(self.now + CHECK_INTERVAL, self._every_second)
+        self._metrics_endpoint = None
+        if metrics is not None:
+            self._metrics_endpoint = MetricsEndpoint(metrics, self._selector, self.render_metrics, self)
+        self.call_at(self.now + CHECK_INTERVAL, self._every_second, self.now + CHECK_INTERVAL)
         self._handlers = {
             Send: self._do_send, Close: self._do_close, CheckLogin: self._do_check_login,
             LookUpAccount: self._do_look_up_account, StoreMessage: self.cork.store,
@@ -274,6 +280,8 @@ class Reactor(object):
             self._wakeup_ready()
         elif target is _HANGUPS:
             self._hangups_ready()
+        elif type(target) in (MetricsEndpoint, MetricsRequest):
+            self._metrics_endpoint.ready(target, mask)
         else:
             try:
                 if mask & READ and not target.closed:
@@ -326,7 +334,10 @@ class Reactor(object):
         for result in self._checks.results():
             self.feed(result)
         for result in self._lookups.results():
-            self.feed(result)
+            if type(result) is StoredCount:
+                self.metrics.stored_rows = result.rows
+            else:
+                self.feed(result)
         for batch in self._writer.results():
             self.cork.finished(batch)
 
@@ -492,6 +503,8 @@ class Reactor(object):
         self._log_event(action)
 
     def _log_event(self, action):
+        if type(action) is LimitReached:
+            self.metrics.limit_reached(action.limit)
         log.info(*_describe(action, self._connections.peer(action.conn)))
 
     # ================================================================ commit and write
@@ -512,6 +525,10 @@ class Reactor(object):
                     self._transport_failed(transport)
 
     # ================================================================ for transports, admission, the cork
+
+    def clock(self):
+        """The time now (the loop's clock), not just as of this pass."""
+        return self._clock()
 
     def transport(self, conn):
         """The open transport of ``conn``, or None."""
@@ -579,18 +596,38 @@ class Reactor(object):
             self._sweeping = True
             self.call_at(self.now + STALL_SWEEP, self._sweep_stalled_writers)
 
-    def _every_second(self, _):
+    def _every_second(self, due):
         """Is the database file still in place?  Were accounts of people online removed?
 
         Both are answered off the loop or nearly free: a ``stat``, and a job
         for the lookup thread that costs one ``PRAGMA data_version`` unless
-        another program committed something.
+        another program committed something.  How late this runs is the
+        loop's lag, for the metrics.
         """
+        self.metrics.loop_lag.observe(max(0.0, self.now - due))
         self.cork.check_file()
         logged_in = [t.user_id for t in self._connections.all() if t.user_id is not None]
         if logged_in:
             self._lookups.check_accounts(logged_in)
-        self.call_at(self.now + CHECK_INTERVAL, self._every_second)
+        if self._metrics_endpoint is not None:
+            self._lookups.count_stored()
+        self.call_at(self.now + CHECK_INTERVAL, self._every_second, self.now + CHECK_INTERVAL)
+
+    def render_metrics(self):
+        """The metrics page (``chatnet.metrics``): counts of the core, the loop and the stores."""
+        listeners = {"plain": 0}
+        if any(listener.tls is not None for listener in self._admission.listeners):
+            listeners["tls"] = 0
+        queued = 0
+        for transport in self._connections.all():
+            listeners["tls" if transport.tls is not None else "plain"] += 1
+            queued += len(transport.outgoing) + (len(transport.cipher_out or b""))
+        counts = dict(self._core.counts)
+        self.metrics.delivered_from_store = self.stored.delivered_total
+        return self.metrics.render(counts, listeners, len(self._core.online()), queued)
+
+    def metrics_address(self):
+        return self._metrics_endpoint.address() if self._metrics_endpoint is not None else None
 
     # ================================================================ closing
 
@@ -642,6 +679,8 @@ class Reactor(object):
         self._selector.close()
         self._connections.close()
         self._admission.close()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
         self._wake_reader.close()
         self._wake_writer.close()
 

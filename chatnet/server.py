@@ -17,6 +17,7 @@ from . import cli, passwords
 from .core import ChatCore, CoreConfig
 from .reactor import Reactor, ReactorLimits, format_address, open_listener, parse_networks
 from .storage import MEMORY, Storage, StorageError
+from .metrics import parse_address
 from .tls import TLSContext
 
 log = logging.getLogger("chatnet.server")
@@ -99,6 +100,9 @@ def parse_args(argv):
                         default=DEFAULTS.account_failure_window, metavar="SECONDS",
                         help="the window in which --account-failures are counted "
                         "(default %(default)s)")
+    parser.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                        help="serve GET /metrics (Prometheus' text format) on HOST:PORT "
+                        "(off by default; PORT 0 picks a free one)")
     parser.add_argument("--log-level", default="warning",
                         choices=("debug", "info", "warning", "error"),
                         help="what to log (default warning; info logs logins, logouts and limits)")
@@ -117,6 +121,11 @@ def parse_args(argv):
         parser.error("--tls-cert and --tls-key go together")
     if args.no_plain and not args.tls_cert:
         parser.error("--no-plain needs a TLS listener (--tls-cert and --tls-key)")
+    if args.metrics is not None:
+        try:
+            args.metrics = parse_address(args.metrics)
+        except ValueError as error:
+            parser.error("argument --metrics: %s" % error)
     if args.db is None:
         args.db = MEMORY if args.demo else "chatnet.db"
     return args
@@ -206,6 +215,7 @@ def serve(args, storage, log_handler):
     listener = None if args.no_plain else listen(args.host, args.port)
     if tls is not None:
         tls = (listen(args.host, args.tls_port), tls)
+    metrics = listen(*args.metrics) if args.metrics is not None else None
     delay = args.failure_delay
     config = CoreConfig(store_limit=args.store_limit, max_line=args.max_line,
                         login_timeout=args.login_timeout,
@@ -218,7 +228,7 @@ def serve(args, storage, log_handler):
                            max_per_ip=args.max_per_ip, trusted_networks=args.trusted,
                            send_queue_limit=args.send_queue_limit,
                            write_timeout=args.write_timeout, keepalive=args.keepalive)
-    reactor = Reactor(listener, ChatCore(config), storage, limits, tls=tls)
+    reactor = Reactor(listener, ChatCore(config), storage, limits, tls=tls, metrics=metrics)
     reactor.install_signal_handlers(on_hangup=hangup_handler(args, log_handler, tls))
     if args.demo:
         print("demo accounts (ID:password): "
@@ -230,6 +240,8 @@ def serve(args, storage, log_handler):
         address = format_address((host, port)) + (" (TLS)" if secure else "")
         print("listening on %s" % address, flush=True)
         log.info("listening on %s, database %s", address, args.db)
+    if metrics is not None:
+        print("metrics on http://%s/metrics" % format_address(reactor.metrics_address()), flush=True)
     reactor.serve_forever()
     return 0
 

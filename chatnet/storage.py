@@ -367,6 +367,9 @@ class Reader(object):
         """Changes whenever another connection committed (SQLite's ``PRAGMA data_version``)."""
         return self._db.execute("PRAGMA data_version").fetchone()[0]
 
+    def stored_count(self):
+        return self._db.execute("SELECT count(*) FROM stored_messages").fetchone()[0]
+
     def missing_ids(self, user_ids):
         """The IDs in ``user_ids`` (str) that are not registered."""
         found = set()

@@ -66,6 +66,7 @@ class StoredDeliveries(object):
         self._in_delivery = set()      # row ids queued on some connection
         self._delivered = set()        # row ids delivered, not yet deleted by a commit
         self._deleting = set()         # ... of which deletes are in a batch on its way
+        self.delivered_total = 0       # rows delivered since the start (for the metrics)
 
     # ---------------------------------------------------------------- streaming
 
@@ -121,6 +122,7 @@ class StoredDeliveries(object):
             row_id = marks.popleft()[1]
             self._in_delivery.discard(row_id)
             self._delivered.add(row_id)
+            self.delivered_total += 1
         if connection.stream is not None and len(connection.outgoing) < REFILL_BELOW:
             self.refill(connection)
 

@@ -43,6 +43,7 @@ import os
 import queue
 import sqlite3
 import threading
+from typing import NamedTuple
 
 from . import passwords
 from .events import AccountLookedUp, AccountsRemoved, LoginChecked
@@ -198,6 +199,11 @@ class PasswordChecks(object):
         reader.close()
 
 
+class StoredCount(NamedTuple):
+    """Rows in the stores, counted on the lookup thread (for the metrics)."""
+    rows: int
+
+
 class Lookups(object):
     """Answers ``LookUpAccount`` on a thread of its own, in the order asked."""
 
@@ -238,6 +244,9 @@ class Lookups(object):
             if conn is None:
                 self._check_accounts(reader, user_id)
                 continue
+            if conn == "count":
+                self._count_stored(reader)
+                continue
             try:
                 registered, stored, generation = reader.look_up(user_id.decode("ascii"))
                 failed = False
@@ -247,6 +256,19 @@ class Lookups(object):
             self._done.append(AccountLookedUp(conn, user_id, registered, stored, generation, failed))
             self._wake()
         reader.close()
+
+    def count_stored(self):
+        """Answer ``StoredCount`` with the rows in the stores."""
+        self._tasks.put(("count", None))
+
+    def _count_stored(self, reader):
+        try:
+            rows = reader.stored_count()
+        except Exception as error:
+            log.warning("cannot count the stored messages: %s", error)
+            return
+        self._done.append(StoredCount(rows))
+        self._wake()
 
     def _check_accounts(self, reader, user_ids):
         try:

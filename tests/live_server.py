@@ -152,6 +152,16 @@ class LiveServer(object):
         if self.proc is not None:
             self.proc.wait(10)
 
+    def metrics_port(self, timeout=10.0):
+        """The port of ``--metrics``, from its ``metrics on http://...`` line."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in list(self.stdout_lines):
+                if line and line.startswith("metrics on http://"):
+                    return int(line.rsplit(":", 1)[1].split("/")[0])
+            time.sleep(0.01)
+        raise AssertionError("no metrics line: %r" % self.stdout_lines)
+
     def tls_port(self, timeout=10.0):
         """The port of the TLS listener, from its ``listening on ... (TLS)`` line."""
         end = time.monotonic() + timeout

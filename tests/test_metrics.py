@@ -1,0 +1,135 @@
+"""Metrics an operator's Prometheus scrapes (issue 13): the text, the endpoint, a real scrape.
+
+The text is checked with the real ``promtool check metrics`` (lint
+included) and one test runs a real Prometheus server against a live chatnet
+and reads a counter back through Prometheus' HTTP API.  Both skip, saying
+why, where Debian's ``prometheus`` package is not installed (``.ci/run``
+installs it where ``apt-get`` works).
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from chatnet.metrics import Metrics
+from live_server import NOTICE_ONLINE  # noqa: F401
+
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+
+
+def sample_page():
+    metrics = Metrics(started_at=1764000000.0)
+    metrics.limit_reached("send queue")
+    metrics.limit_reached('a "quoted" limit')
+    metrics.loop_lag.observe(0.0003)
+    metrics.loop_lag.observe(0.2)
+    metrics.commit_latency.observe(0.004)
+    metrics.stored_rows = 7
+    counts = dict(relayed=10, stored=3, refused_store_full=1, refused_no_partner=2,
+                  logins_succeeded=5, logins_failed=1)
+    return metrics.render(counts, {"plain": 2, "tls": 1}, 3, 1234)
+
+
+def test_the_page_has_help_and_type_for_every_metric():
+    lines = sample_page().decode().splitlines()
+    names = {line.split()[2] for line in lines if line.startswith("# TYPE")}
+    helped = {line.split()[2] for line in lines if line.startswith("# HELP")}
+    assert names == helped and "chatnet_messages_relayed_total" in names
+    assert 'chatnet_connections_open{listener="tls"} 1' in lines
+    assert 'chatnet_loop_lag_seconds_bucket{le="+Inf"} 2' in lines
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed (Debian package prometheus)")
+def test_promtool_finds_nothing_to_say_lint_included():
+    result = subprocess.run([PROMTOOL, "check", "metrics"], input=sample_page(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    assert result.returncode == 0 and result.stdout == b"" and result.stderr == b"", result
+
+
+def http(port, request):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
+def test_the_endpoint_serves_the_counts_and_refuses_everything_else(start_server):
+    server = start_server("--metrics", "127.0.0.1:0")
+    port = server.metrics_port()
+    alice, bob = server.login(b"alice", b"pw"), server.login(b"bob", b"secret")
+    alice.chatwith(b"bob", b"2")
+    alice.send(b"chat/one\nchat/two\n")
+    bob.expect(b"chat/alice: one", b"chat/alice: two")
+    page = http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = page.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"text/plain; version=0.0.4" in head
+    assert b"chatnet_messages_relayed_total 2\n" in body
+    assert b'chatnet_logins_total{result="succeeded"} 2\n' in body
+    assert b"chatnet_accounts_online 2\n" in body
+    for request, status in ((b"GET /other HTTP/1.1\r\n\r\n", b"404"),
+                            (b"POST /metrics HTTP/1.1\r\n\r\n", b"405"),
+                            (b"hello\r\n\r\n", b"400"),
+                            (b"GET /metrics HTTP/1.1\r\n", b"400")):     # ends before its blank line
+        if request.endswith(b"\r\n\r\n"):
+            assert http(port, request).startswith(b"HTTP/1.1 " + status)
+        else:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(request)
+                sock.shutdown(socket.SHUT_WR)
+                assert sock.recv(100).startswith(b"HTTP/1.1 " + status)
+    alice.send(b"chat/still fine\n")
+    bob.expect(b"chat/alice: still fine")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (Debian package prometheus)")
+def test_a_real_prometheus_scrapes_chatnet_and_reads_a_counter_back(start_server, tmp_path):
+    server = start_server("--metrics", "127.0.0.1:0")
+    alice = server.login(b"alice", b"pw")
+    alice.chatwith(b"alice", b"2")
+    alice.send(b"chat/to myself\n")
+    alice.expect(b"chat/alice: to myself")
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n"
+                      "  - job_name: chatnet\n    static_configs:\n"
+                      "      - targets: ['127.0.0.1:%d']\n" % server.metrics_port())
+    web = free_port()
+    prometheus = subprocess.Popen(
+        [PROMETHEUS, "--config.file", str(config), "--storage.tsdb.path", str(tmp_path / "data"),
+         "--web.listen-address", "127.0.0.1:%d" % web],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = "http://127.0.0.1:%d/api/v1/query?query=chatnet_messages_relayed_total" % web
+        end = time.monotonic() + 60
+        value = None
+        while value is None:
+            assert time.monotonic() < end, "Prometheus never reported the counter"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    result = json.load(answer)["data"]["result"]
+                if result:
+                    value = result[0]["value"][1]
+            except OSError:
+                pass                                  # not up yet
+            if value is None:
+                time.sleep(0.25)                      # polling an outside server, bounded above
+        assert value == "1"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(20)
