@@ -126,6 +126,7 @@ class Reactor(object):
         self._on_hangup = None
         self._core_deadline = None
         self._sweeping = False
+        self.on_stopping = None          # called when shutting down begins (systemd's STOPPING=1)
         self._wake_reader, self._wake_writer = socket.socketpair()
         for end in (self._wake_reader, self._wake_writer):
             end.setblocking(False)
@@ -652,6 +653,8 @@ class Reactor(object):
     def _shut_down(self):
         """Stop accepting, say goodbye, flush for a moment, commit."""
         log.info("shutting down")
+        if self.on_stopping is not None:
+            self.on_stopping()
         for listener in self._admission.listeners:
             self.unwatch_listener(listener)
             listener.sock.close()

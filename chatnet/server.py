@@ -13,7 +13,7 @@ import signal
 import ssl
 import sys
 
-from . import cli, passwords
+from . import cli, passwords, systemd
 from .core import ChatCore, CoreConfig
 from .reactor import Reactor, ReactorLimits, format_address, open_listener, parse_networks
 from .storage import MEMORY, Storage, StorageError
@@ -158,7 +158,10 @@ def set_up_logging(args):
                 args.log_file, error.strerror or error))
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if not args.log_file and systemd.logging_to_journal(sys.stderr):
+        handler.setFormatter(systemd.journal_formatter())      # the journal keeps the time
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(args.log_level.upper())
@@ -229,7 +232,8 @@ def serve(args, storage, log_handler):
                            send_queue_limit=args.send_queue_limit,
                            write_timeout=args.write_timeout, keepalive=args.keepalive)
     reactor = Reactor(listener, ChatCore(config), storage, limits, tls=tls, metrics=metrics)
-    reactor.install_signal_handlers(on_hangup=hangup_handler(args, log_handler, tls))
+    notifier = systemd.Notifier.from_environment()
+    reactor.install_signal_handlers(on_hangup=hangup_handler(args, log_handler, tls, notifier))
     if args.demo:
         print("demo accounts (ID:password): "
               + " ".join("%s:%s" % account for account in DEMO_ACCOUNTS), flush=True)
@@ -242,8 +246,22 @@ def serve(args, storage, log_handler):
         log.info("listening on %s, database %s", address, args.db)
     if metrics is not None:
         print("metrics on http://%s/metrics" % format_address(reactor.metrics_address()), flush=True)
+    if notifier is not None:
+        tell_systemd(reactor, notifier)
     reactor.serve_forever()
     return 0
+
+
+def tell_systemd(reactor, notifier):
+    """READY=1 now, STOPPING=1 at shutdown, WATCHDOG=1 from the loop's own timer."""
+    notifier.ready()
+    reactor.on_stopping = notifier.stopping
+    interval = notifier.watchdog_interval
+    if interval:
+        def beat(_):
+            notifier.watchdog()
+            reactor.call_at(reactor.now + interval, beat)
+        reactor.call_at(reactor.now, beat)
 
 
 def listen(host, port):
@@ -273,12 +291,14 @@ def tls_reason(error):
     return getattr(error, "strerror", None) or getattr(error, "reason", None) or str(error)
 
 
-def hangup_handler(args, log_handler, tls):
+def hangup_handler(args, log_handler, tls, notifier):
     """What SIGHUP does: reopen --log-file, reload the TLS pair; None if neither applies."""
-    if not args.log_file and tls is None:
+    if not args.log_file and tls is None and notifier is None:
         return None
 
     def on_hangup():
+        if notifier is not None:
+            notifier.reloading()
         if args.log_file:
             reopen_log(log_handler)
         if tls is not None:
@@ -288,6 +308,8 @@ def hangup_handler(args, log_handler, tls):
             except (ssl.SSLError, OSError) as error:
                 log.warning("cannot reload the TLS certificate %s and key %s (%s); keeping the "
                             "old pair", args.tls_cert, args.tls_key, tls_reason(error))
+        if notifier is not None:
+            notifier.ready()
     return on_hangup
 
 

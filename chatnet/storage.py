@@ -91,7 +91,8 @@ class Storage(object):
             self._db.execute("PRAGMA foreign_keys = ON")
             self._create_schema()
         except (sqlite3.Error, OSError) as error:
-            raise StorageError("cannot use database %s: %s" % (path, _reason(error)))
+            raise StorageError("cannot use database %s: %s" % (
+                path, _permission_problem(path) or _reason(error)))
         #: True while a write transaction is open (commit() or rollback() ends it).
         self.in_transaction = False
 
@@ -435,6 +436,33 @@ def _create_private(path):
     except FileExistsError:
         return
     os.close(fd)
+
+
+def _permission_problem(path):
+    """"permission denied: ..." naming who we are and whose the file is, or None.
+
+    SQLite says only "unable to open database file"; the usual cause under a
+    service manager is a file or folder that belongs to another user.
+    """
+    if _is_memory(path):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+        return "permission denied: the server runs as %s, and %s belongs to %s (mode %03o)" % (
+            _user(os.geteuid()), path, _user(os.stat(path).st_uid), os.stat(path).st_mode & 0o777)
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+        return ("permission denied: the server runs as %s and cannot write in %s, which belongs "
+                "to %s (SQLite makes its -wal and -shm files there)"
+                % (_user(os.geteuid()), folder, _user(os.stat(folder).st_uid)))
+    return None
+
+
+def _user(uid):
+    try:
+        import pwd
+        return "%s (uid %d)" % (pwd.getpwuid(uid).pw_name, uid)
+    except (ImportError, KeyError):
+        return "uid %d" % uid
 
 
 def _reason(error):

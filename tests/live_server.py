@@ -82,8 +82,9 @@ def _bytes(value):
 class LiveServer(object):
     """``python -m chatnet.server --db DB --host 127.0.0.1 --port 0 ARGS``."""
 
-    def __init__(self, db, *args, tls=False):
+    def __init__(self, db, *args, tls=False, env=None):
         self.db = db
+        self.env = env                 # more environment variables for the server
         self.args = list(args)
         self.tls = tls                 # serve TLS only (the test certificate), and talk TLS to it
         if tls:
@@ -98,7 +99,8 @@ class LiveServer(object):
         command = [sys.executable, "-m", "chatnet.server", "--db", self.db,
                    "--host", "127.0.0.1", "--port", "0"] + self.args
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=python_env(), cwd=REPO)
+                                     stderr=subprocess.PIPE, env=dict(python_env(), **(self.env or {})),
+                                     cwd=REPO)
         stdout_lines = queue.Queue()
 
         def keep(line):

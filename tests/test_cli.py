@@ -286,3 +286,36 @@ def test_a_backup_under_heavy_store_traffic_restores_every_acknowledged_message(
         assert [bob.line() for _ in range(90)] == [b"chat/alice: kept %03d" % n for n in range(90)]
     finally:
         restored.stop()
+
+
+def test_a_database_the_server_may_not_open_says_permission_denied_and_names_both(tmp_path):
+    """Under systemd the usual cause of SQLite's bare 'unable to open database file'."""
+    import shutil
+    import tempfile
+    from live_server import make_database
+    python, preexec = sys.executable, None
+    folder = str(tmp_path)
+    if os.geteuid() == 0:                        # root may open anything: be somebody else
+        python = shutil.which("python3", path="/usr/bin:/bin")
+        if python is None:
+            pytest.skip("no system python3 that another user may run")
+        folder = tempfile.mkdtemp(dir="/tmp")
+        os.chmod(folder, 0o755)
+
+        def as_nobody():
+            os.setgid(65534)
+            os.setuid(65534)
+        preexec = as_nobody
+    database = os.path.join(folder, "chatnet.db")
+    make_database(database, {"alice": "pw"})     # mode 0600, this user's
+    if preexec is None:
+        os.chmod(database, 0)
+    try:
+        result = subprocess.run([python, "-m", "chatnet.server", "--db", database, "--port", "0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(),
+                                cwd="/", preexec_fn=preexec, timeout=30)
+    finally:
+        if folder != str(tmp_path):
+            shutil.rmtree(folder, ignore_errors=True)
+    line = one_line_error(result)
+    assert "permission denied" in line and "runs as" in line and "belongs to" in line, line
