@@ -44,11 +44,11 @@ def parse_args(argv):
     verbs.required = True
     for verb, text in (("add", "register an account"), ("passwd", "change an account's password")):
         sub = verbs.add_parser(verb, help=text, description=text)
-        sub.add_argument("id", metavar="ID")
+        sub.add_argument("id", metavar="ID", help="the account's ID (1 to 7 of A-Z a-z 0-9 . _ -)")
         sub.add_argument("--password-stdin", action="store_true",
                          help="read the password from the first line of standard input")
     sub = verbs.add_parser("remove", help="delete an account and its stored messages")
-    sub.add_argument("id", metavar="ID")
+    sub.add_argument("id", metavar="ID", help="the account's ID")
     sub = verbs.add_parser("list", help="print every account ID")
     sub.add_argument("--long", action="store_true",
                      help="also print when it was created and how many messages wait for it")

@@ -319,3 +319,33 @@ def test_a_database_the_server_may_not_open_says_permission_denied_and_names_bot
             shutil.rmtree(folder, ignore_errors=True)
     line = one_line_error(result)
     assert "permission denied" in line and "runs as" in line and "belongs to" in line, line
+
+
+def test_every_flag_of_every_command_has_help_text():
+    import argparse
+    from chatnet import accounts, bench, client, server
+    parsers = []
+    for module in (server, accounts, client, bench):
+        captured = []
+        original = argparse.ArgumentParser.parse_args
+
+        def capture(self, *args, **kwargs):
+            captured.append(self)
+            raise SystemExit(0)
+        argparse.ArgumentParser.parse_args = capture
+        try:
+            with pytest.raises(SystemExit):
+                module.parse_args([])
+        finally:
+            argparse.ArgumentParser.parse_args = original
+        parsers.extend(captured)
+    for parser in parsers:
+        stack = [parser]
+        while stack:
+            current = stack.pop()
+            for action in current._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    stack.extend(action.choices.values())
+                elif action.help is None:
+                    raise AssertionError("%s: %s has no help" % (current.prog, action.option_strings
+                                                                 or action.dest))
