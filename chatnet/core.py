@@ -105,7 +105,7 @@ from .events import (
     AccountLookedUp, AccountsRemoved, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, HungUp, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
     LoginSucceeded, LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, SendQueueDrained,
-    SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed,
+    SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed, Undelivered,
 )
 
 
@@ -221,6 +221,7 @@ class ChatCore(object):
             SendQueueDrained: self._on_send_queue_drained,
             HungUp: self._on_hung_up,
             AccountsRemoved: self._on_accounts_removed,
+            Undelivered: self._on_undelivered,
             TimePassed: self._on_time_passed,
             ServerStopping: self._on_server_stopping,
         }
@@ -380,6 +381,19 @@ class ChatCore(object):
         self._emit(LimitReached(session.conn, "send queue", "the client is not reading; "
                                 "pausing it and whoever sends to it"))
         self.reading.pause(session, OWN_QUEUE)
+
+    def _on_undelivered(self, event):
+        """Messages a connection never delivered: to the account's current connection, or back
+        into its store -- in their order, ahead of anything stored later, past the limit."""
+        user_id = event.user_id
+        online = self._online.get(user_id)
+        if online is not None and online != event.conn:
+            self._send(online, b"".join(wire.relay_line(sender, text)
+                                        for sender, text in event.messages))
+            return
+        for sender, text in event.messages:
+            self._stores.force(user_id)
+            self._emit(StoreMessage(user_id, sender, text, None, None))
 
     def _on_accounts_removed(self, event):
         for user_id in event.user_ids:

@@ -130,6 +130,19 @@ class AccountsRemoved(NamedTuple):
 
 
 @_compared_by_type
+class Undelivered(NamedTuple):
+    """Messages that ``user_id``'s connection ``conn`` never delivered: it ended before
+    its TCP acknowledged them (or before they left the server).
+
+    ``messages`` are ``(sender, text)`` pairs in their original order.
+    (seeds/PROTOCOL.md section 6, "Added in 1.1".)
+    """
+    conn: int
+    user_id: bytes
+    messages: tuple
+
+
+@_compared_by_type
 class StoreFailed(NamedTuple):
     """A ``StoreMessage`` could not be written (disk full, database locked...).
 
@@ -215,7 +228,8 @@ class StoreMessage(NamedTuple):
     commit -- the reactor puts ``failure_notice`` into ``sender_conn``'s
     stream exactly where the message was, so no reply to a later line can
     overtake it (that reply would say the message is on disk), and reports
-    ``StoreFailed``.
+    ``StoreFailed``.  ``sender_conn`` None: a message its recipient's
+    connection never delivered, going back into the store; nobody waits.
     """
     recipient: bytes
     sender: bytes

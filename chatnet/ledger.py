@@ -82,7 +82,8 @@ class DurabilityCork(object):
             self._fail([(action, position)])
             return
         self._pass_stores.append((action, position))
-        self._corked[action.sender_conn] += 1
+        if action.sender_conn is not None:          # None: an undelivered message going back
+            self._corked[action.sender_conn] += 1
         self._recipients[action.recipient] += 1
 
     def release(self):
@@ -128,12 +129,8 @@ class DurabilityCork(object):
 
     def _uncork(self, action):
         conn, recipient = action.sender_conn, action.recipient
-        self._corked[conn] -= 1
-        if not self._corked[conn]:
-            del self._corked[conn]
-            transport = self._loop.transport(conn)
-            if transport is not None:
-                self._loop.writable(transport)
+        if conn is not None:
+            self._uncork_sender(conn)
         self._recipients[recipient] -= 1
         if not self._recipients[recipient]:
             del self._recipients[recipient]
@@ -141,6 +138,14 @@ class DurabilityCork(object):
                 if not transport.closed and transport.stream is not None:
                     self._stored.refill(transport)
                     self._loop.writable(transport)
+
+    def _uncork_sender(self, conn):
+        self._corked[conn] -= 1
+        if not self._corked[conn]:
+            del self._corked[conn]
+            transport = self._loop.transport(conn)
+            if transport is not None:
+                self._loop.writable(transport)
 
     def _fail(self, failed):
         """Stores that failed before reaching a batch: notices in place, the core told."""
@@ -155,6 +160,10 @@ class DurabilityCork(object):
         transport is corked), so every position is still in the unsent bytes.
         """
         for action, position in reversed(failed):     # latest first: no position shifts
+            if action.sender_conn is None:
+                log.warning("a message for %r that its connection never delivered could not "
+                            "be stored again: it is lost", action.recipient)
+                continue
             sender = self._loop.transport(action.sender_conn)
             if sender is not None:
                 sender.insert_at(position, action.failure_notice)

@@ -151,6 +151,15 @@ class StoredDeliveries(object):
         while marks and marks[-1][0] > keep_until:
             self._in_delivery.discard(marks.pop()[1])
 
+    def settle_half_sent(self, connection):
+        """A row half sent when its connection ended goes back as an undelivered message:
+        its stored copy is deleted, or it would come twice."""
+        marks = connection.stored_marks
+        while marks and marks[-1][0] > connection.sent:
+            row_id = marks.pop()[1]
+            self._in_delivery.discard(row_id)
+            self._delivered.add(row_id)
+
     def forget(self, connection):
         """The socket is closed: rows not delivered stay stored."""
         marks = connection.stored_marks

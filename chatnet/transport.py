@@ -46,6 +46,8 @@ output behind them.
 
 import selectors
 
+from .acks import SentLog, bytes_acked, can_still_ack
+
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 # The edges ``write`` and ``write_ready`` report.
@@ -73,7 +75,7 @@ class Transport(object):
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask",
         "paused", "eof", "closing", "closed", "core_knows", "backlogged", "progress_at",
         "watched", "read_size", "stored_marks", "stream", "failure", "pending", "tls",
-        "cipher_out", "eof_follows", "user_id", "_loop", "_marks",
+        "cipher_out", "eof_follows", "user_id", "sent_log", "wire_sent", "_loop", "_marks",
     )
 
     def __init__(self, loop, marks, conn, sock, host, peer, trusted, read_size):
@@ -105,6 +107,8 @@ class Transport(object):
         self.cipher_out = None         # TLS records the kernel has not taken yet
         self.eof_follows = False       # TLS: the stream ended right after the data just read
         self.user_id = None            # the account logged in on it (from LoginSucceeded)
+        self.sent_log = None           # chunks the kernel took, not yet acknowledged (chatnet.acks)
+        self.wire_sent = 0             # bytes given to TCP (ciphertext with TLS)
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.
@@ -131,6 +135,7 @@ class Transport(object):
         handshaking = not self.tls.handshake_done
         plaintext, ciphertext = self.tls.receive(data)
         if ciphertext:
+            self.wire_sent += len(ciphertext)
             self.cipher_out = (self.cipher_out or bytearray()) + ciphertext
             self._flush_cipher()
         if handshaking and self.tls.handshake_done or self.cipher_out:
@@ -224,7 +229,7 @@ class Transport(object):
                 if self.stored_marks or self.stream is not None:
                     self._loop.stored.sent(self)
                 edge = self._edge()
-        if self.closing and not self.outgoing and not self.cipher_out:
+        if self.closing and self.drained():
             self.close(clean=True)
         elif not self.closed and (self.outgoing or self.cipher_out or self.mask != READ):
             self.update_interest()
@@ -239,12 +244,42 @@ class Transport(object):
         if self.tls is not None:
             return self._send_tls(data)
         try:
-            return self.sock.send(data)
+            sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as error:
             self.failure = "send failed: %s" % (error.strerror or error)
             return None
+        if sent:
+            self.wire_sent += sent
+            self._log_sent(data if sent == len(data) and type(data) is bytes else bytes(data[:sent]))
+        return sent
+
+    def _log_sent(self, data):
+        """Remember ``data`` until the peer's TCP acknowledges it (``chatnet.acks``)."""
+        log = self.sent_log
+        if log is None:
+            log = self.sent_log = SentLog()
+        if log.record(self.wire_sent, data):
+            self.check_acks()
+
+    def check_acks(self):
+        """Forget what the peer acknowledged (one ``getsockopt``)."""
+        acked = bytes_acked(self.sock)
+        if acked is None:                  # no TCP_INFO here: what the kernel took counts
+            self.sent_log = None
+            return
+        self.sent_log.acknowledged(acked)
+        if not self.sent_log.chunks:
+            self.sent_log = None
+
+    def undelivered(self):
+        """The bytes of every line the peer may not have: unacknowledged, then never sent."""
+        acked = bytes_acked(self.sock)          # still open: the loop asks before it closes
+        unacked = b""
+        if self.sent_log is not None and acked is not None:
+            unacked = self.sent_log.unacknowledged(acked, self.tls is not None)
+        return unacked + bytes(self.outgoing) + (self.pending or b"")
 
     def _send_tls(self, data):
         if not self.tls.handshake_done:
@@ -259,6 +294,8 @@ class Transport(object):
         except OSError as error:                       # TLSFailed: the stream is over
             self.failure = str(error)
             return None
+        self.wire_sent += len(records)
+        self._log_sent(bytes(data))                    # whole records: delivered whole or not
         try:
             sent = self.sock.send(records)             # usually all of it: no copy
         except (BlockingIOError, InterruptedError):
@@ -347,16 +384,29 @@ class Transport(object):
             self._loop.set_interest(self, mask, not reading and not (self.eof or self.closing))
 
     def close_when_drained(self):
-        """Close once the queue is empty; True if it closed at once."""
+        """Close once everything was sent and acknowledged; True if it closed at once.
+
+        Waiting for the acknowledgements too means that what the client
+        received in the last instant is not counted undelivered (and then
+        delivered twice); the loop's linger bounds the wait.
+        """
         self.closing = True
         self.absorb_pending()
         if self.tls is not None and not self.tls.handshake_done:
             self.outgoing = bytearray()                # it never got as far as reading them
-        if self.outgoing or self.cipher_out:
+        if not self.drained():
             self.update_interest()
             return False
         self.close(clean=True)
         return True
+
+    def drained(self):
+        """Nothing left to send, and (where TCP_INFO tells) nothing left unacknowledged."""
+        if self.outgoing or self.cipher_out:
+            return False
+        if self.sent_log is not None:
+            self.check_acks()
+        return self.sent_log is None or not can_still_ack(self.sock)
 
     def close(self, clean=False):
         """Close now; ``clean``: a TLS stream ends with ``close_notify`` (best effort)."""

@@ -260,6 +260,21 @@ def relay_line(sender_id, text):
     return relay_prefix(sender_id) + text + b"\n"
 
 
+def relay_messages(data):
+    """The ``(sender, text)`` of every complete relay line in ``data``, in order.
+
+    Relay lines are self-describing (``chat/<sender>: <text>``), and no code
+    or notice ever looks like one (``notice`` refuses it), so the bytes a
+    connection did not deliver say which messages were lost with it.
+    """
+    messages = []
+    for line in data.split(b"\n")[:-1]:
+        match = RELAY_PATTERN.match(line + b"\n")
+        if match is not None:
+            messages.append((line[len(CHAT):match.end() - 2], line[match.end():]))
+    return messages
+
+
 def notice(text):
     """A server notice line; refuses a text that would read as a relay."""
     line = CHAT + text.encode("utf-8") + b"\n"

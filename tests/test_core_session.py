@@ -444,3 +444,55 @@ def test_accounts_removed_while_online_are_closed_with_a_notice(h):
     assert h.closed[bob] == "account removed"
     assert h.lines(carol) == [NOTICE_DESTROYED]
     assert alice not in h.closed
+
+
+# ---------------------------------------------------------------- undelivered (seeds/PROTOCOL.md 6, 1.1)
+
+def test_undelivered_messages_go_back_into_the_store_in_order_past_the_limit(h):
+    from chatnet.events import Undelivered
+    bob = h.login(b"bob")
+    h.drop(bob)
+    lost = tuple((b"alice", b"m%d" % number) for number in range(5))   # the limit is 3
+    h.feed(Undelivered(bob, b"bob", lost))
+    assert h.stores[b"bob"] == list(lost)
+    carol = h.login(b"carol")
+    chatwith(h, carol, b"bob")
+    h.send(carol, b"chat/later\n")
+    assert h.lines(carol) == [wire.NOTICE_STORE_FULL.rstrip(b"\n")]   # the store counts them
+    bob = h.login(b"bob")
+    assert h.lines(bob) == [b"chat/alice: m%d" % number for number in range(5)]
+
+
+def test_undelivered_messages_come_ahead_of_messages_stored_later():
+    from chatnet.events import Undelivered
+    h = CoreHarness(accounts=ACCOUNTS, store_limit=100)
+    bob, carol = h.login(b"bob"), h.login(b"carol")
+    h.drop(bob)
+    h.feed(Undelivered(bob, b"bob", ((b"alice", b"first"),)))
+    chatwith(h, carol, b"bob")
+    h.send(carol, b"chat/second\n")
+    assert h.stores[b"bob"] == [(b"alice", b"first"), (b"carol", b"second")]
+
+
+def test_undelivered_messages_go_to_the_account_online_again_at_once(h):
+    from chatnet.events import Undelivered
+    alice = h.login(b"alice")
+    first = h.login(b"bob")
+    second = h.login(b"bob")                                   # replaces the first
+    h.feed(Undelivered(first, b"bob", ((b"alice", b"queued on the first"),)))
+    assert h.lines(second)[-1] == b"chat/alice: queued on the first"
+    assert h.lines(alice) == [] and b"bob" not in h.stores     # the sender sees nothing
+
+
+def test_relay_messages_reads_back_what_a_stream_carried():
+    data = (b"1\nchat/alice: hello\nchat/connection is destroyed\n2\n"
+            + "chat/bob: 안녕: with colons\n".encode() + b"chat/carol: partial")
+    assert wire.relay_messages(data) == [(b"alice", b"hello"),
+                                         (b"bob", "안녕: with colons".encode())]
+
+
+def test_undelivered_from_the_connection_that_is_ending_are_never_sent_back_to_it(h):
+    from chatnet.events import Undelivered
+    bob = h.login(b"bob")
+    h.feed(Undelivered(bob, b"bob", ((b"alice", b"lost"),)))    # before its ConnectionLost
+    assert h.lines(bob) == [] and h.stores[b"bob"] == [(b"alice", b"lost")]
