@@ -40,7 +40,7 @@ SERVER_BUSY_TIMEOUT_MS = 200
 
 def parse_args(argv):
     parser = cli.ArgumentParser(
-        prog=PROG, description="Run a chatnet chat server (seeds/PROTOCOL.md, version 1).")
+        prog=PROG, description="Run a chatnet chat server (seeds/PROTOCOL.md, version 1.1).")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; :: for every IPv6 and IPv4 address)")
     parser.add_argument("--port", type=cli.port_number, default=7070,
