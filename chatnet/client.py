@@ -50,6 +50,9 @@ LOGIN_REFUSED = 4
 CONNECTION_LOST = 5
 TLS_FAILED = 6
 
+# What a selector key's data names: the one connection, and the keyboard.
+SERVER, KEYBOARD = "server", "keyboard"
+
 CONNECT_TIMEOUT = 10.0
 FIRST_RETRY = 1.0            # reconnect backoff: 1 s, doubling ...
 LAST_RETRY = 60.0            # ... up to a minute, each with +-20 % jitter
@@ -194,7 +197,7 @@ class ChatLoop(object):
         self.connection_state = "connecting"
         if keyboard is not None:
             try:
-                self.selector.register(keyboard.fd, selectors.EVENT_READ, self._input_ready)
+                self.selector.register(keyboard.fd, selectors.EVENT_READ, KEYBOARD)
             except (PermissionError, ValueError):
                 # A regular file on stdin: epoll cannot watch it, and it never blocks.
                 self._read_whole_input()
@@ -212,7 +215,7 @@ class ChatLoop(object):
             self._connect()
         while self.status is None:
             for key, mask in self.selector.select(self._timeout()):
-                key.data(mask)
+                self._dispatch(key.data, mask)
                 if self.status is not None:
                     break
             self._run_timers()
@@ -278,7 +281,7 @@ class ChatLoop(object):
             pass
         self.sock = sock
         self.outgoing = bytearray()
-        self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._socket_ready)
+        self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, SERVER)
 
     def _connected(self):
         self.connect_deadline = None
@@ -293,7 +296,7 @@ class ChatLoop(object):
             self.selector.unregister(self.sock)
             self.sock = tls.SecureSocket(self.sock, self.options.tls_context, self.host)
             self.selector.register(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                   self._socket_ready)
+                                   SERVER)
             self.handshaking = True
             self._set_connection_state("TLS handshake")
             self._handshake_step()
@@ -338,6 +341,13 @@ class ChatLoop(object):
         self._show(Info("%s; reconnecting in %.0f s" % (reason, delay)))
 
     # ---------------------------------------------------------------- the socket
+
+    def _dispatch(self, target, mask):
+        """The one dispatch: a key's data says what the event is for (README, "Reading the code")."""
+        if target is SERVER:
+            self._socket_ready(mask)
+        elif target is KEYBOARD:
+            self._input_ready(mask)
 
     def _socket_ready(self, mask):
         if self.connecting:
@@ -393,7 +403,7 @@ class ChatLoop(object):
             del self.outgoing[:sent]
         waiting = self.outgoing or (secure and self.sock.pending)
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
-        self.selector.modify(self.sock, events, self._socket_ready)
+        self.selector.modify(self.sock, events, SERVER)
         if may_be_done:
             self._maybe_done_sending()
 

@@ -591,7 +591,7 @@ class ChatCore(object):
         if relay is None:
             return False
         self._send(partner_conn, relay[0])
-        self.counts["relayed"] += relay[0].count(b"\n")
+        self.counts["relayed"] += relay[2]
         if relay[1]:
             self._handle_lines(session, session.splitter.feed(relay[1]))
         return True

@@ -277,16 +277,8 @@ class Reactor(object):
         return now
 
     def _dispatch(self, target, mask):
-        if type(target) is Listener:
-            for admitted in self._admission.accept_ready(target):
-                self._add_transport(*admitted)
-        elif target is _WAKEUP:
-            self._wakeup_ready()
-        elif target is _HANGUPS:
-            self._hangups_ready()
-        elif type(target) in (MetricsEndpoint, MetricsRequest):
-            self._metrics_endpoint.ready(target, mask)
-        else:
+        """The one dispatch: a key's data is what the event is for (README, "Reading the code")."""
+        if type(target) is Transport:                       # by far the most events
             try:
                 if mask & READ and not target.closed:
                     self._read_ready(target)
@@ -294,6 +286,15 @@ class Reactor(object):
                     self._writable.append(target)
             except Exception:
                 self._transport_failed(target)
+        elif type(target) is Listener:
+            for admitted in self._admission.accept_ready(target):
+                self._add_transport(*admitted)
+        elif target is _WAKEUP:
+            self._wakeup_ready()
+        elif target is _HANGUPS:
+            self._hangups_ready()
+        else:
+            self._metrics_endpoint.ready(target, mask)     # the listener or a request
 
     # ================================================================ reading
 

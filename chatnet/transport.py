@@ -46,7 +46,7 @@ output behind them.
 
 import selectors
 
-from .acks import SentLog, bytes_acked, can_still_ack
+from .acks import CHECK_EVERY, SentLog, bytes_acked, can_still_ack
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -251,16 +251,26 @@ class Transport(object):
             self.failure = "send failed: %s" % (error.strerror or error)
             return None
         if sent:
-            self.wire_sent += sent
-            self._log_sent(data if sent == len(data) and type(data) is bytes else bytes(data[:sent]))
+            # Remember it until the peer's TCP acknowledges it (chatnet.acks):
+            # inline, for this runs once per send.
+            self.wire_sent = end = self.wire_sent + sent
+            log = self.sent_log
+            if log is None:
+                log = self.sent_log = SentLog()
+            chunks = log.chunks
+            chunks.append((end, data if sent == len(data) and type(data) is bytes
+                           else bytes(data[:sent])))
+            if len(chunks) >= CHECK_EVERY:
+                self.check_acks()
         return sent
 
     def _log_sent(self, data):
-        """Remember ``data`` until the peer's TCP acknowledges it (``chatnet.acks``)."""
+        """Remember ``data`` (TLS records' plaintext) until the peer's TCP acknowledges it."""
         log = self.sent_log
         if log is None:
             log = self.sent_log = SentLog()
-        if log.record(self.wire_sent, data):
+        log.chunks.append((self.wire_sent, data))
+        if len(log.chunks) >= CHECK_EVERY:
             self.check_acks()
 
     def check_acks(self):

@@ -176,14 +176,14 @@ class LineSplitter(object):
 def relay_chunk(data, sender_id, max_line):
     r"""The relay of a chunk that is nothing but complete, valid ``chat/`` lines, or None.
 
-    Returns ``(relayed, rest)``: the partner's lines for every complete line
-    of ``data``, and the unfinished last line (``b""`` if none), which the
-    caller splits as usual.  None when some complete line is anything else --
+    Returns ``(relayed, rest, count)``: the partner's lines for every
+    complete line of ``data``, the unfinished last line (``b""`` if none),
+    which the caller splits as usual, and how many lines were relayed.  None when some complete line is anything else --
     another kind of line, a ``\r\n``, an over-long line, bytes that are not
     UTF-8 -- and the chunk must go line by line.  Worked example::
 
         >>> relay_chunk(b"chat/hi\nchat/ho\nchat/unfin", b"bob", 4096)
-        (b'chat/bob: hi\nchat/bob: ho\n', b'chat/unfin')
+        (b'chat/bob: hi\nchat/bob: ho\n', b'chat/unfin', 2)
         >>> relay_chunk(b"chat/hi\nchatwith/amy\n", b"bob", 4096) is None
         True
 
@@ -208,9 +208,10 @@ def relay_chunk(data, sender_id, max_line):
     prefix = relay_prefix(sender_id)
     relayed = prefix + lines[len(CHAT):].replace(b"\n" + CHAT, b"\n" + prefix)
     # Each chat/ line grew by len(ID) + 2; if the chunk grew by less, some line was not one.
-    if len(relayed) - len(lines) != (len(sender_id) + 2) * lines.count(b"\n"):
+    count = lines.count(b"\n")
+    if len(relayed) - len(lines) != (len(sender_id) + 2) * count:
         return None
-    return relayed, rest
+    return relayed, rest, count
 
 
 def longest_line(chunk):

@@ -169,5 +169,6 @@ def test_relay_chunk_refuses_anything_but_plain_chat_lines(chunk):
 
 
 def test_relay_chunk_keeps_the_unfinished_line_and_multibyte_text():
-    relayed, rest = wire.relay_chunk("chat/안녕\nchat/🙂\nchat/par".encode(), b"bob", 64)
+    relayed, rest, count = wire.relay_chunk("chat/안녕\nchat/🙂\nchat/par".encode(), b"bob", 64)
     assert relayed == "chat/bob: 안녕\nchat/bob: 🙂\n".encode() and rest == b"chat/par"
+    assert count == 2
