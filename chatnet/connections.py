@@ -19,28 +19,28 @@ class Connections(object):
     def __init__(self, selector, on_first_writer):
         self._selector = selector
         self._on_first_writer = on_first_writer   # the loop starts its stall sweep
-        self._by_conn = {}                        # conn id -> Transport
+        self.by_conn = {}                        # conn id -> Transport
         self.writing = set()                      # transports waiting for EVENT_WRITE
         self.hangups = HangUpWatch()
         self._departed = {}                       # conn id -> peer, closed in this pass
 
     def __len__(self):
-        return len(self._by_conn)
+        return len(self.by_conn)
 
     def get(self, conn):
-        return self._by_conn.get(conn)
+        return self.by_conn.get(conn)
 
     def all(self):
         """Every open transport (a list: closing one while walking it is fine)."""
-        return list(self._by_conn.values())
+        return list(self.by_conn.values())
 
     def add(self, transport):
-        self._by_conn[transport.conn] = transport
+        self.by_conn[transport.conn] = transport
         transport.update_interest()
 
     def peer(self, conn):
         """``host:port`` of ``conn``, open or closed in this pass, for the log."""
-        transport = self._by_conn.get(conn)
+        transport = self.by_conn.get(conn)
         return transport.peer if transport is not None else self._departed.get(conn, "?")
 
     def new_pass(self):
@@ -78,7 +78,7 @@ class Connections(object):
             self.hangups.unwatch(transport.sock.fileno())
             transport.watched = False
         self.writing.discard(transport)
-        del self._by_conn[transport.conn]
+        del self.by_conn[transport.conn]
         self._departed[transport.conn] = transport.peer
 
     def close(self):

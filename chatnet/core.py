@@ -105,7 +105,7 @@ from .events import (
     AccountLookedUp, AccountsRemoved, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, HungUp, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
     LoginSucceeded, LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, SendQueueDrained,
-    SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed, Undelivered,
+    SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed, Undelivered, send,
 )
 
 
@@ -291,7 +291,7 @@ class ChatCore(object):
     def _flush_sends(self):
         for conn, chunks in self._outgoing.items():
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self._actions.append(Send(conn, data))
+            self._actions.append(send(conn, data))
         self._outgoing.clear()
 
     def _take_actions(self):

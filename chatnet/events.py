@@ -178,6 +178,14 @@ class ServerStopping(NamedTuple):
     """The server is shutting down: say goodbye to everyone and close."""
 
 
+def data_received(conn, data, _new=tuple.__new__):
+    """``DataReceived(conn, data)``, built without the named tuple's Python-level constructor.
+
+    It is made once per read, the hottest place there is; the value is the same.
+    """
+    return _new(DataReceived, (conn, data))
+
+
 # =================================================================== actions
 # What the core asks the reactor to do.  The reactor carries them out in the
 # order they are listed; the order is part of the protocol (a login's "1"
@@ -301,3 +309,8 @@ class LoggedOut(NamedTuple):
     conn: int
     user_id: bytes
     reason: str
+
+
+def send(conn, data, _new=tuple.__new__):
+    """``Send(conn, data)``, built as fast as ``data_received`` (once per output)."""
+    return _new(Send, (conn, data))

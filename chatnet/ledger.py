@@ -58,7 +58,8 @@ class DurabilityCork(object):
         self._pass_stores = []         # (StoreMessage, position) stored in this pass
         self._in_flight = {}           # batch number -> Batch the thread is writing
         self._next_number = 1
-        self._corked = collections.Counter()       # conn -> its stores not yet committed
+        #: conn -> its stores not yet committed: the transports held (read by them directly).
+        self.corked = collections.Counter()
         self._recipients = collections.Counter()   # account -> stores for it not yet committed
         self._deliveries = {}          # account -> transports waiting to read its store
         self._after = []               # (batch number, function, argument) to run after it
@@ -67,7 +68,7 @@ class DurabilityCork(object):
 
     def holds(self, transport):
         """True while ``transport``'s output must wait for a commit."""
-        return transport.conn in self._corked
+        return transport.conn in self.corked
 
     def in_flight(self):
         return bool(self._in_flight or self._pass_stores or self._stored.has_deletes())
@@ -83,7 +84,7 @@ class DurabilityCork(object):
             return
         self._pass_stores.append((action, position))
         if action.sender_conn is not None:          # None: an undelivered message going back
-            self._corked[action.sender_conn] += 1
+            self.corked[action.sender_conn] += 1
         self._recipients[action.recipient] += 1
 
     def release(self):
@@ -140,9 +141,9 @@ class DurabilityCork(object):
                     self._loop.writable(transport)
 
     def _uncork_sender(self, conn):
-        self._corked[conn] -= 1
-        if not self._corked[conn]:
-            del self._corked[conn]
+        self.corked[conn] -= 1
+        if not self.corked[conn]:
+            del self.corked[conn]
             transport = self._loop.transport(conn)
             if transport is not None:
                 self._loop.writable(transport)

@@ -63,7 +63,7 @@ from .events import (
     CheckLogin, Close, Connected, ConnectionLost, DataReceived, DeliverStored, HungUp,
     InputEnded, LimitReached, LoggedOut, LoginFailed, LoginSucceeded, LookUpAccount,
     PauseReading, ReadAtMost, ResumeReading, Send, SendQueueDrained, SendQueueFull,
-    ServerStopping, StoreMessage, TimePassed, Undelivered,
+    ServerStopping, StoreMessage, TimePassed, Undelivered, data_received,
 )
 from .connections import Connections
 from .ledger import DurabilityCork
@@ -118,6 +118,7 @@ class Reactor(object):
         self.now = clock()
         self._conn_ids = iter(range(1, 1 << 62))
         self._connections = Connections(self._selector, self._start_sweep)
+        self._transports = self._connections.by_conn   # conn id -> Transport (read only here)
         self._marks = WaterMarks(limits.send_queue_limit)
         self._writable = []              # transports to write in this pass's write step
         self.written = []                # transports written to by the input being handled
@@ -320,7 +321,7 @@ class Reactor(object):
             self._drop(transport, "receive failed: %s" % (error.strerror or error))
             return
         if data:
-            self.feed(DataReceived(transport.conn, data))
+            self.feed(data_received(transport.conn, data))
             if transport.eof_follows and not transport.closed:     # TLS: the stream ended too
                 transport.eof_follows = False
                 transport.input_ended()
@@ -426,7 +427,7 @@ class Reactor(object):
     # ================================================================ actions
 
     def _do_send(self, action):
-        transport = self._connections.get(action.conn)
+        transport = self._transports.get(action.conn)
         if transport is not None:
             edge = transport.write(action.data)
             if edge is not None:
@@ -445,7 +446,7 @@ class Reactor(object):
             self._drop(transport, transport.failure)
 
     def _do_close(self, action):
-        transport = self._connections.get(action.conn)
+        transport = self._transports.get(action.conn)
         if transport is None:
             return
         # The operator's line for this is the core's LoggedOut or LimitReached: one per event.
@@ -463,7 +464,7 @@ class Reactor(object):
             transport.close()
 
     def _do_check_login(self, action):
-        transport = self._connections.get(action.conn)
+        transport = self._transports.get(action.conn)
         if transport is not None:
             self._checks.submit(action.conn, transport.host, action.user_id, action.password)
 
@@ -479,7 +480,7 @@ class Reactor(object):
         self._lookups.submit(action.conn, action.user_id)
 
     def _do_deliver_stored(self, action):
-        transport = self._connections.get(action.conn)
+        transport = self._transports.get(action.conn)
         if transport is not None:
             if not transport.outgoing:
                 transport.progress_at = self.now
@@ -487,22 +488,22 @@ class Reactor(object):
             self._writable.append(transport)
 
     def _do_pause_reading(self, action):
-        transport = self._connections.get(action.conn)
+        transport = self._transports.get(action.conn)
         if transport is not None:
             transport.pause_reading()
 
     def _do_resume_reading(self, action):
-        transport = self._connections.get(action.conn)
+        transport = self._transports.get(action.conn)
         if transport is not None:
             transport.resume_reading()
 
     def _do_read_at_most(self, action):
-        transport = self._connections.get(action.conn)
+        transport = self._transports.get(action.conn)
         if transport is not None:
             transport.read_size = min(RECV_SIZE, action.size) if action.size else RECV_SIZE
 
     def _do_login_succeeded(self, action):
-        transport = self._connections.get(action.conn)
+        transport = self._transports.get(action.conn)
         if transport is not None:
             transport.user_id = action.user_id      # for the accounts check (``_every_second``)
         self._log_event(action)

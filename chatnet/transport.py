@@ -76,11 +76,13 @@ class Transport(object):
         "paused", "eof", "closing", "closed", "core_knows", "backlogged", "progress_at",
         "watched", "read_size", "stored_marks", "stream", "failure", "pending", "tls",
         "cipher_out", "eof_follows", "user_id", "sent_log", "wire_sent", "_loop", "_marks",
+        "_corked",
     )
 
     def __init__(self, loop, marks, conn, sock, host, peer, trusted, read_size):
         self._loop = loop
         self._marks = marks
+        self._corked = loop.cork.corked   # conns whose output waits for a commit (chatnet.ledger)
         self.conn = conn
         self.sock = sock
         self.host = host               # the client's address, for per-address limits
@@ -195,7 +197,7 @@ class Transport(object):
         """The input is done: send what it wrote -- unless the cork holds it.  The edge or None."""
         if self.pending is None or self.closed:
             return None
-        if self.outgoing or self._loop.cork.holds(self):
+        if self.outgoing or self.conn in self._corked:
             self.absorb_pending()
             self.update_interest()
             return self._edge()
@@ -218,7 +220,7 @@ class Transport(object):
             return BROKEN
         if self.pending is not None:
             self.absorb_pending()
-        if self.outgoing and not self._loop.cork.holds(self):
+        if self.outgoing and not self.conn in self._corked:
             sent = self._send(self.outgoing)
             if sent is None:
                 return BROKEN
@@ -388,7 +390,7 @@ class Transport(object):
         """Hand the loop exactly the events this transport needs now, if they changed."""
         reading = not (self.paused or self.eof or self.closing)
         writing = self.cipher_out or (self.outgoing and (self.tls is None or self.tls.handshake_done)
-                                      and not self._loop.cork.holds(self))
+                                      and not self.conn in self._corked)
         mask = (READ if reading else 0) | (WRITE if writing else 0)
         if mask != self.mask:
             self._loop.set_interest(self, mask, not reading and not (self.eof or self.closing))
