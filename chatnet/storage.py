@@ -290,19 +290,11 @@ class Storage(object):
 
     def existing_ids(self, user_ids):
         """The subset of ``user_ids`` that are registered."""
-        found = set()
-        user_ids = list(user_ids)
-        for start in range(0, len(user_ids), 500):
-            chunk = user_ids[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute("SELECT id FROM accounts WHERE id IN (%s)" % marks, chunk)
-            found.update(row[0] for row in rows)
-        return found
+        return _existing_ids(self._db, user_ids)
 
     def password_record(self, user_id):
         """The stored-password record of ``user_id``, or None."""
-        row = self._db.execute("SELECT password FROM accounts WHERE id = ?", (user_id,)).fetchone()
-        return row[0] if row else None
+        return _password_record(self._db, user_id)
 
     def look_up(self, user_id):
         """``(registered, stored message count, generation)`` for ``user_id``; see ``Reader``."""
@@ -357,8 +349,7 @@ class Reader(object):
 
     def password_record(self, user_id):
         """The stored-password record of ``user_id``, or None."""
-        row = self._db.execute("SELECT password FROM accounts WHERE id = ?", (user_id,)).fetchone()
-        return row[0] if row else None
+        return _password_record(self._db, user_id)
 
     def look_up(self, user_id):
         """``(registered, stored message count, generation)`` for ``user_id``."""
@@ -373,14 +364,8 @@ class Reader(object):
 
     def missing_ids(self, user_ids):
         """The IDs in ``user_ids`` (str) that are not registered."""
-        found = set()
-        user_ids = list(user_ids)
-        for start in range(0, len(user_ids), 500):
-            chunk = user_ids[start:start + 500]
-            rows = self._db.execute("SELECT id FROM accounts WHERE id IN (%s)"
-                                    % ",".join("?" * len(chunk)), chunk)
-            found.update(row[0] for row in rows)
-        return set(user_ids) - found
+        user_ids = set(user_ids)
+        return user_ids - _existing_ids(self._db, user_ids)
 
     def stored_messages(self, recipient, after_row=0, limit=-1):
         """Like ``Storage.stored_messages``: what is committed."""
@@ -388,6 +373,23 @@ class Reader(object):
 
     def close(self):
         self._db.close()
+
+
+def _existing_ids(db, user_ids):
+    """Which of ``user_ids`` are registered (asked 500 at a time: SQLite's parameter limit)."""
+    found = set()
+    user_ids = list(user_ids)
+    for start in range(0, len(user_ids), 500):
+        chunk = user_ids[start:start + 500]
+        rows = db.execute("SELECT id FROM accounts WHERE id IN (%s)" % ",".join("?" * len(chunk)),
+                          chunk)
+        found.update(row[0] for row in rows)
+    return found
+
+
+def _password_record(db, user_id):
+    row = db.execute("SELECT password FROM accounts WHERE id = ?", (user_id,)).fetchone()
+    return row[0] if row else None
 
 
 def _stored_messages(db, recipient, after_row, limit):

@@ -210,6 +210,58 @@ def attacker_socket(port, source="127.0.0.1", receive_buffer=4096, timeout=5.0):
     return sock
 
 
+def read_until_closed(sock, timeout=10.0):
+    """Every complete line ``sock`` receives until the server closes it (or ``timeout``)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data.split(b"\n")[:-1]
+
+
+class NetworkNamespace(object):
+    """A network namespace joined to this one by a veth pair (root only); a context manager.
+
+    ``outside`` is the address the server listens on, ``inside`` the client's;
+    ``run(argv)`` starts a process inside; ``pull_the_cable()`` takes the inside
+    link down: no FIN, no RST, no more ACKs.
+    """
+
+    def __init__(self, tag, subnet):
+        self.name, self._outside, self._inside = tag, tag + "a", tag + "b"
+        self.outside, self.inside = subnet + ".1", subnet + ".2"
+
+    def _ip(self, *args, where=None):
+        prefix = ["ip", "netns", "exec", where] if where else []
+        subprocess.run(prefix + ["ip"] + list(args), check=True, capture_output=True, timeout=10)
+
+    def __enter__(self):
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True, timeout=10)
+        self._ip("link", "add", self._outside, "type", "veth", "peer", "name", self._inside)
+        self._ip("link", "set", self._inside, "netns", self.name)
+        self._ip("addr", "add", self.outside + "/30", "dev", self._outside)
+        self._ip("link", "set", self._outside, "up")
+        self._ip("addr", "add", self.inside + "/30", "dev", self._inside, where=self.name)
+        self._ip("link", "set", self._inside, "up", where=self.name)
+        return self
+
+    def run(self, argv, **options):
+        return subprocess.Popen(["ip", "netns", "exec", self.name] + list(argv), **options)
+
+    def pull_the_cable(self):
+        self._ip("link", "set", self._inside, "down", where=self.name)
+
+    def __exit__(self, *exc):
+        subprocess.run(["ip", "link", "del", self._outside], capture_output=True, timeout=10)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)
+
+
 def reset(sock):
     """Close with an RST instead of a FIN (SO_LINGER 0), as a vanishing client does."""
     try:

@@ -18,7 +18,7 @@ import pytest
 
 from chatnet import wire
 from chatnet.bench import rss_kib
-from live_server import NOTICE_DESTROYED, RawClient, attacker_socket, frame, reset
+from live_server import NOTICE_DESTROYED, RawClient, attacker_socket, frame, read_until_closed, reset
 
 UNTRUSTED = ("--trusted", "none", "--log-level", "info")
 NOT_STORED = wire.NOTICE_NOT_STORED.rstrip(b"\n")
@@ -274,21 +274,6 @@ def fill_store(server, recipient, count, size=100):
     return [b"chat/alice: %04d " % number + b"s" * size for number in range(count)]
 
 
-def drain(sock, timeout=10.0):
-    """Every complete line ``sock`` receives until the server closes it."""
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        pass
-    return data.split(b"\n")[:-1]
-
-
 def test_logins_that_never_read_cannot_copy_the_store_into_memory(start_server):
     """1,000 x 4 KB stored; 20 logins that never read, each replacing the last (item 9).
 
@@ -326,7 +311,7 @@ def test_a_second_login_never_receives_what_the_first_is_receiving(start_server)
     time.sleep(0.3)                  # B's delivery is under way (not a wait for "nothing")
     fast = RawClient(server.port, source="127.0.9.2")
     assert fast.login("bob", "secret") == b"1"
-    on_slow = [line for line in drain(slow) if line.startswith(b"chat/alice: ")]
+    on_slow = [line for line in read_until_closed(slow) if line.startswith(b"chat/alice: ")]
     on_fast = [line for line in fast.sync() if line.startswith(b"chat/alice: ")]
     print("\nB took %d, A took %d" % (len(on_slow), len(on_fast)))
     assert sorted(on_slow + on_fast) == expected     # no repeats, none missing

@@ -22,7 +22,7 @@ import pytest
 from chatnet import wire
 from chatnet.bench import rss_kib
 from live_server import (
-    NOTICE_DESTROYED, LiveServer, RawClient, cpu_seconds, frame, python_env,
+    NOTICE_DESTROYED, LiveServer, NetworkNamespace, RawClient, cpu_seconds, frame, python_env,
 )
 
 NOT_STORED = wire.NOTICE_NOT_STORED.rstrip(b"\n")
@@ -243,37 +243,20 @@ NETNS = shutil.which("ip") is not None and os.geteuid() == 0
 @pytest.mark.skipif(not NETNS, reason="needs root and iproute2 to make a peer vanish (a network namespace)")
 def test_a_peer_that_vanishes_without_a_word_is_noticed_by_keepalive(start_server):
     server = start_server("--host", "0.0.0.0", "--trusted", "none", "--keepalive", "1")
-    tag = "cn%d" % (os.getpid() % 100000)
-    namespace, outside, inside = tag, tag + "a", tag + "b"
-
-    def ip(*args, where=None):
-        prefix = ["ip", "netns", "exec", where] if where else []
-        subprocess.run(prefix + ["ip"] + list(args), check=True, capture_output=True, timeout=10)
-
-    try:
-        subprocess.run(["ip", "netns", "add", namespace], check=True, capture_output=True, timeout=10)
-        ip("link", "add", outside, "type", "veth", "peer", "name", inside)
-        ip("link", "set", inside, "netns", namespace)
-        ip("addr", "add", "10.213.77.1/30", "dev", outside)
-        ip("link", "set", outside, "up")
-        ip("addr", "add", "10.213.77.2/30", "dev", inside, where=namespace)
-        ip("link", "set", inside, "up", where=namespace)
-        script = ("import socket,sys;s=socket.create_connection(('10.213.77.1',%d),timeout=5);"
+    with NetworkNamespace("cn%d" % (os.getpid() % 100000), "10.213.77") as namespace:
+        script = ("import socket,sys;s=socket.create_connection(('%s',%d),timeout=5);"
                   "s.sendall(b'bob\\0\\0\\0\\0\\0secret\\0\\0');print(s.recv(2),flush=True);"
-                  "sys.stdin.read()" % server.port)
-        remote = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", script],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                  "sys.stdin.read()" % (namespace.outside, server.port))
+        remote = namespace.run([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
         assert remote.stdout.readline().strip() == b"b'1\\n'"
         alice = server.login(b"alice", b"pw")
         alice.chatwith(b"bob", b"2")
-        ip("link", "set", inside, "down", where=namespace)   # bob's side vanishes: no FIN, no RST
+        namespace.pull_the_cable()                          # bob's side vanishes: no FIN, no RST
         alice.timeout = 30
         alice.expect(NOTICE_DESTROYED)
         remote.kill()
         remote.wait(10)
-    finally:
-        subprocess.run(["ip", "link", "del", outside], capture_output=True, timeout=10)
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=10)
 
 
 # ---------------------------------------------------------------- signals

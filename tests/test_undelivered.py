@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from live_server import LiveServer, RawClient, attacker_socket, frame
+from live_server import LiveServer, NetworkNamespace, attacker_socket, frame, read_until_closed
 
 COUNT = 300
 
@@ -28,21 +28,6 @@ def numbered(count, size=200):
 def send_numbered(alice, count, size=200):
     alice.send(b"".join(b"chat/%04d " % number + b"x" * size + b"\n" for number in range(count)))
     alice.sync()                                   # every relay is queued or handed over
-
-
-def read_all(sock, timeout=10.0):
-    """Every complete line until the server closes ``sock``."""
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    except OSError:
-        pass
-    return data.split(b"\n")[:-1]
 
 
 def check_complete(expected, *parts):
@@ -67,7 +52,7 @@ def test_relays_a_replaced_connection_never_delivered_go_to_the_new_one(start_se
     new = server.login(b"bob", b"secret")          # replaces the old one, which lingers, unread
     server.wait_for_log("undelivered; kept", timeout=15)
     on_new = new.sync()
-    on_old = read_all(old)                         # what the old one's TCP did take
+    on_old = read_until_closed(old)                         # what the old one's TCP did take
     print("\nold connection %d, new connection %d" % (
         len([l for l in on_old if l.startswith(b"chat/alice")]), len(on_new)))
     check_complete(numbered(COUNT), on_old, on_new)
@@ -82,7 +67,7 @@ def test_sigterm_keeps_what_a_slow_reader_never_acknowledged(database):
     alice.chatwith(b"bob", b"2")
     send_numbered(alice, COUNT)
     assert server.stop() == 0                      # within the flush window bob reads nothing
-    before = read_all(slow)
+    before = read_until_closed(slow)
     again = LiveServer(database).start()
     try:
         bob = again.login(b"bob", b"secret")
@@ -100,26 +85,12 @@ def test_a_recipient_whose_link_goes_down_finds_every_message_at_its_next_login(
     import threading
     server = start_server("--host", "0.0.0.0", "--trusted", "none", "--keepalive", "1",
                           "--log-level", "info")
-    tag = "cu%d" % (os.getpid() % 100000)
-    namespace, outside, inside = tag, tag + "a", tag + "b"
-
-    def ip(*args, where=None):
-        prefix = ["ip", "netns", "exec", where] if where else []
-        subprocess.run(prefix + ["ip"] + list(args), check=True, capture_output=True, timeout=10)
-
-    try:
-        subprocess.run(["ip", "netns", "add", namespace], check=True, capture_output=True, timeout=10)
-        ip("link", "add", outside, "type", "veth", "peer", "name", inside)
-        ip("link", "set", inside, "netns", namespace)
-        ip("addr", "add", "10.213.78.1/30", "dev", outside)
-        ip("link", "set", outside, "up")
-        ip("addr", "add", "10.213.78.2/30", "dev", inside, where=namespace)
-        ip("link", "set", inside, "up", where=namespace)
-        script = ("import socket,sys;s=socket.create_connection(('10.213.78.1',%d),timeout=None);"
+    with NetworkNamespace("cu%d" % (os.getpid() % 100000), "10.213.78") as namespace:
+        script = ("import socket,sys;s=socket.create_connection(('%s',%d),timeout=None);"
                   "s.sendall(b'bob\\0\\0\\0\\0\\0secret\\0\\0');f=s.makefile('rb')\n"
-                  "for line in f: sys.stdout.buffer.write(line); sys.stdout.flush()" % server.port)
-        remote = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", script],
-                                  stdout=subprocess.PIPE)
+                  "for line in f: sys.stdout.buffer.write(line); sys.stdout.flush()"
+                  % (namespace.outside, server.port))
+        remote = namespace.run([sys.executable, "-c", script], stdout=subprocess.PIPE)
         read_remotely = []
         threading.Thread(target=lambda: read_remotely.extend(iter(remote.stdout.readline, b"")),
                          daemon=True).start()
@@ -130,18 +101,14 @@ def test_a_recipient_whose_link_goes_down_finds_every_message_at_its_next_login(
         while len(read_remotely) < 51:                        # "1" and the 50: all read
             assert time.monotonic() < end, read_remotely[-3:]
             time.sleep(0.01)
-        ip("link", "set", inside, "down", where=namespace)    # the cable is pulled
+        namespace.pull_the_cable()
         alice.send(b"".join(b"chat/%04d after\n" % number for number in range(50, 100)))
-        alice.timeout = 30
         alice.wait_for_line(b"chat/connection is destroyed", timeout=30)
         server.wait_for_log("undelivered; kept", timeout=10)
         remote.kill()
         remote.wait(10)
         bob = server.login(b"bob", b"secret")
         at_login = bob.sync()
-    finally:
-        subprocess.run(["ip", "link", "del", outside], capture_output=True, timeout=10)
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=10)
     before = [line.rstrip(b"\n") for line in read_remotely]
     expected = [b"chat/alice: %04d %s" % (n, b"before" if n < 50 else b"after") for n in range(100)]
     got = [line for line in before + at_login if line.startswith(b"chat/alice: ")]
