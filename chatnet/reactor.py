@@ -631,9 +631,8 @@ class Reactor(object):
         loop's lag, for the metrics.
         """
         self.metrics.loop_lag.observe(max(0.0, self.now - due))
-        self._check_acks()
         self.cork.check_file()
-        logged_in = [t.user_id for t in self._connections.all() if t.user_id is not None]
+        logged_in = self._check_acks()
         if logged_in:
             self._lookups.check_accounts(logged_in)
         if self._metrics_endpoint is not None:
@@ -641,14 +640,21 @@ class Reactor(object):
         self.call_at(self.now + CHECK_INTERVAL, self._every_second, self.now + CHECK_INTERVAL)
 
     def _check_acks(self):
-        """Forget what clients acknowledged; close the closing ones that are now drained."""
+        """Forget what clients acknowledged; close the closing ones that are now drained.
+
+        Returns the accounts logged in, gathered on the same walk (for ``_every_second``).
+        """
+        logged_in = []
         for transport in self._connections.all():
+            if transport.user_id is not None:
+                logged_in.append(transport.user_id)
             if transport.sent_log is not None:
                 if transport.closing:
                     if transport.drained():
                         transport.close(clean=True)
                 else:
                     transport.check_acks()
+        return logged_in
 
     def render_metrics(self):
         """The metrics page (``chatnet.metrics``): counts of the core, the loop and the stores."""

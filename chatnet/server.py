@@ -45,14 +45,7 @@ def parse_args(argv):
                         help="address to listen on (default 127.0.0.1; :: for every IPv6 and IPv4 address)")
     parser.add_argument("--port", type=cli.port_number, default=7070,
                         help="TCP port (default 7070; 0 picks a free one)")
-    tls = parser.add_argument_group("TLS (see the README's \"Running with TLS\")")
-    tls.add_argument("--tls-cert", metavar="FILE",
-                     help="PEM certificate (chain) for the TLS listener")
-    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key for the TLS listener")
-    tls.add_argument("--tls-port", type=cli.port_number, default=7071,
-                     help="TLS port (default 7071; 0 picks a free one)")
-    tls.add_argument("--no-plain", action="store_true",
-                     help="no plaintext listener: TLS only")
+    add_tls_flags(parser)
     parser.add_argument("--db", metavar="PATH", default=None,
                         help="SQLite database of accounts and stored messages (default chatnet.db)")
     parser.add_argument("--demo", action="store_true",
@@ -63,6 +56,34 @@ def parse_args(argv):
                         metavar="BYTES", help="longest session line, newline included (default %(default)s)")
     parser.add_argument("--login-timeout", type=cli.positive_float, default=DEFAULTS.login_timeout,
                         metavar="SECONDS", help="time allowed to log in (default %(default)s)")
+    add_limit_flags(parser)
+    parser.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                        help="serve GET /metrics (Prometheus' text format) on HOST:PORT "
+                        "(off by default; PORT 0 picks a free one)")
+    parser.add_argument("--log-level", default="warning",
+                        choices=("debug", "info", "warning", "error"),
+                        help="what to log (default warning; info logs logins, logouts and limits)")
+    parser.add_argument("--log-file", metavar="PATH",
+                        help="log to this file instead of stderr; SIGHUP reopens it (for logrotate)")
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def add_tls_flags(parser):
+    """--tls-cert, --tls-key, --tls-port, --no-plain."""
+    tls = parser.add_argument_group("TLS (see the README's \"Running with TLS\")")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="PEM certificate (chain) for the TLS listener")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM private key for the TLS listener")
+    tls.add_argument("--tls-port", type=cli.port_number, default=7071,
+                     help="TLS port (default 7071; 0 picks a free one)")
+    tls.add_argument("--no-plain", action="store_true",
+                     help="no plaintext listener: TLS only")
+
+
+def add_limit_flags(parser):
+    """The flags of the README's "Limits and policies" table."""
     limits = parser.add_argument_group("limits and policies (see the README's table)")
     limits.add_argument("--max-connections", type=cli.positive_int, default=None, metavar="N",
                         help="connections at once (default: what the descriptor limit allows)")
@@ -100,15 +121,10 @@ def parse_args(argv):
                         default=DEFAULTS.account_failure_window, metavar="SECONDS",
                         help="the window in which --account-failures are counted "
                         "(default %(default)s)")
-    parser.add_argument("--metrics", metavar="HOST:PORT", default=None,
-                        help="serve GET /metrics (Prometheus' text format) on HOST:PORT "
-                        "(off by default; PORT 0 picks a free one)")
-    parser.add_argument("--log-level", default="warning",
-                        choices=("debug", "info", "warning", "error"),
-                        help="what to log (default warning; info logs logins, logouts and limits)")
-    parser.add_argument("--log-file", metavar="PATH",
-                        help="log to this file instead of stderr; SIGHUP reopens it (for logrotate)")
-    args = parser.parse_args(argv)
+
+
+def check_args(parser, args):
+    """What argparse cannot check alone; a usage error names the flag."""
     try:
         args.trusted = parse_networks(args.trusted)
     except ValueError as error:
@@ -128,7 +144,6 @@ def parse_args(argv):
             parser.error("argument --metrics: %s" % error)
     if args.db is None:
         args.db = MEMORY if args.demo else "chatnet.db"
-    return args
 
 
 def open_storage(args):
