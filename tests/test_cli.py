@@ -301,6 +301,13 @@ def test_a_database_the_server_may_not_open_says_permission_denied_and_names_bot
             pytest.skip("no system python3 that another user may run")
         folder = tempfile.mkdtemp(dir="/tmp")
         os.chmod(folder, 0o755)
+        # Somebody else may not read this checkout (a clone in a 0700 folder): give them a copy.
+        shutil.copytree(os.path.join(REPO, "chatnet"), os.path.join(folder, "package", "chatnet"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for root, dirs, files in os.walk(os.path.join(folder, "package")):
+            os.chmod(root, 0o755)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o644)
 
         def as_nobody():
             os.setgid(65534)
@@ -311,8 +318,11 @@ def test_a_database_the_server_may_not_open_says_permission_denied_and_names_bot
     if preexec is None:
         os.chmod(database, 0)
     try:
+        env = python_env()
+        if preexec is not None:
+            env["PYTHONPATH"] = os.path.join(folder, "package")
         result = subprocess.run([python, "-m", "chatnet.server", "--db", database, "--port", "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                 cwd="/", preexec_fn=preexec, timeout=30)
     finally:
         if folder != str(tmp_path):
