@@ -1,63 +1,62 @@
 """``python -m chatnet.client``: chat from a terminal, or from a script.
 
-    python -m chatnet.client [--host H] [--port P] [--user ID] [--to ID]
-                             [--plain] [--raw] [--reconnect] [--password-stdin]
+    python -m chatnet.client [--host H] [--port P] [--user ID] [--to ID] [--plain] [--raw]
+                             [--no-reconnect | --reconnect] [--bell | --no-bell] [--log FILE]
+                             [--password-stdin] [--tls] [--tls-ca FILE] [--tls-fingerprint HEX]
 
 Interactive (standard input is a terminal): asks for the ID and the password
-(without echo), logs in, then opens a split screen -- messages above, a status
-line, the input line below -- so incoming messages never garble what is being
-typed.  ``--plain``, a dumb terminal, or a Python without ``curses`` gives line
-mode instead, which redraws the prompt and the half-typed line after every
-incoming line.
+(without echo), then opens a split screen -- messages above, a status line,
+the input line below -- so incoming messages never garble what is being
+typed.  The session outlives its connections: when the server goes away the
+screen stays, says why, and the client logs in again (back-off with jitter;
+``--no-reconnect`` turns that off); lines typed meanwhile wait and go out in
+order.  ``--plain``, a dumb terminal, or a Python without ``curses`` gives
+line mode instead, which redraws the prompt and the half-typed line after
+every incoming line.
 
 Scripted (standard input is not a terminal): with ``--password-stdin`` the
 first line of stdin is the password; every further line is a message or a
 ``/command``; every line received is printed on stdout.  The client exits once
-stdin has ended and the server has handled everything sent.
+stdin has ended and the server has handled everything sent.  Scripts
+reconnect only with ``--reconnect``.
 
-Exit status: 0 done; 2 bad command line; 3 cannot connect; 4 wrong ID or
-password; 5 connection lost, or replaced by a login elsewhere; 130 Ctrl-C.
+Exit status (``chatnet.session.ExitStatus``): 0 done; 2 bad command line; 3
+cannot connect; 4 wrong ID or password; 5 connection lost, or replaced by a
+login elsewhere; 6 the server's certificate is not trusted; 7 (scripted) some
+lines were not delivered -- no partner picked, or no such user; 130 Ctrl-C.
 
-This module is the client's I/O shell: a ``selectors`` loop over the server
-socket and the keyboard (or stdin), in the manner of the server's reactor.
-What the server's lines mean is ``chatnet.client_core``'s business; how things
-look is ``chatnet.screen``'s.
+This module is the client's I/O shell and nothing more: a ``selectors`` loop
+over the server connection and the keyboard (or stdin), in the manner of the
+server's reactor.  When to connect, retry, half-close or exit is
+``chatnet.session``'s decision (pure, time passed in); what the server's
+lines mean is ``chatnet.client_core``'s; how things look is
+``chatnet.screen``'s.  This module must not decide any of those.
 """
 
 import codecs
-import collections
 import errno
 import getpass
 import os
-import ssl
-import random
 import selectors
 import socket
+import ssl
 import sys
 import time
 
 from . import cli, tls, wire
-from .client_core import (
-    ClientCore, Info, LoggedIn, LoginRefused, Message, PartnerChanged, Phase, Problem,
-    QuitRequested, Replaced, SendBytes, ServerLine,
+from .client_core import SendBytes
+from .screen import BELL_IDLE, Presenter, PlainScreen
+from .session import (
+    CONNECT_TIMEOUT, ClientSession, Connect, Disconnect, Exit, ExitStatus, HalfClose,
 )
-from .screen import HEADING, PlainScreen, format_effect
 
 PROG = cli.program_name("chatnet.client", "chatnet-client")
-
-CANNOT_CONNECT = 3
-LOGIN_REFUSED = 4
-CONNECTION_LOST = 5
-TLS_FAILED = 6
 
 # What a selector key's data names: the one connection, and the keyboard.
 SERVER, KEYBOARD = "server", "keyboard"
 
-CONNECT_TIMEOUT = 10.0
-FIRST_RETRY = 1.0            # reconnect backoff: 1 s, doubling ...
-LAST_RETRY = 60.0            # ... up to a minute, each with +-20 % jitter
-LINGER = 5.0                 # scripted: how long to wait for the server after stdin ends
 RECV_SIZE = 65536
+QUIT_FLUSH = 2.0             # leaving: how long to try to hand the last bytes to the kernel
 
 
 class ClientExit(cli.CommandError):
@@ -114,7 +113,9 @@ class PlainKeyboard(object):
     """Keys from a terminal in cbreak mode, edited with the screen's line editor."""
 
     ESCAPES = {"[A": "previous", "[B": "next", "[C": "right", "[D": "left",
-               "[H": "home", "[F": "end", "[3~": "delete", "OH": "home", "OF": "end"}
+               "[H": "home", "[F": "end", "[3~": "delete", "OH": "home", "OF": "end",
+               "b": "word_left", "f": "word_right",                  # Alt-b, Alt-f
+               "[1;5D": "word_left", "[1;5C": "word_right"}          # Ctrl-Left, Ctrl-Right
 
     def __init__(self, screen, fd=0):
         self.screen = screen
@@ -132,7 +133,8 @@ class PlainKeyboard(object):
             if self._escape is not None:
                 self._escape += char
                 name = self.ESCAPES.get(self._escape)
-                if name is not None or len(self._escape) >= 3 or char.isalpha() or char == "~":
+                ended = len(self._escape) > 1 and (char.isalpha() or char == "~")
+                if name is not None or ended or len(self._escape) >= 6:
                     self._escape = None
                     if name is not None:
                         getattr(editor, name)()
@@ -142,6 +144,11 @@ class PlainKeyboard(object):
             elif char in "\r\n":
                 self.screen.forget_input_line()
                 lines.append(editor.submit())
+            elif char == "\t":
+                if not editor.chars:
+                    lines.append("/to")                        # answer whoever wrote last
+                else:
+                    editor.complete(self.screen.known_ids)
             elif char in "\x7f\x08":
                 editor.backspace()
             elif char == "\x04":
@@ -162,209 +169,230 @@ class PlainKeyboard(object):
         return lines
 
 
-# ================================================================ the loop
+# ================================================================ the connection
 
-class ChatLoop(object):
-    """The client's selectors loop: one server connection, one input source, timers."""
+class ServerConnection(object):
+    """The client's one connection: its socket, its TLS layer, its send queue.
 
-    def __init__(self, options, screen, keyboard, scripted):
-        self.options = options
-        self.host, self.port = options.host, options.port
-        self.user_id, self.password = options.user_id, options.password
-        self.screen = screen
-        self.keyboard = keyboard
-        self.scripted = scripted
-        self.selector = selectors.DefaultSelector()
+    The client's counterpart of the server's transport, small because there is
+    one: ``open`` starts a nonblocking connect, ``advance`` carries it (and
+    the TLS handshake) forward when the socket is ready, ``write`` queues and
+    sends, ``flush`` sends what the kernel would not take before.  Errors are
+    raised as ``OSError`` for the loop to hand to the session in words.
+    """
+
+    CONNECTING, HANDSHAKING, OPEN = "connecting", "handshaking", "open"
+
+    def __init__(self, host, port, tls_context):
+        self.host, self.port, self.tls_context = host, port, tls_context
         self.sock = None
-        self.core = None
-        self.connecting = False
-        self.handshaking = False                   # TLS: between the TCP connect and the login
+        self.fd = None
+        self.state = None
         self.outgoing = bytearray()
-        self.waiting_lines = collections.deque()   # typed before the login was answered
-        self.input_ended = False
-        self.quitting = False
-        self.replaced = False
-        self.status = None                         # the exit status, once known
-        self.reason = None                         # the one-line reason for a failure
-        self.partner_wanted = options.to           # chosen again after a reconnect
-        self.partner = PartnerChanged(None, None)  # for the status line
-        self.connect_deadline = None
-        self.retry_delay = FIRST_RETRY
-        self.retry_at = None
-        self.linger_until = None
-        self.shown_away_heading = False
-        self.logins = 0
-        self.connection_state = "connecting"
-        if keyboard is not None:
-            try:
-                self.selector.register(keyboard.fd, selectors.EVENT_READ, KEYBOARD)
-            except (PermissionError, ValueError):
-                # A regular file on stdin: epoll cannot watch it, and it never blocks.
-                self._read_whole_input()
 
-    # ---------------------------------------------------------------- running
-
-    def adopt(self, sock, core, effects):
-        """Take over a connection that is already logged in (the interactive login)."""
-        self._attach(sock)
-        self.core = core
-        self._apply(effects)
-
-    def run(self):
-        if self.sock is None:
-            self._connect()
-        while self.status is None:
-            for key, mask in self.selector.select(self._timeout()):
-                self._dispatch(key.data, mask)
-                if self.status is not None:
-                    break
-            self._run_timers()
-            if hasattr(self.screen, "check_size"):
-                self.screen.check_size(sys.__stdout__.fileno())
-        self._close_socket()
-        self.selector.close()
-        return self.status
-
-    def _timeout(self):
-        deadlines = [when for when in (self.retry_at, self.linger_until, self.connect_deadline)
-                     if when is not None]
-        timeout = 0.5 if hasattr(self.screen, "check_size") else None
-        if deadlines:
-            until = max(0.0, min(deadlines) - time.monotonic())
-            timeout = until if timeout is None else min(timeout, until)
-        return timeout
-
-    def _run_timers(self):
-        now = time.monotonic()
-        if self.connect_deadline is not None and now >= self.connect_deadline:
-            self._close_socket()
-            self._connection_failed("cannot connect to %s:%s: timed out" % (self.host, self.port))
-        if self.retry_at is not None and now >= self.retry_at:
-            self.retry_at = None
-            self._connect()
-        if self.linger_until is not None and now >= self.linger_until:
-            self._finish(0)
-
-    def _finish(self, status, reason=None):
-        if self.status is None:
-            self.status, self.reason = status, reason
-
-    # ---------------------------------------------------------------- connecting
-
-    def _connect(self):
-        self._set_connection_state("connecting")
-        try:
-            family, kind, protocol, _, address = socket.getaddrinfo(
-                self.host, self.port, 0, socket.SOCK_STREAM)[0]
-            sock = socket.socket(family, kind, protocol)
-        except OSError as error:
-            self._connection_failed("cannot connect to %s:%s: %s" % (
-                self.host, self.port, error.strerror or error))
-            return
+    def open(self):
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            self.host, self.port, 0, socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, protocol)
         sock.setblocking(False)
         result = sock.connect_ex(address)
         if result not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
             sock.close()
-            self._connection_failed("cannot connect to %s:%s: %s" % (
-                self.host, self.port, os.strerror(result)))
-            return
-        self.connecting = True
-        self.retry_at = None
-        self._attach(sock)
-        self.connect_deadline = time.monotonic() + CONNECT_TIMEOUT
-
-    def _attach(self, sock):
-        sock.setblocking(False)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        self.sock = sock
+            raise OSError(result, os.strerror(result))
+        self.sock, self.fd, self.state = sock, sock.fileno(), self.CONNECTING
         self.outgoing = bytearray()
-        self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, SERVER)
 
-    def _connected(self):
-        self.connect_deadline = None
-        error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if error:
-            self._close_socket()
-            self._connection_failed("cannot connect to %s:%s: %s" % (
-                self.host, self.port, os.strerror(error)))
-            return
-        self.connecting = False
-        if self.options.tls_context is not None:
-            self.selector.unregister(self.sock)
-            self.sock = tls.SecureSocket(self.sock, self.options.tls_context, self.host)
-            self.selector.register(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                   SERVER)
-            self.handshaking = True
-            self._set_connection_state("TLS handshake")
-            self._handshake_step()
-            return
-        self._start_login()
-
-    def _handshake_step(self):
+    def advance(self):
+        """The socket is ready while connecting or shaking hands: True once open."""
+        if self.state is self.CONNECTING:
+            error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls_context is None:
+                self.state = self.OPEN
+                return True
+            self.sock = tls.SecureSocket(self.sock, self.tls_context, self.host)
+            self.state = self.HANDSHAKING
         try:
             self.sock.handshake()
         except BlockingIOError:
-            self._flush()
+            self.sock.flush()
+            return False
+        self.state = self.OPEN
+        return True
+
+    def recv(self):
+        """Bytes from the server, ``b""`` at its end; BlockingIOError when there are none yet."""
+        return self.sock.recv(RECV_SIZE)
+
+    def write(self, data):
+        self.outgoing += data
+
+    def flush(self):
+        """Send what waits, as much as the kernel takes now."""
+        if isinstance(self.sock, tls.SecureSocket):
+            self.sock.flush()
+            if self.sock.pending:
+                return
+        if self.outgoing:
+            try:
+                sent = self.sock.send(self.outgoing)
+            except (BlockingIOError, InterruptedError):
+                return
+            del self.outgoing[:sent]
+
+    @property
+    def idle(self):
+        """Nothing waits to be written."""
+        return not self.outgoing and not getattr(self.sock, "pending", False)
+
+    def wanted(self):
+        """The selector events this connection needs: ``EVENT_WRITE`` only while bytes wait."""
+        if self.state is self.CONNECTING:
+            return selectors.EVENT_WRITE
+        if self.state is self.HANDSHAKING or not self.idle:
+            return selectors.EVENT_READ | selectors.EVENT_WRITE
+        return selectors.EVENT_READ
+
+    def half_close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_WR)     # the server answers what it has, then closes
+        except OSError:
+            pass
+
+    def drain(self, timeout):
+        """Leaving: hand what waits to the kernel, waiting at most ``timeout`` seconds."""
+        if self.state is not self.OPEN or self.idle:
             return
-        except OSError as error:
-            self._close_socket()
-            self._finish(TLS_FAILED, tls_failure(error, self.options))
-            return
-        self.handshaking = False
-        problem = pin_problem(self.sock, self.options)
-        if problem is not None:
-            self._close_socket()
-            self._finish(TLS_FAILED, problem)
-            return
-        self._start_login()
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(timeout)
+            if isinstance(self.sock, tls.SecureSocket):
+                self.sock.flush()
+            self.sock.sendall(bytes(self.outgoing))
+        except OSError:
+            pass
 
-    def _start_login(self):
-        self.core = ClientCore(self.user_id, self.password,
-                               bare_line_picks_partner=not self.scripted)
-        self._set_connection_state("logging in")
-        self._apply(self.core.start())
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = self.fd = self.state = None
 
-    def _connection_failed(self, reason):
-        if self.options.reconnect and self.logins:
-            self._schedule_retry(reason)
-        else:
-            self._finish(CANNOT_CONNECT, reason)
 
-    def _schedule_retry(self, reason):
-        delay = self.retry_delay * random.uniform(0.8, 1.2)
-        self.retry_delay = min(self.retry_delay * 2, LAST_RETRY)
-        self.retry_at = time.monotonic() + delay
-        self._set_connection_state("reconnecting in %.0f s" % delay)
-        self._show(Info("%s; reconnecting in %.0f s" % (reason, delay)))
+# ================================================================ the loop
 
-    # ---------------------------------------------------------------- the socket
+class ChatLoop(object):
+    """The client's selectors loop: one server connection, one input source, the session's timers.
+
+    It waits, reads (the server or the keyboard), hands what happened to the
+    session, and carries out the effects the session returns -- the one place
+    effects turn into I/O is ``_apply``.
+    """
+
+    def __init__(self, options, session, presenter, keyboard):
+        self.options = options
+        self.session = session
+        self.presenter = presenter
+        self.keyboard = keyboard
+        self.server = ServerConnection(options.host, options.port, options.tls_context)
+        self.selector = selectors.DefaultSelector()
+        self.exit = None                         # the session's Exit, once it comes
+        self._registered_mask = None
+        self._typed_early = []                   # a regular file on stdin, read whole
+        if keyboard is not None:
+            try:
+                self.selector.register(keyboard.fd, selectors.EVENT_READ, KEYBOARD)
+            except (PermissionError, ValueError):
+                # epoll cannot watch a regular file, and it never blocks: read it now.
+                self._typed_early = read_whole(keyboard)
+
+    # ---------------------------------------------------------------- running
+
+    def run(self):
+        now = time.monotonic()
+        self._apply(self.session.start(now))
+        for line in self._typed_early:
+            self._apply(self.session.typed(line, now) if line is not None
+                        else self.session.input_ended(now))
+        while self.exit is None:
+            for key, mask in self.selector.select(self._timeout()):
+                self._dispatch(key.data, mask)
+                if self.exit is not None:
+                    break
+            self._run_timers()
+            self.presenter.tick()
+        if self.server.sock is not None:
+            self.server.drain(QUIT_FLUSH)
+            self._close()
+        self.selector.close()
+        return self.exit
+
+    def _timeout(self):
+        timeout = self.presenter.tick_interval       # a curses screen follows resizes
+        deadline = self.session.deadline()
+        if deadline is not None:
+            until = max(0.0, deadline - time.monotonic())
+            timeout = until if timeout is None else min(timeout, until)
+        return timeout
+
+    def _run_timers(self):
+        deadline = self.session.deadline()
+        if self.exit is None and deadline is not None:
+            now = time.monotonic()
+            if now >= deadline:
+                self._apply(self.session.timer(now))
 
     def _dispatch(self, target, mask):
         """The one dispatch: a key's data says what the event is for (README, "Reading the code")."""
         if target is SERVER:
-            self._socket_ready(mask)
+            self._server_ready(mask)
         elif target is KEYBOARD:
-            self._input_ready(mask)
+            self._keys_ready()
 
-    def _socket_ready(self, mask):
-        if self.connecting:
-            if mask & selectors.EVENT_WRITE:
-                self._connected()
-            return
-        if self.handshaking:
-            self._handshake_step()
+    # ---------------------------------------------------------------- the server
+
+    def _server_ready(self, mask):
+        if self.server.state is not ServerConnection.OPEN:
+            self._advance()
             return
         if mask & selectors.EVENT_READ:
             self._receive()
-        if self.sock is not None and mask & selectors.EVENT_WRITE:
+        if self.server.sock is not None and mask & selectors.EVENT_WRITE:
             self._flush()
+
+    def _advance(self):
+        where = "%s:%s" % (self.server.host, self.server.port)
+        handshaking = self.server.state is ServerConnection.HANDSHAKING
+        try:
+            ready = self.server.advance()
+        except (ssl.SSLError, tls.TLSFailed) as error:
+            self._close()
+            self._apply(self.session.tls_refused(tls_failure(error, self.options)))
+            return
+        except OSError as error:
+            self._close()
+            words = error.strerror or str(error)
+            if handshaking:
+                self._apply(self.session.lost("TLS with %s failed: %s" % (where, words),
+                                              time.monotonic()))
+            else:
+                self._apply(self.session.connect_failed("cannot connect to %s: %s" % (where, words),
+                                                        time.monotonic()))
+            return
+        if ready and self.server.tls_context is not None:
+            problem = pin_problem(self.server.sock, self.options)
+            if problem is not None:
+                self._close()
+                self._apply(self.session.tls_refused(problem))
+                return
+        if ready:
+            self._apply(self.session.connected(time.monotonic()))
+        self._update_interest()
 
     def _receive(self):
         try:
-            data = self.sock.recv(RECV_SIZE)
+            data = self.server.recv()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
@@ -373,294 +401,100 @@ class ChatLoop(object):
         if not data:
             self._lost("the server closed the connection")
             return
-        self._apply(self.core.receive(data, time.monotonic()))
+        self._apply(self.session.received(data, time.monotonic()))
 
-    def _send(self, data):
-        # Only when every effect of an input is applied may a script be
-        # "done sending": a long line is several SendBytes in a row, and a
-        # half-close after the first would cut the rest off.
-        self.outgoing += data
-        self._flush(may_be_done=False)
-
-    def _flush(self, may_be_done=True):
-        if self.sock is None or self.connecting:
+    def _flush(self):
+        try:
+            self.server.flush()
+        except OSError as error:
+            self._lost("connection lost: %s" % (error.strerror or error))
             return
-        secure = isinstance(self.sock, tls.SecureSocket)
-        if secure:
-            try:
-                self.sock.flush()
-            except OSError as error:
-                self._lost("connection lost: %s" % (error.strerror or error))
-                return
-        if self.outgoing and not self.handshaking:
-            try:
-                sent = self.sock.send(self.outgoing)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as error:
-                self._lost("connection lost: %s" % (error.strerror or error))
-                return
-            del self.outgoing[:sent]
-        waiting = self.outgoing or (secure and self.sock.pending)
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
-        self.selector.modify(self.sock, events, SERVER)
-        if may_be_done:
-            self._maybe_done_sending()
+        self._update_interest()
+        if self.server.idle:
+            self._apply(self.session.flushed(time.monotonic()))
 
     def _lost(self, reason):
-        self._close_socket()
-        if self.core is not None:
-            self._apply(self.core.closed())
-        if self.quitting or (self.input_ended and self.linger_until is not None
-                             and not self.outgoing):
-            self._finish(0)
-        elif self.replaced:
-            self._finish(CONNECTION_LOST, "logged in from another place")
-        elif self.core is not None and self.core.phase is Phase.LOGGING_IN and not self.logins:
-            self._finish(CONNECTION_LOST, reason + " before the login was answered")
-        elif self.options.reconnect and self.logins:
-            self._schedule_retry(reason)
-        else:
-            self._finish(CONNECTION_LOST, reason)
+        self._close()
+        self._apply(self.session.lost(reason, time.monotonic()))
 
-    def _close_socket(self):
-        if self.sock is not None:
-            try:
-                self.selector.unregister(self.sock)
-            except (KeyError, ValueError):
-                pass
-            self.sock.close()
-            self.sock = None
-            self.connecting = self.handshaking = False
-            self.connect_deadline = None
-            self._set_connection_state("disconnected")
+    def _open(self):
+        try:
+            self.server.open()
+        except OSError as error:
+            self._apply(self.session.connect_failed("cannot connect to %s:%s: %s" % (
+                self.server.host, self.server.port, error.strerror or error), time.monotonic()))
+            return
+        self._update_interest()
+
+    def _close(self):
+        if self.server.fd is not None and self._registered_mask is not None:
+            self.selector.unregister(self.server.fd)
+        self._registered_mask = None
+        self.server.close()
+
+    def _update_interest(self):
+        """Tell the selector what the connection waits for -- only when that changed."""
+        if self.server.sock is None:
+            return
+        mask = self.server.wanted()
+        if self._registered_mask is None:
+            self.selector.register(self.server.fd, mask, SERVER)
+        elif mask != self._registered_mask:
+            self.selector.modify(self.server.fd, mask, SERVER)
+        self._registered_mask = mask
 
     # ---------------------------------------------------------------- the keyboard
 
-    def _input_ready(self, mask):
+    def _keys_ready(self):
         lines = self.keyboard.read_lines()
-        if lines is None:
-            lines = [None]
-        for line in lines:
+        now = time.monotonic()
+        self.presenter.key_pressed(now)
+        for line in lines if lines is not None else [None]:
             if line is None:
-                self._input_end()
-                return
-            self._typed(line)
-
-    def _read_whole_input(self):
-        while True:
-            lines = self.keyboard.read_lines()
-            if lines is None:
-                break
-            self.waiting_lines.extend(lines)
-        self.keyboard = None
-        self.input_ended = True
-
-    def _input_end(self):
-        try:
-            self.selector.unregister(self.keyboard.fd)
-        except (KeyError, ValueError):
-            pass
-        self.input_ended = True
-        if not self.scripted:
-            self._quit()
-        else:
-            self._maybe_done_sending()
-
-    def _typed(self, line):
-        if self.core is None or self.core.phase is not Phase.CHATTING:
-            if self.scripted:
-                self.waiting_lines.append(line)
+                self.selector.unregister(self.keyboard.fd)
+                self._apply(self.session.input_ended(now))
             else:
-                self._show(Problem("not connected; your line was not sent"))
-            return
-        self._apply(self.core.typed(line, time.monotonic()))
-
-    def _maybe_done_sending(self):
-        """Scripted: once stdin has ended and all is sent, half-close and wait for the server."""
-        if (not self.scripted or not self.input_ended or self.waiting_lines or self.outgoing
-                or self.sock is None or self.connecting or self.handshaking
-                or getattr(self.sock, "pending", False) or self.linger_until is not None
-                or self.core is None or self.core.phase is not Phase.CHATTING):
-            return
-        try:
-            self.sock.shutdown(socket.SHUT_WR)     # the server answers what it has, then closes
-        except OSError:
-            pass
-        self.linger_until = time.monotonic() + LINGER
-
-    def _quit(self):
-        self.quitting = True
-        if self.sock is not None and self.outgoing and not self.connecting:
-            try:
-                self.sock.setblocking(True)
-                self.sock.settimeout(2.0)
-                self.sock.sendall(self.outgoing)
-            except OSError:
-                pass
-        self._finish(0)
+                self._apply(self.session.typed(line, now))
+            if self.exit is not None or line is None:
+                return
 
     # ---------------------------------------------------------------- effects
 
     def _apply(self, effects):
-        logged_in = False
+        """Carry out the session's effects, in order: the one place they become I/O."""
+        wrote = False
         for effect in effects:
             kind = type(effect)
             if kind is SendBytes:
-                self._send(effect.data)
-            elif kind is LoggedIn:
-                self._note_login(effect)
-                logged_in = True
-            elif kind is LoginRefused:
-                self._finish(LOGIN_REFUSED, "wrong ID or password")
-            elif kind is PartnerChanged:
-                if effect.partner is not None:
-                    self.partner_wanted = effect.partner
-                self.partner = effect
-                self._update_status()
-            elif kind is Replaced:
-                self.replaced = True
-                self._show(effect)
-            elif kind is QuitRequested:
-                self._quit()
-            elif kind is ServerLine:
-                if self.options.raw:
-                    self._show_raw(effect.line)
-            elif not self.options.raw:
-                self._show(effect)
-        if logged_in:
-            # After the stored messages that came with the "1", not before them.
-            self._after_login()
-
-    def _note_login(self, effect):
-        self.logins += 1
-        self.retry_delay = FIRST_RETRY
-        self.shown_away_heading = False
-        self._set_connection_state("connected (TLS)" if self.options.tls_context else "connected")
-        if not self.options.raw:
-            self._show(effect)
-
-    def _after_login(self):
-        if self.partner_wanted:
-            self._apply(self.core.choose(self.partner_wanted))
-        elif not self.scripted:
-            self._show(Info("who do you want to talk to? type an ID (/help for commands)"))
-        while self.waiting_lines and self.core.phase is Phase.CHATTING:
-            self._typed(self.waiting_lines.popleft())
-        self._maybe_done_sending()
-
-    def _show(self, effect):
-        if self.scripted and type(effect) is Message and effect.mine:
-            return                                # scripts see what they receive, not what they sent
-        if type(effect) is Message and effect.stored and not self.shown_away_heading:
-            self.shown_away_heading = True
-            self.screen.show(HEADING, "--- while you were away ---")
-        shown = format_effect(effect)
-        if shown is None:
-            return
-        if self.scripted and type(effect) is Problem:
-            print("%s: %s" % (PROG, effect.text), file=sys.stderr)
-            return
-        self.screen.show(*shown)
-
-    def _show_raw(self, line):
-        if self.scripted:
-            sys.stdout.buffer.write(line + b"\n")
-            sys.stdout.buffer.flush()
-        else:
-            from .screen import MESSAGE, clean
-            self.screen.show(MESSAGE, clean(line.decode("utf-8", "replace")))
-
-    def _set_connection_state(self, state):
-        self.connection_state = state
-        self._update_status()
-
-    def _update_status(self):
-        self.screen.set_status("%s:%s" % (self.host, self.port), self.user_id.decode(),
-                               self.partner.partner, self.partner.state, self.connection_state)
+                self.server.write(effect.data)
+                wrote = True
+            elif kind is Connect:
+                self._open()
+            elif kind is Disconnect:
+                self._close()
+            elif kind is HalfClose:
+                self.server.half_close()
+            elif kind is Exit:
+                self.exit = effect
+            else:
+                self.presenter.show(effect)
+        # Written once all of an input's effects are in: a long line is
+        # several SendBytes, and "all written" must not come between them.
+        if wrote and self.server.state is ServerConnection.OPEN:
+            self._flush()
 
 
-# ================================================================ logging in by hand
-
-def ask_credentials(user, stream=sys.stderr, again=False):
-    """Ask for an ID and a password on the terminal; valid ones only.
-
-    The ID is asked for unless given; ``again`` (after a ``0``) asks for it
-    anew, offering the last one, as the seed's step 5 has the client stay at
-    its ID and password prompt.
-    """
+def read_whole(source):
+    """Every line of a source that never blocks, then None for its end."""
+    lines = []
     while True:
-        if user is None:
-            user = input("ID: ").strip()
-        elif again:
-            user = input("ID [%s]: " % user).strip() or user
-            again = False
-        if not wire.is_valid_id(user.encode("utf-8", "replace")):
-            print(wire.ID_RULE, file=stream)
-            user = None
-            continue
-        password = getpass.getpass("Password for %s: " % user).encode("utf-8")
-        if not wire.is_valid_password(password):
-            print(wire.PASSWORD_RULE, file=stream)
-            continue
-        return user, password
+        more = source.read_lines()
+        if more is None:
+            return lines + [None]
+        lines.extend(more)
 
 
-def log_in_interactively(options):
-    """Ask, connect, send the frame; ask again after ``0`` (seed step 5).
-
-    Returns ``(socket, core, effects)`` with the core logged in; the effects
-    (stored messages that came right behind the ``1``) are for the screen.
-    """
-    # Connect first, as ssh does: a server that is down is reported before
-    # anyone types a password.  If the server's login timeout runs out while
-    # the person types, the verdict below finds the connection closed and a
-    # new one is made.
-    sock = connect_blocking(options)
-    user = options.user
-    failed = False
-    while True:
-        user, password = ask_credentials(user, again=failed)
-        core = ClientCore(user.encode(), password, bare_line_picks_partner=True)
-        result = wait_for_verdict(sock, core)
-        if result is None:                     # the server closed: try again on a new connection
-            sock.close()
-            sock = connect_blocking(options)
-            result = wait_for_verdict(sock, core)
-            if result is None:
-                raise ClientExit("the server closed the connection during the login", CONNECTION_LOST)
-        if result is not False:
-            options.user_id, options.password = user.encode(), password
-            return sock, core, result
-        print("wrong ID or password", file=sys.stderr)
-        failed = True
-
-
-def connect_blocking(options):
-    host, port = options.host, options.port
-    try:
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-    except OSError as error:
-        raise ClientExit("cannot connect to %s:%s: %s" % (host, port, error.strerror or error),
-                         CANNOT_CONNECT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if options.tls_context is None:
-        return sock
-    secure = tls.SecureSocket(sock, options.tls_context, host)
-    try:
-        secure.handshake()
-    except socket.timeout:
-        sock.close()
-        raise ClientExit("the server did not finish the TLS handshake", CANNOT_CONNECT)
-    except OSError as error:
-        sock.close()
-        raise ClientExit(tls_failure(error, options), TLS_FAILED)
-    problem = pin_problem(secure, options)
-    if problem is not None:
-        sock.close()
-        raise ClientExit(problem, TLS_FAILED)
-    return secure
-
+# ================================================================ TLS, in words
 
 def tls_failure(error, options):
     """The one line for a failed handshake: why, and the fingerprint that would pin the server."""
@@ -686,43 +520,56 @@ def pin_problem(secure, options):
             % (options.host, options.port, seen, seen))
 
 
-def wait_for_verdict(sock, core):
-    """Send the frame, read until ``1`` or ``0``: the effects so far, False, or None if closed."""
-    sock.settimeout(CONNECT_TIMEOUT)
-    try:
-        sock.sendall(core.frame)
-        effects = []
-        while True:
-            data = sock.recv(RECV_SIZE)
-            if not data:
-                return None
-            effects.extend(core.receive(data, time.monotonic()))
-            if any(type(effect) is LoginRefused for effect in effects):
-                return False
-            if any(type(effect) is LoggedIn for effect in effects):
-                # Stored messages follow the 1 at once; give them a moment to come along.
-                sock.settimeout(0.2)
-                try:
-                    more = sock.recv(RECV_SIZE)
-                    if more:
-                        effects.extend(core.receive(more, time.monotonic()))
-                except socket.timeout:
-                    pass
-                return effects
-    except socket.timeout:
-        raise ClientExit("the server did not answer the login", CONNECTION_LOST)
-    except OSError as error:
-        return None if error.errno in (errno.ECONNRESET, errno.EPIPE) else _raise_lost(error)
+# ================================================================ the credentials
+
+def ask_credentials(user, stream=sys.stderr, again=False):
+    """Ask for an ID and a password on the terminal; valid ones only.
+
+    The ID is asked for unless given; ``again`` (after a ``0``) asks for it
+    anew, offering the last one, as the seed's step 5 has the client stay at
+    its ID and password prompt.
+    """
+    while True:
+        if user is None:
+            user = input("ID: ").strip()
+        elif again:
+            user = input("ID [%s]: " % user).strip() or user
+            again = False
+        if not wire.is_valid_id(user.encode("utf-8", "replace")):
+            print(wire.ID_RULE, file=stream)
+            user = None
+            continue
+        password = getpass.getpass("Password for %s: " % user).encode("utf-8")
+        if not wire.is_valid_password(password):
+            print(wire.PASSWORD_RULE, file=stream)
+            continue
+        return user, password
 
 
-def _raise_lost(error):
-    raise ClientExit("connection lost: %s" % (error.strerror or error), CONNECTION_LOST)
+# ================================================================ the ways to run
 
+def new_session(options, user, password, interactive):
+    """The one login path: interactive, scripted and reconnecting alike."""
+    reconnect = options.reconnect if options.reconnect is not None else interactive
+    return ClientSession(user.encode("utf-8"), password, interactive, reconnect,
+                         partner=options.to, secure=options.tls_context is not None)
 
-# ================================================================ the two ways to run
 
 def run_interactive(options):
-    sock, core, effects = log_in_interactively(options)
+    """Ask for the credentials, chat; after a refused first login, ask again (seed step 5)."""
+    user, again = options.user, False
+    while True:
+        user, password = ask_credentials(user, again=again)
+        session = new_session(options, user, password, interactive=True)
+        exit_ = run_screen(options, session, user)
+        if exit_.status == ExitStatus.LOGIN_REFUSED and not session.logins:
+            print("wrong ID or password", file=sys.stderr)
+            again = True
+            continue
+        return _report(exit_)
+
+
+def run_screen(options, session, user):
     use_curses = not options.plain and os.environ.get("TERM", "dumb") not in ("", "dumb")
     if use_curses:
         try:
@@ -730,49 +577,56 @@ def run_interactive(options):
         except ImportError:
             use_curses = False
     if use_curses:
-        return run_curses(options, sock, core, effects, curses)
-    return run_plain(options, sock, core, effects)
+        return run_curses(options, session, user, curses)
+    return run_plain(options, session, user)
 
 
-def run_curses(options, sock, core, effects, curses):
+def presenter_for(options, screen, user, scripted=False):
+    return Presenter(screen, "%s:%s" % (options.host, options.port), user, scripted=scripted,
+                     raw=options.raw, bell=options.bell and not scripted, log=options.log,
+                     name=PROG)
+
+
+def run_curses(options, session, user, curses):
     import locale
     from .screen import CursesScreen
     locale.setlocale(locale.LC_ALL, "")
     os.environ.setdefault("ESCDELAY", "25")
 
     def main(window):
-        screen = CursesScreen(window, curses)
-        loop = ChatLoop(options, screen, CursesKeyboard(screen), scripted=False)
-        loop.adopt(sock, core, effects)
-        return loop.run(), loop.reason
+        screen = CursesScreen(window, curses, utf8=screen_takes_utf8())
+        with presenter_for(options, screen, user) as presenter:
+            return ChatLoop(options, session, presenter, CursesKeyboard(screen)).run()
 
-    status, reason = curses.wrapper(main)
-    return _report(status, reason)
+    return curses.wrapper(main)
 
 
-def run_plain(options, sock, core, effects):
+def run_plain(options, session, user):
     import termios
     import tty
     ansi = os.environ.get("TERM", "dumb") not in ("", "dumb")
-    screen = PlainScreen(sys.stdout, interactive=True, ansi=ansi)
+    screen = PlainScreen(sys.stdout, interactive=True, ansi=ansi, utf8=screen_takes_utf8())
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     try:
         tty.setcbreak(fd)
-        loop = ChatLoop(options, screen, PlainKeyboard(screen, fd), scripted=False)
-        loop.adopt(sock, core, effects)
-        status = loop.run()
+        with presenter_for(options, screen, user) as presenter:
+            return ChatLoop(options, session, presenter, PlainKeyboard(screen, fd)).run()
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         screen.close()
-    return _report(status, loop.reason)
+
+
+def screen_takes_utf8():
+    """Can the terminal's locale show UTF-8?  If not, other characters are shown as escapes."""
+    import locale
+    return codecs.lookup(locale.getpreferredencoding(False) or "ascii").name == "utf-8"
 
 
 def run_scripted(options):
     if options.user is None:
         raise ClientExit("give --user ID when standard input is not a terminal", cli.USAGE_ERROR)
-    user_id = options.user.encode("utf-8", "replace")
-    if not wire.is_valid_id(user_id):
+    if not wire.is_valid_id(options.user.encode("utf-8", "replace")):
         raise ClientExit("invalid ID %r: %s" % (options.user, wire.ID_RULE), cli.USAGE_ERROR)
     stdin_fd = sys.stdin.fileno()
     if options.password_stdin:
@@ -785,10 +639,10 @@ def run_scripted(options):
                              cli.USAGE_ERROR)
     if not wire.is_valid_password(password):
         raise ClientExit("invalid password: %s" % wire.PASSWORD_RULE, cli.USAGE_ERROR)
-    options.user_id, options.password = user_id, password
+    session = new_session(options, options.user, password, interactive=False)
     screen = PlainScreen(sys.stdout, interactive=False)
-    loop = ChatLoop(options, screen, PipeInput(stdin_fd), scripted=True)
-    return _report(loop.run(), loop.reason)
+    with presenter_for(options, screen, options.user, scripted=True) as presenter:
+        return _report(ChatLoop(options, session, presenter, PipeInput(stdin_fd)).run())
 
 
 def read_first_line(fd):
@@ -804,10 +658,10 @@ def read_first_line(fd):
     return bytes(line.rstrip(b"\r"))
 
 
-def _report(status, reason):
-    if status and reason:
-        print("%s: %s" % (PROG, reason), file=sys.stderr)
-    return status
+def _report(exit_):
+    if exit_.status and exit_.reason:
+        print("%s: %s" % (PROG, exit_.reason), file=sys.stderr)
+    return exit_.status
 
 
 # ================================================================ command line
@@ -823,8 +677,17 @@ def parse_args(argv):
                         help="read the password from the first line of standard input")
     parser.add_argument("--plain", action="store_true", help="line mode instead of the split screen")
     parser.add_argument("--raw", action="store_true", help="show the server's lines unchanged")
-    parser.add_argument("--reconnect", action="store_true",
-                        help="when the connection drops, reconnect (with backoff) and log in again")
+    parser.add_argument("--reconnect", dest="reconnect", action="store_const", const=True,
+                        default=None, help="when the connection drops or the server is down, "
+                        "retry (with back-off) and log in again; the default when interactive")
+    parser.add_argument("--no-reconnect", dest="reconnect", action="store_const", const=False,
+                        help="do not retry; the screen stays until you leave (/connect retries)")
+    parser.add_argument("--bell", dest="bell", action="store_true", default=True,
+                        help="ring the terminal bell for a message after %d s without a key "
+                        "(the default)" % BELL_IDLE)
+    parser.add_argument("--no-bell", dest="bell", action="store_false", help="never ring the bell")
+    parser.add_argument("--log", metavar="FILE",
+                        help="append every line shown, with its date and time, to FILE")
     parser.add_argument("--tls", action="store_true",
                         help="connect with TLS, verifying the server's certificate and name")
     parser.add_argument("--tls-ca", metavar="FILE",
@@ -848,6 +711,11 @@ def parse_args(argv):
         except (OSError, ValueError) as error:
             parser.error("argument --tls-ca: cannot read %s: %s" % (
                 options.tls_ca, getattr(error, "strerror", None) or error))
+    if options.log is not None:
+        try:
+            options.log = open(options.log, "a", encoding="utf-8")
+        except OSError as error:
+            parser.error("argument --log: cannot open %s: %s" % (options.log, error.strerror or error))
     if options.to is not None and not wire.is_valid_id(options.to.encode("utf-8", "replace")):
         parser.error("argument --to: %r is not a valid ID" % options.to)
     return options
@@ -855,7 +723,6 @@ def parse_args(argv):
 
 def main(argv=None):
     options = parse_args(argv)
-    options.user_id = options.password = None
     try:
         if sys.stdin.isatty() and not options.password_stdin:
             return run_interactive(options)

@@ -33,6 +33,7 @@ import re
 from typing import NamedTuple, Optional
 
 from . import wire
+from .events import compared_by_type
 
 STORED_WINDOW = 1.0
 RELAY_LINE = re.compile(rb"chat/(" + wire.ID_CHARACTERS + rb"): (.*)", re.S)
@@ -59,57 +60,85 @@ class PartnerState(object):
 
 # ---------------------------------------------------------------- effects
 
+@compared_by_type
 class SendBytes(NamedTuple):
     """Write these bytes to the server."""
     data: bytes
 
 
+@compared_by_type
 class LoggedIn(NamedTuple):
     """The server answered ``1``."""
     user_id: bytes
 
 
+@compared_by_type
 class LoginRefused(NamedTuple):
     """The server answered ``0``: wrong ID or password."""
 
 
+@compared_by_type
 class Message(NamedTuple):
     """A chat message: received (``sender`` is someone) or sent by me (``mine``)."""
     sender: str
     text: str
     stored: bool = False         # it waited in my store while I was away
     mine: bool = False           # I typed it (shown locally; the server sends no echo)
+    aside: bool = False          # from someone who is not my partner: my replies go elsewhere
 
 
+@compared_by_type
 class Info(NamedTuple):
     """Something to tell the person, in the client's words."""
     text: str
 
 
+@compared_by_type
 class ServerNotice(NamedTuple):
     """A notice from the server that the client has no words of its own for."""
     text: str
 
 
+@compared_by_type
 class Problem(NamedTuple):
     """Something the person did that the client refused, e.g. an unknown command."""
     text: str
 
 
+@compared_by_type
 class PartnerChanged(NamedTuple):
     """The partner or its state changed (for a status line)."""
     partner: Optional[str]
     state: Optional[str]
 
 
+@compared_by_type
+class NoSuchUser(NamedTuple):
+    """The server answered ``0`` to ``chatwith/``: there is no such account."""
+    user_id: str
+
+
+@compared_by_type
+class Unread(NamedTuple):
+    """Messages from people other than the partner, not yet answered: ``((ID, count), ...)``.
+
+    Oldest writer first, as irssi's activity list; picking someone as partner
+    counts their messages as read.
+    """
+    counts: tuple
+
+
+@compared_by_type
 class Replaced(NamedTuple):
     """This login was replaced by a login elsewhere: do not reconnect."""
 
 
+@compared_by_type
 class QuitRequested(NamedTuple):
     """The person asked to leave."""
 
 
+@compared_by_type
 class ServerLine(NamedTuple):
     """Every line from the server, unchanged (for ``--raw``)."""
     line: bytes
@@ -135,7 +164,9 @@ class ClientCore(object):
         self._splitter = wire.LineSplitter(LONGEST_SERVER_LINE)
         self._logged_in_at = None
         self._sent_since_login = False
-        self._hinted = set()         # senders we told how to answer while partnerless
+        self._hinted = set()         # senders we told how to answer (cleared on a new partner)
+        self.unread = {}             # sender ID (bytes) -> messages from them, not the partner
+        self.last_writer = None      # who wrote last, other than the partner: Tab/"/to" picks them
         self._effects = []
 
     # ---------------------------------------------------------------- inputs
@@ -229,7 +260,7 @@ class ClientCore(object):
             self._expect_notice = wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
             if current:
                 self._set_partner(None, None)
-            self._info("there is no user %s; pick someone else with /chatwith ID" % _text(user_id))
+            self._effects.append(NoSuchUser(_text(user_id)))
         elif code == b"1":
             self._expect_notice = wire.NOTICE_OFFLINE.rstrip(b"\n")
             if current:
@@ -247,11 +278,7 @@ class ClientCore(object):
         if relay is not None:
             stored = (self._logged_in_at is not None and not self._sent_since_login
                       and now - self._logged_in_at <= STORED_WINDOW)
-            sender = relay.group(1)
-            self._effects.append(Message(_text(sender), _text(relay.group(2)), stored))
-            if self.partner is None and not stored and sender not in self._hinted:
-                self._hinted.add(sender)
-                self._info("to answer %s, pick them: /chatwith %s" % (_text(sender), _text(sender)))
+            self._relayed(relay.group(1), _text(relay.group(2)), stored)
         elif line == wire.NOTICE_DESTROYED.rstrip(b"\n"):
             gone = self.partner
             self._set_partner(None, None)
@@ -265,16 +292,40 @@ class ClientCore(object):
         else:
             self._effects.append(ServerNotice(_text(line)))
 
+    def _relayed(self, sender, text, stored):
+        """A message: mark it when it is not from the partner, and count it as unread."""
+        aside = sender != self.partner and sender != self.user_id
+        self._effects.append(Message(_text(sender), text, stored, aside=aside and self.partner is not None))
+        if not aside:
+            return
+        self.last_writer = sender
+        self.unread[sender] = self.unread.pop(sender, 0) + 1      # most recent writer last
+        self._effects.append(Unread(self._unread_counts()))
+        if stored or sender in self._hinted:
+            return
+        self._hinted.add(sender)
+        if self.partner is None:
+            self._info("to answer %s, pick them: /chatwith %s" % (_text(sender), _text(sender)))
+        else:
+            self._info("%s is not your partner (your lines go to %s); reply with /to %s, or Tab "
+                       "on an empty line" % (_text(sender), _text(self.partner), _text(sender)))
+
+    def _unread_counts(self):
+        return tuple((_text(sender), count) for sender, count in self.unread.items())
+
     # ---------------------------------------------------------------- typed lines
 
     def _command(self, text):
         name, _, argument = text[1:].partition(" ")
         name = name.lower()
         if name in ("chatwith", "to", "with"):
-            if not argument.strip():
-                self._effects.append(Problem("usage: /chatwith ID"))
-            else:
+            if argument.strip():
                 self._choose(argument)
+            elif self.last_writer is not None:
+                self._choose(_text(self.last_writer))        # answer whoever wrote last
+            else:
+                self._effects.append(Problem("usage: /chatwith ID (alone, /to answers whoever "
+                                             "wrote last; nobody has yet)"))
         elif name == "help":
             self._info(HELP)
         elif name in ("quit", "exit"):
@@ -303,6 +354,10 @@ class ClientCore(object):
     def _set_partner(self, partner, state):
         if partner is not None:
             self._hinted.clear()
+            if self.unread.pop(partner, None) is not None:
+                self._effects.append(Unread(self._unread_counts()))
+            if self.last_writer == partner:
+                self.last_writer = next(reversed(list(self.unread)), None)
         if (partner, state) != (self.partner, self.partner_state):
             self.partner, self.partner_state = partner, state
             self._effects.append(PartnerChanged(_text(partner) if partner else None, state))

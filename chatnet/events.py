@@ -19,7 +19,7 @@ modules.  Read it as the vocabulary of the core's two tables in
 from typing import NamedTuple, Optional
 
 
-def _compared_by_type(cls):
+def compared_by_type(cls):
     """Make a named tuple equal only to values of its own type.
 
     A plain named tuple equals any tuple with the same items, so
@@ -43,7 +43,7 @@ def _compared_by_type(cls):
 # What the reactor tells the core.  Every input is handed over together with
 # the current time (``ChatCore.handle(event, now)``), so none carries a clock.
 
-@_compared_by_type
+@compared_by_type
 class Connected(NamedTuple):
     """A client connected; its login timeout starts now.
 
@@ -56,14 +56,14 @@ class Connected(NamedTuple):
     trusted: bool = True
 
 
-@_compared_by_type
+@compared_by_type
 class DataReceived(NamedTuple):
     """Bytes arrived from the client, in order, in chunks of any size."""
     conn: int
     data: bytes
 
 
-@_compared_by_type
+@compared_by_type
 class InputEnded(NamedTuple):
     """The client closed its sending side (EOF).
 
@@ -73,7 +73,7 @@ class InputEnded(NamedTuple):
     conn: int
 
 
-@_compared_by_type
+@compared_by_type
 class ConnectionLost(NamedTuple):
     """The connection is gone (reset, error, or closed by the reactor's policy).
 
@@ -82,7 +82,7 @@ class ConnectionLost(NamedTuple):
     conn: int
 
 
-@_compared_by_type
+@compared_by_type
 class HungUp(NamedTuple):
     """The client closed while the server was not reading it (its reading was paused).
 
@@ -92,7 +92,7 @@ class HungUp(NamedTuple):
     conn: int
 
 
-@_compared_by_type
+@compared_by_type
 class LoginChecked(NamedTuple):
     """The answer to ``CheckLogin``: was the password right for that ID?
 
@@ -105,7 +105,7 @@ class LoginChecked(NamedTuple):
     registered: bool = True
 
 
-@_compared_by_type
+@compared_by_type
 class AccountLookedUp(NamedTuple):
     """The answer to ``LookUpAccount``.
 
@@ -123,13 +123,13 @@ class AccountLookedUp(NamedTuple):
     failed: bool = False
 
 
-@_compared_by_type
+@compared_by_type
 class AccountsRemoved(NamedTuple):
     """These logged-in accounts are no longer registered (``chatnet.accounts remove``)."""
     user_ids: tuple
 
 
-@_compared_by_type
+@compared_by_type
 class Undelivered(NamedTuple):
     """Messages that ``user_id``'s connection ``conn`` never delivered: it ended before
     its TCP acknowledged them (or before they left the server).
@@ -142,7 +142,7 @@ class Undelivered(NamedTuple):
     messages: tuple
 
 
-@_compared_by_type
+@compared_by_type
 class StoreFailed(NamedTuple):
     """A ``StoreMessage`` could not be written (disk full, database locked...).
 
@@ -153,7 +153,7 @@ class StoreFailed(NamedTuple):
     recipient: bytes
 
 
-@_compared_by_type
+@compared_by_type
 class SendQueueFull(NamedTuple):
     """The bytes waiting to be sent to ``conn`` passed the high-water mark.
 
@@ -162,18 +162,18 @@ class SendQueueFull(NamedTuple):
     conn: int
 
 
-@_compared_by_type
+@compared_by_type
 class SendQueueDrained(NamedTuple):
     """The bytes waiting for ``conn`` fell back below the low-water mark."""
     conn: int
 
 
-@_compared_by_type
+@compared_by_type
 class TimePassed(NamedTuple):
     """Nothing happened but time; due deadlines (login timeout, delays) fire."""
 
 
-@_compared_by_type
+@compared_by_type
 class ServerStopping(NamedTuple):
     """The server is shutting down: say goodbye to everyone and close."""
 
@@ -191,14 +191,14 @@ def data_received(conn, data, _new=tuple.__new__):
 # order they are listed; the order is part of the protocol (a login's "1"
 # before its stored messages, stored messages before live ones).
 
-@_compared_by_type
+@compared_by_type
 class Send(NamedTuple):
     """Append ``data`` to connection ``conn``'s outgoing bytes."""
     conn: int
     data: bytes
 
 
-@_compared_by_type
+@compared_by_type
 class Close(NamedTuple):
     """Close ``conn`` once the bytes already queued for it have been sent.
 
@@ -209,7 +209,7 @@ class Close(NamedTuple):
     reason: str
 
 
-@_compared_by_type
+@compared_by_type
 class CheckLogin(NamedTuple):
     """Verify ``password`` for ``user_id`` (which may not exist); answer ``LoginChecked``."""
     conn: int
@@ -221,14 +221,14 @@ class CheckLogin(NamedTuple):
             self.conn, self.user_id, len(self.password))
 
 
-@_compared_by_type
+@compared_by_type
 class LookUpAccount(NamedTuple):
     """Find out whether ``user_id`` is registered; answer ``AccountLookedUp``."""
     conn: int
     user_id: bytes
 
 
-@_compared_by_type
+@compared_by_type
 class StoreMessage(NamedTuple):
     """Append a message to ``recipient``'s store (durably, before any later reply).
 
@@ -246,7 +246,7 @@ class StoreMessage(NamedTuple):
     failure_notice: bytes
 
 
-@_compared_by_type
+@compared_by_type
 class DeliverStored(NamedTuple):
     """Queue every message in ``user_id``'s store on ``conn``, oldest first.
 
@@ -257,7 +257,7 @@ class DeliverStored(NamedTuple):
     user_id: bytes
 
 
-@_compared_by_type
+@compared_by_type
 class ReadAtMost(NamedTuple):
     """Let each read of ``conn`` bring at most ``size`` bytes (None: the reactor's own size).
 
@@ -268,26 +268,26 @@ class ReadAtMost(NamedTuple):
     size: Optional[int]
 
 
-@_compared_by_type
+@compared_by_type
 class PauseReading(NamedTuple):
     """Stop reading from ``conn`` for now (the core holds enough of its input)."""
     conn: int
 
 
-@_compared_by_type
+@compared_by_type
 class ResumeReading(NamedTuple):
     """Read from ``conn`` again."""
     conn: int
 
 
-@_compared_by_type
+@compared_by_type
 class LoginSucceeded(NamedTuple):
     """For the operator's log: ``conn`` is now logged in as ``user_id``."""
     conn: int
     user_id: bytes
 
 
-@_compared_by_type
+@compared_by_type
 class LoginFailed(NamedTuple):
     """For the operator's log: a login on ``conn`` failed (``user_id`` as sent, if readable)."""
     conn: int
@@ -295,7 +295,7 @@ class LoginFailed(NamedTuple):
     failures: int
 
 
-@_compared_by_type
+@compared_by_type
 class LimitReached(NamedTuple):
     """For the operator's log: a limit or policy was applied to ``conn``."""
     conn: int
@@ -303,7 +303,7 @@ class LimitReached(NamedTuple):
     detail: str = ""
 
 
-@_compared_by_type
+@compared_by_type
 class LoggedOut(NamedTuple):
     """For the operator's log: the session of ``user_id`` on ``conn`` ended."""
     conn: int

@@ -5,7 +5,8 @@ import pytest
 from chatnet import wire
 from chatnet.client_core import (
     ClientCore, Info, LoggedIn, LoginRefused, Message, PartnerChanged, PartnerState, Phase,
-    Problem, QuitRequested, Replaced, SendBytes, ServerLine, ServerNotice, split_text,
+    NoSuchUser, Problem, QuitRequested, Replaced, SendBytes, ServerLine, ServerNotice, Unread,
+    split_text,
 )
 
 
@@ -67,14 +68,14 @@ def test_later_messages_are_not_marked_stored():
     core = logged_in()
     core.typed("/chatwith bob", 100.1)
     effects = core.receive(b"chat/carol: after I spoke\n", 100.2)
-    assert messages(effects) == [Message("carol", "after I spoke")]
+    assert messages(effects) == [Message("carol", "after I spoke", aside=True)]
 
 
 def test_a_message_while_partnerless_hints_how_to_answer_once():
     core = logged_in()
     effects = without_raw(core.receive(b"chat/bob: back again\nchat/bob: hello?\n", 200.0))
-    assert [type(effect) for effect in effects] == [Message, Info, Message]
-    assert "/chatwith bob" in effects[1].text
+    assert [type(effect) for effect in effects if type(effect) is not Unread] == [Message, Info, Message]
+    assert "/chatwith bob" in infos(effects)[0]
 
 
 def test_lines_split_anywhere_are_joined():
@@ -87,19 +88,22 @@ def test_lines_split_anywhere_are_joined():
 
 # ---------------------------------------------------------------- chatwith codes in words
 
-@pytest.mark.parametrize("code, notice, state, words", [
-    (b"0", wire.NOTICE_NO_SUCH_USER, None, "there is no user bob"),
+@pytest.mark.parametrize("code, notice, state, said", [
+    (b"0", wire.NOTICE_NO_SUCH_USER, None, NoSuchUser("bob")),
     (b"1", wire.NOTICE_OFFLINE, PartnerState.OFFLINE, "bob is offline"),
     (b"2", wire.NOTICE_ONLINE, PartnerState.ONLINE, "bob is online"),
 ])
-def test_each_code_is_shown_in_words_and_its_notice_is_not_repeated(code, notice, state, words):
+def test_each_code_is_shown_in_words_and_its_notice_is_not_repeated(code, notice, state, said):
     core = logged_in()
     effects = core.typed("/chatwith bob", 101.0)
     assert sent(effects) == b"chatwith/bob\n"
     assert PartnerChanged("bob", PartnerState.ASKING) in effects
     effects = without_raw(core.receive(code + b"\n" + notice, 101.5))
-    assert [type(effect) for effect in effects if type(effect) is not PartnerChanged] == [Info]
-    assert infos(effects)[0].startswith(words)
+    effects = [effect for effect in effects if type(effect) is not PartnerChanged]
+    if isinstance(said, str):
+        assert len(effects) == 1 and effects[0].text.startswith(said)
+    else:
+        assert effects == [said]
     assert core.partner_state == state
 
 
@@ -224,3 +228,38 @@ def test_typing_before_the_login_is_refused():
     core = ClientCore(b"alice", b"pw")
     core.start()
     assert type(core.typed("hi", 1.0)[0]) is Problem
+
+
+# ---------------------------------------------------------------- who is talking
+
+def talking_to_bob():
+    core = logged_in()
+    core.typed("/to bob", 100.5)
+    core.receive(b"2\n" + wire.NOTICE_ONLINE, 100.6)
+    return core
+
+
+def test_a_message_from_someone_else_is_marked_with_a_hint_once():
+    core = talking_to_bob()
+    effects = without_raw(core.receive(b"chat/carol: psst\nchat/carol: again\n", 110.0))
+    assert messages(effects) == [Message("carol", "psst", aside=True), Message("carol", "again", aside=True)]
+    assert len(infos(effects)) == 1 and "reply with /to carol" in infos(effects)[0]
+    assert messages(core.receive(b"chat/bob: from my partner\n", 111.0)) == [
+        Message("bob", "from my partner")]
+
+
+def test_unread_counts_by_id_oldest_writer_first_and_picking_someone_reads_them():
+    core = talking_to_bob()
+    core.receive(b"chat/carol: 1\nchat/dave: 1\n", 110.0)
+    effects = core.receive(b"chat/carol: 2\n", 111.0)
+    assert [e for e in effects if type(e) is Unread] == [Unread((("dave", 1), ("carol", 2)))]
+    effects = core.typed("/to dave", 112.0)
+    assert Unread((("carol", 2),)) in effects
+
+
+def test_slash_to_alone_answers_whoever_wrote_last():
+    core = talking_to_bob()
+    assert type(core.typed("/to", 105.0)[0]) is Problem            # nobody has written yet
+    core.receive(b"chat/carol: 1\nchat/dave: 1\n", 110.0)
+    assert sent(core.typed("/to", 111.0)) == b"chatwith/dave\n"
+    assert core.last_writer == b"carol"                              # the next Tab goes to carol

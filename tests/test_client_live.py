@@ -104,10 +104,17 @@ def test_raw_prints_the_server_lines_unchanged(server):
     assert result.stdout == b"1\n0\nchat/no such user\n"
 
 
-def test_local_mistakes_go_to_stderr_and_nothing_is_sent(server):
+def test_local_mistakes_go_to_stderr_and_the_status_says_lines_were_not_delivered(server):
     result = client(server.port, "alice", "pw\n/frobnicate\nno partner yet\n")
-    assert result.returncode == 0
+    assert result.returncode == 7
     assert b"unknown command" in result.stderr and b"pick someone" in result.stderr
+    assert result.stderr.decode().splitlines()[-1].endswith("2 of the lines were not delivered")
+
+
+def test_a_partner_that_does_not_exist_is_status_7(server):
+    result = client(server.port, "alice", "pw\n/to nobody\n")
+    assert result.returncode == 7, result.stderr
+    assert "there is no user nobody" in result.stdout.decode()
 
 
 def test_reconnect_logs_in_again_and_picks_the_partner_again(database):

@@ -4,7 +4,7 @@ import io
 
 from chatnet.client_core import Info, Message, Problem, ServerNotice
 from chatnet.screen import (
-    MESSAGE, MINE, NOTICE, LineEditor, PlainScreen, clean, format_effect, text_width, wrap,
+    MESSAGE, MINE, NOTICE, LineEditor, PlainScreen, StatusLine, clean, format_effect, text_width, wrap,
 )
 
 
@@ -139,7 +139,7 @@ def test_script_mode_prints_lines_only():
     stream = io.StringIO()
     screen = PlainScreen(stream, interactive=False)
     screen.show(MESSAGE, "one")
-    screen.set_status("h", "u", "bob", "online", "connected")
+    screen.set_status(StatusLine("h", "u", "bob", "online", "connected"))
     screen.show(MESSAGE, "two")
     assert stream.getvalue() == "one\ntwo\n"
 
@@ -147,5 +147,5 @@ def test_script_mode_prints_lines_only():
 def test_the_prompt_names_the_partner():
     stream = io.StringIO()
     screen = PlainScreen(stream, interactive=True)
-    screen.set_status("h", "alice", "bob", "online", "connected")
+    screen.set_status(StatusLine("h", "alice", "bob", "online", "connected"))
     assert stream.getvalue().endswith("[bob] > ")

@@ -1,0 +1,403 @@
+"""The client's lifecycle, as a pure state machine: connect, log in, chat, lose, retry, leave.
+
+``ClientSession`` owns what happens *around* the protocol: when to connect
+and when to try again, what becomes of lines typed while no login is open,
+when a script is done sending, and with which status the client ends.  What
+the server's lines mean is ``chatnet.client_core``'s business (a fresh
+``ClientCore`` per connection); sockets, terminals and clocks belong to
+``chatnet.client``.  Time is passed in, and so is the random source of the
+back-off jitter, so every rule here is tested with plain data
+(``tests/test_session.py``), the exit-status table row by row.
+
+Inputs (methods): ``start``, ``connected``, ``connect_failed``,
+``received``, ``flushed``, ``lost``, ``tls_refused``, ``typed``,
+``input_ended``, ``timer``.  Each returns a list of effects: this module's
+(``Connect``, ``Disconnect``, ``HalfClose``, ``RetryAt``, ``Status``,
+``Exit``) mixed with the core's (``SendBytes`` and what is to be shown).
+``deadline()`` says when ``timer`` wants to run next.
+
+Links (how this session stands with the server), and what moves them::
+
+    (start) ──start──▶ CONNECTING ──connected──▶ LOGGING_IN ──"1"──▶ CHATTING
+                          │                          │                  │
+            connect_failed│            lost / "0"    │        lost      │
+                          ▼                          ▼                  ▼
+                 RETRYING (a timer) ◀── when reconnecting ──  or  DOWN (no retry:
+                          │                                     the screen stays)
+                          └──── timer / "/connect" ──▶ CONNECTING
+
+``ENDED`` follows an ``Exit``.  Which way a loss goes is the table in
+``_after_loss``; which status an end has is the README's exit-status table,
+in ``ExitStatus``.
+
+The session outlives its connections: lines typed while not logged in wait
+(in order) and go out after the next login, behind the partner being picked
+again; the person is told they wait.  A login elsewhere (``Replaced``) or a
+refused password after a successful login stop the retrying but, in
+interactive use, keep the screen until the person leaves.
+"""
+
+import random
+from typing import NamedTuple, Optional
+
+from . import client_core
+from .client_core import (
+    ClientCore, Info, LoggedIn, LoginRefused, NoSuchUser, PartnerChanged, Problem,
+    QuitRequested, Replaced, SendBytes,
+)
+from .events import compared_by_type
+
+CONNECT_TIMEOUT = 10.0        # TCP connect and TLS handshake together
+FIRST_RETRY = 1.0             # reconnect back-off: 1 s, doubling ...
+LAST_RETRY = 60.0             # ... up to a minute, each with +-20 % jitter
+LINGER = 5.0                  # scripted: how long to wait for the server after stdin ends
+
+
+class ExitStatus(object):
+    """The README's exit-status table."""
+    DONE = 0
+    USAGE = 2
+    CANNOT_CONNECT = 3
+    LOGIN_REFUSED = 4
+    CONNECTION_LOST = 5            # also: replaced by a login elsewhere
+    TLS_FAILED = 6
+    NOT_DELIVERED = 7              # scripted: some lines were not delivered (no partner, no such user)
+    INTERRUPTED = 130
+
+
+class Link(object):
+    START = "start"
+    CONNECTING = "connecting"
+    LOGGING_IN = "logging in"
+    CHATTING = "chatting"
+    RETRYING = "retrying"
+    DOWN = "down"
+    ENDED = "ended"
+
+
+# ---------------------------------------------------------------- effects
+
+@compared_by_type
+class Connect(NamedTuple):
+    """Open a connection to the server (and, with TLS, shake hands); then call ``connected``."""
+
+
+@compared_by_type
+class Disconnect(NamedTuple):
+    """Close the connection now; nothing more is read or sent on it."""
+
+
+@compared_by_type
+class HalfClose(NamedTuple):
+    """Scripted: everything is sent; shut down the sending side and let the server answer."""
+
+
+@compared_by_type
+class RetryAt(NamedTuple):
+    """The connection is down; ``Connect`` follows at ``when`` (``delay`` seconds from now)."""
+    when: float
+    delay: float
+    reason: str
+
+
+@compared_by_type
+class Status(NamedTuple):
+    """How the link stands, in words for the status line, and how many typed lines wait."""
+    connection: str
+    waiting: int = 0
+
+
+@compared_by_type
+class Exit(NamedTuple):
+    """End the client with ``status``; ``reason`` is its one line on stderr (or None)."""
+    status: int
+    reason: Optional[str] = None
+
+
+# ---------------------------------------------------------------- the machine
+
+class ClientSession(object):
+    """One person's session, across connections.  See the module docstring."""
+
+    def __init__(self, user_id, password, interactive, reconnect, partner=None,
+                 secure=False, rng=None):
+        ClientCore(user_id, password)            # ValueError now, not at the first connect
+        self.user_id, self._password = user_id, password
+        self.interactive = interactive
+        self.reconnect = reconnect
+        self.partner_wanted = partner            # str ID: picked again after every login
+        self.secure = secure
+        self._rng = rng or random.Random()
+        self.link = Link.START
+        self.core = None                         # the ClientCore of the open connection
+        self.logins = 0
+        self.waiting = []                        # lines typed while not logged in, in order
+        self.input_done = False
+        self.half_closed = False
+        self.replaced = False
+        self.not_delivered = 0                   # scripted: lines refused or aimed at nobody
+        self.verdict = ExitStatus.DONE           # the status leaving will have
+        self._retry_delay = FIRST_RETRY
+        self._unflushed = False                  # SendBytes handed out, not yet all written
+        self._connect_deadline = self._retry_at = self._linger_until = None
+        self._shown = ""                         # the status line's words
+        self._effects = []
+
+    # ---------------------------------------------------------------- the connection
+
+    def start(self, now):
+        self._connect(now)
+        return self._take()
+
+    def connected(self, now):
+        """The connection is open (and, with TLS, verified): log in."""
+        self._connect_deadline = None
+        self.core = ClientCore(self.user_id, self._password,
+                               bare_line_picks_partner=self.interactive)
+        self.link = Link.LOGGING_IN
+        self._status()
+        self._apply(self.core.start(), now)
+        return self._take()
+
+    def connect_failed(self, reason, now):
+        self._connect_deadline = None
+        self._after_loss(reason, ExitStatus.CANNOT_CONNECT, now)
+        return self._take()
+
+    def received(self, data, now):
+        if self.core is not None:
+            self._apply(self.core.receive(data, now), now)
+        return self._take()
+
+    def flushed(self, now):
+        """Everything handed out as ``SendBytes`` has been written."""
+        self._unflushed = False
+        self._maybe_done_sending(now)
+        return self._take()
+
+    def lost(self, reason, now):
+        """The connection is gone (closed, reset, failed): ``reason`` in words."""
+        if self.link is Link.ENDED:
+            return []
+        was = self.link
+        self._drop_connection()
+        if self.half_closed:
+            self._exit(*self._final_status())
+        elif self.replaced:
+            self._stop("logged in from another place", ExitStatus.CONNECTION_LOST,
+                       "you logged in from another place; not reconnecting (/connect logs in here again)")
+        elif was is Link.LOGGING_IN and not self.logins and not self.reconnect:
+            self._exit(ExitStatus.CONNECTION_LOST, reason + " before the login was answered")
+        else:
+            self._after_loss(reason, ExitStatus.CONNECTION_LOST, now)
+        return self._take()
+
+    def tls_refused(self, reason):
+        """The server's certificate could not be trusted: retrying would not change that."""
+        self._drop_connection()
+        self._exit(ExitStatus.TLS_FAILED, reason)
+        return self._take()
+
+    # ---------------------------------------------------------------- the person
+
+    def typed(self, line, now):
+        command = line.strip().lower()
+        if command in ("/quit", "/exit"):
+            self._exit(self.verdict)
+        elif command == "/connect":
+            self._connect_now(now)
+        elif self.link is Link.CHATTING:
+            self._apply(self.core.typed(line, now), now)
+        elif command == "/help":
+            self._effects.append(Info(client_core.HELP + " /connect reconnects at once."))
+        else:
+            self.waiting.append(line)
+            if self.interactive:
+                self._effects.append(Info("not logged in: your line waits and goes out once "
+                                          "logged in again (%d waiting)" % len(self.waiting)))
+            self._status()
+        return self._take()
+
+    def input_ended(self, now):
+        """Ctrl-D (interactive: leave) or the end of a script's input (finish, then leave)."""
+        self.input_done = True
+        if self.interactive:
+            self._exit(self.verdict)
+        else:
+            self._maybe_done_sending(now)
+        return self._take()
+
+    # ---------------------------------------------------------------- time
+
+    def deadline(self):
+        """When ``timer`` must run next, or None."""
+        times = [when for when in (self._connect_deadline, self._retry_at, self._linger_until)
+                 if when is not None]
+        return min(times) if times else None
+
+    def timer(self, now):
+        if self._connect_deadline is not None and now >= self._connect_deadline:
+            self._connect_deadline = None
+            self._effects.append(Disconnect())
+            self._drop_connection()
+            self._after_loss("cannot connect: timed out", ExitStatus.CANNOT_CONNECT, now)
+        if self._retry_at is not None and now >= self._retry_at:
+            self._connect(now)
+        if self._linger_until is not None and now >= self._linger_until:
+            self._exit(*self._final_status())
+        return self._take()
+
+    # ---------------------------------------------------------------- rules
+
+    def _after_loss(self, reason, status, now):
+        """A connect failed or a connection was lost: retry, stop with the screen kept, or exit.
+
+        ============================  ==========================  ====================
+        situation                     interactive                 scripted
+        ============================  ==========================  ====================
+        reconnecting (the default     retry with back-off         retry with back-off
+        interactively; --reconnect)
+        not reconnecting, never       exit ``status``             exit ``status``
+        logged in
+        not reconnecting, was         screen kept (DOWN), leaving exit 5
+        logged in                     later exits 5
+        ============================  ==========================  ====================
+        """
+        if self.reconnect:
+            self._schedule_retry(reason, now)
+        elif self.interactive and self.logins:
+            self._stop(reason, status, "%s; not reconnecting (/connect tries again)" % reason)
+        else:
+            self._exit(status, reason)
+
+    def _schedule_retry(self, reason, now):
+        delay = self._retry_delay * self._rng.uniform(0.8, 1.2)
+        self._retry_delay = min(self._retry_delay * 2, LAST_RETRY)
+        self._retry_at = now + delay
+        self.link = Link.RETRYING
+        self._effects.append(RetryAt(self._retry_at, delay, reason))
+        self._status("disconnected, retrying in %.0f s" % delay)
+
+    def _stop(self, reason, status, words):
+        """No more retrying; interactive keeps the screen until the person leaves."""
+        if not self.interactive:
+            self._exit(status, reason)
+            return
+        self.link = Link.DOWN
+        self.verdict = status
+        self._effects.append(Info(words))
+        self._status("disconnected")
+
+    def _connect_now(self, now):
+        if self.link in (Link.RETRYING, Link.DOWN):
+            self.replaced = False                # the person asked: log in here again
+            self._retry_delay = FIRST_RETRY
+            self._connect(now)
+        else:
+            self._effects.append(Info("already %s" % self._words()))
+
+    def _connect(self, now):
+        self._retry_at = None
+        self._connect_deadline = now + CONNECT_TIMEOUT
+        self.link = Link.CONNECTING
+        self._status()
+        self._effects.append(Connect())
+
+    def _drop_connection(self):
+        self.link = Link.DOWN
+        if self.core is not None:
+            self.core.closed()
+            self.core = None
+        self._unflushed = False
+
+    def _exit(self, status, reason=None):
+        if self.link is not Link.ENDED:
+            self.link = Link.ENDED
+            self._retry_at = self._connect_deadline = self._linger_until = None
+            self._effects.append(Exit(status, reason))
+
+    def _final_status(self):
+        """A script's end: done, unless some of its lines went nowhere."""
+        if self.not_delivered:
+            return ExitStatus.NOT_DELIVERED, "%d of the lines were not delivered" % self.not_delivered
+        return ExitStatus.DONE, None
+
+    def _maybe_done_sending(self, now):
+        """Scripted: input ended, every line sent and written: half-close, wait for the answers."""
+        if (self.interactive or not self.input_done or self.waiting or self._unflushed
+                or self.half_closed or self.link is not Link.CHATTING):
+            return
+        self.half_closed = True
+        self._effects.append(HalfClose())
+        self._linger_until = now + LINGER
+
+    # ---------------------------------------------------------------- the core's effects
+
+    def _apply(self, effects, now):
+        """Pass the core's effects on, acting on those that concern the lifecycle."""
+        logged_in = False
+        for effect in effects:
+            kind = type(effect)
+            if kind is SendBytes:
+                self._unflushed = True
+            elif kind is LoggedIn:
+                logged_in = True
+            elif kind is LoginRefused:
+                self._refused()
+                continue
+            elif kind is Replaced:
+                self.replaced = True
+            elif kind is QuitRequested:
+                self._exit(self.verdict)
+                continue
+            elif kind is PartnerChanged and effect.partner is not None:
+                self.partner_wanted = effect.partner
+            elif kind is Problem or kind is NoSuchUser:
+                self.not_delivered += 1
+            self._effects.append(effect)
+        if logged_in:
+            self._after_login(now)             # after the stored messages that came with the "1"
+
+    def _after_login(self, now):
+        self.link = Link.CHATTING
+        self.logins += 1
+        self._retry_delay = FIRST_RETRY
+        if self.partner_wanted:
+            self._apply(self.core.choose(self.partner_wanted), now)
+        elif self.interactive:
+            self._effects.append(Info("who do you want to talk to? type an ID (/help for commands)"))
+        waiting, self.waiting = self.waiting, []
+        for line in waiting:
+            if self.link is Link.CHATTING:
+                self._apply(self.core.typed(line, now), now)
+            else:
+                self.waiting.append(line)      # e.g. a /quit among them ended the session
+        self._status()
+        self._maybe_done_sending(now)
+
+    def _refused(self):
+        self._effects.append(Disconnect())
+        self._drop_connection()
+        if self.logins:
+            self._stop("the server refused the password", ExitStatus.LOGIN_REFUSED,
+                       "the server refused the password; not reconnecting")
+        else:
+            self._exit(ExitStatus.LOGIN_REFUSED, "wrong ID or password")
+
+    # ---------------------------------------------------------------- helpers
+
+    def _words(self):
+        if self.link is Link.CHATTING:
+            return "connected (TLS)" if self.secure else "connected"
+        return self.link
+
+    def _status(self, words=None):
+        """Tell the status line; while down, the words that said why stay."""
+        if words is None:
+            words = self._shown if self.link in (Link.RETRYING, Link.DOWN) else self._words()
+        self._shown = words
+        self._effects.append(Status(words, len(self.waiting)))
+
+    def _take(self):
+        effects, self._effects = self._effects, []
+        return effects
