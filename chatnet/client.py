@@ -44,7 +44,7 @@ import sys
 import time
 
 from . import cli, tls, wire
-from .client_core import SendBytes
+from .client_core import Info, SendBytes
 from .screen import BELL_IDLE, Presenter, PlainScreen
 from .session import (
     CONNECT_TIMEOUT, ClientSession, Connect, Disconnect, Exit, ExitStatus, HalfClose,
@@ -89,24 +89,46 @@ class PipeInput(object):
 
 
 class CursesKeyboard(object):
-    """Keys from curses; the screen's line editor turns them into lines."""
+    """Keys from curses; the screen's line editor turns them into lines.
+
+    Where the C library's locale is not UTF-8, curses cannot decode what the
+    terminal sends: then bytes are read one by one (``getch``) and decoded
+    here, so Korean typed on a UTF-8 terminal still arrives whole.
+    """
 
     def __init__(self, screen, fd=0):
         self.screen = screen
         self.fd = fd
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def read_lines(self):
         lines = []
         while True:
-            try:
-                key = self.screen.window.get_wch()
-            except self.screen.curses.error:
+            key = self._next_key()
+            if key is None:
                 return lines                               # no more keys for now
             if key == "\x04" and not self.screen.editor.chars:
                 return lines + [None]                      # Ctrl-D on an empty line: leave
             line = self.screen.handle_key(key)
             if line is not None:
                 lines.append(line)
+
+    def _next_key(self):
+        window, curses = self.screen.window, self.screen.curses
+        if self.screen.utf8:
+            try:
+                return window.get_wch()
+            except curses.error:
+                return None
+        while True:
+            code = window.getch()
+            if code == -1:
+                return None
+            if code > 0xFF:
+                return code                                # a key curses named: KEY_LEFT ...
+            text = self._decoder.decode(bytes([code]))
+            if text:
+                return text
 
 
 class PlainKeyboard(object):
@@ -582,9 +604,15 @@ def run_screen(options, session, user):
 
 
 def presenter_for(options, screen, user, scripted=False):
-    return Presenter(screen, "%s:%s" % (options.host, options.port), user, scripted=scripted,
-                     raw=options.raw, bell=options.bell and not scripted, log=options.log,
-                     name=PROG)
+    presenter = Presenter(screen, "%s:%s" % (options.host, options.port), user, scripted=scripted,
+                          raw=options.raw, bell=options.bell and not scripted, log=options.log,
+                          name=PROG)
+    if not getattr(screen, "utf8", True):
+        import locale
+        presenter.show(Info("this terminal's locale (%s) cannot show UTF-8: other characters are "
+                            "shown as \\u escapes; use a UTF-8 locale (LANG=C.UTF-8) to see them"
+                            % (locale.nl_langinfo(locale.CODESET) or "unknown")))
+    return presenter
 
 
 def run_curses(options, session, user, curses):
@@ -618,9 +646,17 @@ def run_plain(options, session, user):
 
 
 def screen_takes_utf8():
-    """Can the terminal's locale show UTF-8?  If not, other characters are shown as escapes."""
+    """Can the terminal's locale show UTF-8?  If not, other characters are shown as escapes.
+
+    Asked of the C library (which curses writes through), not of Python: in
+    the C locale Python itself runs in UTF-8 mode (PEP 540), curses does not.
+    """
     import locale
-    return codecs.lookup(locale.getpreferredencoding(False) or "ascii").name == "utf-8"
+    try:
+        locale.setlocale(locale.LC_CTYPE, "")
+        return codecs.lookup(locale.nl_langinfo(locale.CODESET)).name == "utf-8"
+    except (locale.Error, LookupError, AttributeError):
+        return False
 
 
 def run_scripted(options):

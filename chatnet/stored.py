@@ -49,12 +49,15 @@ REFILL_BELOW = 64 * 1024
 class StoredStream(object):
     """One connection's stored messages on their way."""
 
-    __slots__ = ("user_id", "after_row", "behind")
+    __slots__ = ("user_id", "after_row", "behind", "readable")
 
-    def __init__(self, user_id):
+    def __init__(self, user_id, readable):
         self.user_id = user_id
         self.after_row = 0             # rows up to this id have been read
         self.behind = bytearray()      # output that waits until every stored row is queued
+        #: False while stores for the account are on their way to the disk: reading now
+        #: would miss them (the reader sees only what is committed).
+        self.readable = readable
 
 
 class StoredDeliveries(object):
@@ -77,13 +80,19 @@ class StoredDeliveries(object):
         else for the connection waits behind until ``refill`` is called.
         """
         connection.absorb_pending()                # the login's "1" goes first, in the same send
-        connection.stream = StoredStream(user_id)
+        connection.stream = StoredStream(user_id, readable=read_now)
         if read_now:
             self.refill(connection)
 
     def refill(self, connection):
-        """Queue rows until the queue holds ``REFILL_BELOW`` bytes or the store is done."""
+        """Queue rows until the queue holds ``REFILL_BELOW`` bytes or the store is done.
+
+        Called with ``read_now=False`` pending, this is the commit's word that
+        the store may be read now.
+        """
         stream = connection.stream
+        if stream is not None:
+            stream.readable = True
         while stream is not None and len(connection.outgoing) < REFILL_BELOW:
             try:
                 rows = self._reader.stored_messages(stream.user_id, stream.after_row, BATCH_ROWS)
@@ -123,7 +132,8 @@ class StoredDeliveries(object):
             self._in_delivery.discard(row_id)
             self._delivered.add(row_id)
             self.delivered_total += 1
-        if connection.stream is not None and len(connection.outgoing) < REFILL_BELOW:
+        stream = connection.stream
+        if stream is not None and stream.readable and len(connection.outgoing) < REFILL_BELOW:
             self.refill(connection)
 
     def stop(self, connection):

@@ -162,3 +162,169 @@ def test_plain_mode_redraws_the_half_typed_line(server, tmux):
     tmux.type("/quit")
     tmux.keys("Enter")
     tmux.wait_for("EXIT=0")
+
+
+# ---------------------------------------------------------------- an afternoon's chat (issue 12)
+
+def free_port():
+    import socket
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def client_command(port, *flags):
+    return "%s -m chatnet.client --port %d --user alice %s" % (
+        shlex.quote(sys.executable), port, " ".join(flags))
+
+
+def test_the_screen_outlives_a_server_restart_and_lines_typed_meanwhile_arrive_in_order(database, tmux):
+    from live_server import LiveServer
+    port = free_port()
+    server = LiveServer(database, "--port", str(port)).start()        # the last --port wins
+    try:
+        tmux.start(client_command(port, "--to", "bob"))
+        tmux.log_in()
+        tmux.wait_for("bob is offline")
+        tmux.type("before the restart")
+        tmux.keys("Enter")
+        assert server.stop() == 0
+        screen = tmux.wait_for("disconnected, retrying in")
+        assert "server: the server is shutting down" in screen          # its own notice, shown
+        tmux.type("typed while down")
+        tmux.keys("Enter")
+        tmux.type("and another")
+        tmux.keys("Enter")
+        screen = tmux.wait_for("2 waiting")
+        assert "your line waits" in screen
+        tmux.type("half typed 한글")
+        server = LiveServer(database, "--port", str(port)).start()
+        screen = tmux.wait_for("logged in as alice", timeout=15)
+        assert "before the restart" in screen                           # the scrollback is kept
+        assert rows(screen)[-1] == "> half typed 한글"                  # ... and the input line
+        bob = server.login(b"bob", b"secret")
+        bob.expect(b"chat/alice: before the restart")
+        bob.expect(b"chat/alice: typed while down")
+        bob.expect(b"chat/alice: and another")
+        assert "waiting" not in rows(tmux.wait_for("bob is online"))[-2]
+    finally:
+        server.stop()
+
+
+def test_a_login_elsewhere_stops_retrying_and_keeps_the_screen(server, tmux):
+    tmux.start(client_command(server.port))
+    tmux.log_in()
+    tmux.wait_for("who do you want to talk to?")
+    server.login(b"alice", b"pw")                                       # alice, from elsewhere
+    screen = tmux.wait_for("not reconnecting")
+    assert "logged in from another place" in screen and "retrying" not in screen
+    tmux.type("/quit")
+    tmux.keys("Enter")
+    tmux.wait_for("EXIT=5")
+
+
+def test_the_server_down_at_start_is_retried(database, tmux):
+    from live_server import LiveServer
+    port = free_port()
+    tmux.start(client_command(port))
+    tmux.log_in()
+    tmux.wait_for("disconnected, retrying in")
+    server = LiveServer(database, "--port", str(port)).start()
+    try:
+        tmux.type("/connect")                                           # now, not at the next try
+        tmux.keys("Enter")
+        tmux.wait_for("logged in as alice")
+    finally:
+        server.stop()
+
+
+def test_a_third_person_is_marked_counted_and_answered_with_tab(server, tmux):
+    bob = server.login(b"bob", b"secret")
+    carol = server.login(b"carol", b"pw")
+    tmux.start(client_command(server.port, "--to", "bob"), width=120)
+    tmux.log_in()
+    tmux.wait_for("bob is online")
+    carol.send(b"chatwith/alice\nchat/psst, alice\n")
+    screen = tmux.wait_for("*carol*: psst, alice")
+    assert "reply with /to carol" in screen
+    assert "unread: carol 1" in rows(screen)[-2]
+    tmux.keys("Tab")                                                   # on an empty line: answer carol
+    screen = tmux.wait_for("partner: carol (online)")
+    assert "unread" not in rows(screen)[-2]
+    tmux.type("hi carol")
+    tmux.keys("Enter")
+    carol.line()
+    carol.line()                                                       # the 2 and its notice
+    carol.expect(b"chat/alice: hi carol")
+    del bob
+
+
+def test_new_messages_while_scrolled_back_are_announced_and_end_jumps_down(server, tmux):
+    bob = server.login(b"bob", b"secret")
+    tmux.start(client_command(server.port, "--to", "bob"), height=12)
+    tmux.log_in()
+    tmux.wait_for("bob is online")
+    bob.send(b"chatwith/alice\n" + b"".join(b"chat/line %02d\n" % i for i in range(30)))
+    tmux.wait_for("bob: line 29")
+    tmux.keys("PPage")
+    tmux.wait_for("[scrolled back]")
+    bob.send(b"chat/new one\nchat/new two\n")
+    screen = tmux.wait_for("-- 2 new messages below")
+    assert "new two" not in screen
+    tmux.keys("End")
+    screen = tmux.wait_for("bob: new two")
+    assert "new messages below" not in screen and "scrolled back" not in screen
+
+
+def test_the_status_line_keeps_the_partner_at_30_columns(server, tmux):
+    bob = server.login(b"bob", b"secret")
+    tmux.start(client_command(server.port, "--to", "bob"), width=30)
+    tmux.log_in()
+    screen = tmux.wait_for("bob is")
+    assert "partner: bob (online)" in rows(screen)[-2]
+    del bob
+
+
+def test_a_10_kb_paste_is_taken_quickly_and_the_network_is_served_meanwhile(server, tmux):
+    bob = server.login(b"bob", b"secret")
+    tmux.start(client_command(server.port, "--to", "bob"))
+    tmux.log_in()
+    tmux.wait_for("bob is online")
+    text = "".join("word%04d " % i for i in range(1200))[:10000] + "END"
+    tmux.run("set-buffer", "--", text)
+    started = time.monotonic()
+    tmux.run("paste-buffer", "-t", "chat")
+    bob.send(b"chatwith/alice\nchat/during the paste\n")
+    tmux.wait_for("bob: during the paste", timeout=10)
+    tmux.wait_for("END", timeout=20)
+    took = time.monotonic() - started
+    tmux.keys("Enter")
+    received = b""
+    bob.line()
+    bob.line()                                                         # the 2 and its notice
+    while not received.endswith(b"END"):
+        received += bob.line()[len(b"chat/alice: "):]
+    assert received == text.encode()
+    assert took < 20, "the paste took %.1f s" % took
+
+
+def test_a_locale_without_utf8_shows_escapes_and_says_so(server, tmux):
+    bob = server.login(b"bob", b"secret")
+    shell = "env LANG=C LC_ALL=C TERM=screen PYTHONPATH=%s %s; echo EXIT=$?; sleep 60" % (
+        shlex.quote(REPO), client_command(server.port, "--to", "bob"))
+    tmux.run("new-session", "-d", "-s", "chat", "-x", "100", "-y", "24", shell)
+    tmux.log_in()
+    screen = tmux.wait_for("bob is online")
+    assert "cannot show UTF-8" in screen
+    bob.send("chatwith/alice\nchat/안녕 \u202eevil\n".encode())
+    screen = tmux.wait_for("bob: \\uc548\\ub155 \\u202eevil")
+    tmux.type("typed 한글 too")                          # the terminal sends UTF-8 all the same
+    tmux.keys("Enter")
+    bob.line()
+    bob.line()                                           # the 2 and its notice
+    bob.expect("chat/alice: typed 한글 too".encode())
+    tmux.wait_for("alice: typed \\ud55c\\uae00 too")
+    tmux.keys("C-d")
+    tmux.wait_for("EXIT=0")

@@ -229,8 +229,8 @@ def test_a_failed_store_is_noticed_before_the_reply_to_any_later_line(served, wh
 class BlockingStorage(Storage):
     """Storage whose commits wait until the test lets them go (a frozen or stalled disk)."""
 
-    def __init__(self):
-        Storage.__init__(self, MEMORY)
+    def __init__(self, path=MEMORY):
+        Storage.__init__(self, path)
         self.gate = threading.Event()
         self.gate.set()
         self.waiting = threading.Event()
@@ -264,3 +264,25 @@ def test_a_stalled_disk_delays_only_the_senders_whose_stores_wait_for_it(served)
     assert alice.line(timeout=5) == UNKNOWN
     bob = server.login(b"bob")
     bob.expect(b"chat/alice: for bob, stuck on the disk")
+
+
+def test_a_login_while_a_store_for_it_waits_on_the_disk_gets_that_message_at_once(served, tmp_path):
+    """Found by the client's restart test: the login's "1" leaving made the delivery read the
+    store before the commit, so the message waited for the next login.  (A file: the
+    delivery reads on a connection of its own, which sees only what is committed.)"""
+    storage = BlockingStorage(str(tmp_path / "chat.db"))
+    storage.add_accounts([(name, passwords.hash_password(b"pw"))
+                          for name in ("alice", "bob", "carol", "dave")])
+    server = served(storage=storage)
+    alice = server.login(b"alice")
+    alice.chatwith(b"bob", b"1")
+    storage.gate.clear()                                        # the disk stops
+    alice.send(b"chat/stored while the disk is stuck\n")
+    assert storage.waiting.wait(5)
+    bob = RawClient(server.port)
+    bob.sock.sendall(wire.login_frame(b"bob", b"pw"))
+    assert bob.line(timeout=5) == b"1"                          # the "1" leaves before the commit
+    storage.gate.set()                                          # the disk comes back
+    bob.expect(b"chat/alice: stored while the disk is stuck")
+    alice.send(b"chat/and live after it\n")
+    bob.expect(b"chat/alice: and live after it")
