@@ -2,10 +2,12 @@
 
 import io
 
-from chatnet.client_core import Info, Message, Problem, ServerNotice
+from chatnet.client_core import Info, Message, PartnerChanged, Problem, ServerNotice, Unread
 from chatnet.screen import (
-    MESSAGE, MINE, NOTICE, LineEditor, PlainScreen, StatusLine, clean, format_effect, text_width, wrap,
+    BELL_IDLE, MESSAGE, MINE, NOTICE, LineEditor, PlainScreen, Presenter, StatusLine, ascii_only,
+    clean, format_effect, hanging_indent, rings, status_text, text_width, wrap,
 )
+from chatnet.session import Status
 
 
 def test_control_characters_from_the_network_are_made_visible():
@@ -149,3 +151,163 @@ def test_the_prompt_names_the_partner():
     screen = PlainScreen(stream, interactive=True)
     screen.set_status(StatusLine("h", "alice", "bob", "online", "connected"))
     assert stream.getvalue().endswith("[bob] > ")
+
+
+# ---------------------------------------------------------------- text safety (issue 12)
+
+def test_bidi_controls_are_made_visible_but_emoji_joiners_are_kept():
+    assert clean("abc\u202edcba") == "abc\\u202edcba"
+    assert clean("\u2066x\u2069 \u200f") == "\\u2066x\\u2069 \\u200f"
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"            # joined by ZWJ
+    assert clean(family) == family
+
+
+def test_a_terminal_without_utf8_gets_escapes_never_nothing():
+    assert ascii_only("hi 안녕 🙂") == "hi \\uc548\\ub155 \\U0001f642"
+    stream = io.StringIO()
+    PlainScreen(stream, utf8=False).show(MESSAGE, "bob: 안녕")
+    assert stream.getvalue() == "bob: \\uc548\\ub155\n"
+
+
+# ---------------------------------------------------------------- layout
+
+def test_wrapped_lines_hang_under_the_text():
+    line = "[12:00] bob: " + "word " * 12
+    indent = hanging_indent(line)
+    assert indent == len("[12:00] bob: ")
+    rows = wrap(line, 30, indent)
+    assert rows[0].startswith("[12:00] bob: word")
+    assert all(row.startswith(" " * indent + "word") for row in rows[1:])
+    assert all(text_width(row) <= 30 for row in rows)
+    assert hanging_indent("[12:00] -!- a notice") == len("[12:00] -!- ")
+    assert wrap(line, 20, indent) == wrap(line, 20)                     # too narrow to hang
+
+
+def status(**fields):
+    values = dict(host="127.0.0.1:7070", user="alice", partner="bob", state="online",
+                  connection="connected")
+    values.update(fields)
+    return StatusLine(**values)
+
+
+def test_the_status_line_drops_what_matters_least_first():
+    full = status(unread=(("carol", 2),), waiting=1)
+    assert status_text(full, 200).strip() == (
+        "chatnet  alice@127.0.0.1:7070   partner: bob (online)   connected   unread: carol 2"
+        "   1 waiting")
+    assert status_text(full, 70).strip() == (
+        "partner: bob (online)   connected   unread: carol 2   1 waiting")
+    assert status_text(full, 40).strip() == "partner: bob (online)   connected"
+    assert status_text(full, 30).strip() == "partner: bob (online)"
+    assert status_text(full, 12) == " bob (online"              # cut, never wrapped
+    for width in range(10, 120):
+        assert text_width(status_text(full, width)) == width
+
+
+# ---------------------------------------------------------------- the editor (issue 12)
+
+def test_words_move_the_cursor():
+    editor = typed(LineEditor(), "one two  three")
+    editor.word_left()
+    assert editor.cursor == len("one two  ")
+    editor.word_left()
+    editor.word_left()
+    assert editor.cursor == 0
+    editor.word_right()
+    assert editor.cursor == len("one")
+    editor.word_right()
+    assert editor.cursor == len("one two")
+
+
+def test_tab_completes_ids_seen():
+    editor = typed(LineEditor(), "/to ca")
+    assert editor.complete({"carol", "bob"}) == ["carol"]
+    assert editor.text == "/to carol "
+    editor = typed(LineEditor(), "da")
+    assert editor.complete({"dave", "daniel", "bob"}) == ["daniel", "dave"]
+    assert editor.text == "da"                                          # they agree on no more
+    assert typed(LineEditor(), "zz").complete({"bob"}) == []
+
+
+def test_a_long_paste_is_viewed_around_the_cursor():
+    editor = typed(LineEditor(), "x" * 9000 + "END")
+    text, cursor = editor.view(80)
+    assert text.endswith("END") and cursor == 79 and len(text) == 79
+    editor.home()
+    assert editor.view(80) == ("x" * 79, 0)
+
+
+# ---------------------------------------------------------------- the presenter
+
+class FakeClock(object):
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class RecordingScreen(PlainScreen):
+    def __init__(self):
+        PlainScreen.__init__(self, io.StringIO())
+        self.bells = 0
+        self.statuses = []
+
+    def bell(self):
+        self.bells += 1
+
+    def set_status(self, status):
+        self.statuses.append(status)
+
+
+def test_the_bell_rings_for_a_message_after_the_keyboard_was_idle_once_per_idle_spell():
+    assert rings(True, Message("bob", "hi"), 100.0, None, False)
+    assert not rings(True, Message("bob", "hi"), 100.0, 100.0 - BELL_IDLE + 1, False)
+    assert rings(True, Message("bob", "hi"), 100.0, 100.0 - BELL_IDLE, False)
+    assert not rings(True, Message("me", "hi", mine=True), 100.0, None, False)
+    assert not rings(False, Message("bob", "hi"), 100.0, None, False)
+    assert not rings(True, Message("bob", "hi"), 100.0, None, True)
+    screen, clock = RecordingScreen(), FakeClock()
+    presenter = Presenter(screen, "h", "alice", bell=True, clock=clock)
+    presenter.show(Message("bob", "one"))
+    presenter.show(Message("bob", "two"))
+    assert screen.bells == 1
+    presenter.key_pressed(clock.now)
+    presenter.show(Message("bob", "typing, so no bell"))
+    clock.now += BELL_IDLE
+    presenter.show(Message("bob", "idle again"))
+    assert screen.bells == 2
+
+
+def test_the_log_gets_every_line_shown_with_date_and_time(tmp_path):
+    log = open(str(tmp_path / "chat.log"), "a", encoding="utf-8")
+    screen = RecordingScreen()
+    with Presenter(screen, "h", "alice", log=log) as presenter:
+        presenter.show(Info("bob is online; say hello"))
+        presenter.show(Message("bob", "안녕", stored=True))
+    lines = (tmp_path / "chat.log").read_text(encoding="utf-8").splitlines()
+    assert [line[20:] for line in lines] == [
+        "-!- bob is online; say hello", "--- while you were away ---", "bob: 안녕"]
+    assert lines[0][4] == "-" and lines[0][13] == ":" and lines[0][19] == " "
+
+
+def test_the_status_line_follows_the_session_and_the_core():
+    screen = RecordingScreen()
+    presenter = Presenter(screen, "h:1", "alice")
+    presenter.show(Status("disconnected, retrying in 2 s", 1))
+    presenter.show(PartnerChanged("bob", "online"))
+    presenter.show(Unread((("carol", 1),)))
+    assert screen.statuses[-1] == StatusLine("h:1", "alice", "bob", "online",
+                                             "disconnected, retrying in 2 s", 1, (("carol", 1),))
+    assert "bob" in screen.known_ids
+
+
+def test_scripts_get_problems_on_stderr_and_not_their_own_lines():
+    errors = io.StringIO()
+    screen = PlainScreen(io.StringIO())
+    presenter = Presenter(screen, "h", "alice", scripted=True, errors=errors, name="prog")
+    presenter.show(Problem("pick someone first"))
+    presenter.show(Message("alice", "mine", mine=True))
+    presenter.show(Message("bob", "*theirs*", aside=True))
+    assert errors.getvalue() == "prog: pick someone first\n"
+    assert screen.stream.getvalue().endswith("] *bob*: *theirs*\n")
