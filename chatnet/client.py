@@ -45,7 +45,7 @@ import time
 
 from . import cli, tls, wire
 from .client_core import Info, SendBytes
-from .screen import BELL_IDLE, Presenter, PlainScreen
+from .screen import BELL_IDLE, EscapeSequence, Presenter, PlainScreen
 from .session import (
     CONNECT_TIMEOUT, ClientSession, Connect, Disconnect, Exit, ExitStatus, HalfClose,
 )
@@ -134,16 +134,11 @@ class CursesKeyboard(object):
 class PlainKeyboard(object):
     """Keys from a terminal in cbreak mode, edited with the screen's line editor."""
 
-    ESCAPES = {"[A": "previous", "[B": "next", "[C": "right", "[D": "left",
-               "[H": "home", "[F": "end", "[3~": "delete", "OH": "home", "OF": "end",
-               "b": "word_left", "f": "word_right",                  # Alt-b, Alt-f
-               "[1;5D": "word_left", "[1;5C": "word_right"}          # Ctrl-Left, Ctrl-Right
-
     def __init__(self, screen, fd=0):
         self.screen = screen
         self.fd = fd
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._escape = None           # the part of an escape sequence read so far
+        self._escape = EscapeSequence()
 
     def read_lines(self):
         data = os.read(self.fd, 4096)
@@ -152,17 +147,10 @@ class PlainKeyboard(object):
         lines = []
         editor = self.screen.editor
         for char in self._decoder.decode(data):
-            if self._escape is not None:
-                self._escape += char
-                name = self.ESCAPES.get(self._escape)
-                ended = len(self._escape) > 1 and (char.isalpha() or char == "~")
-                if name is not None or ended or len(self._escape) >= 6:
-                    self._escape = None
-                    if name is not None:
-                        getattr(editor, name)()
-                continue
-            if char == "\x1b":
-                self._escape = ""
+            taken, name = self._escape.feed(char)
+            if taken:
+                if name is not None:
+                    getattr(editor, name)()
             elif char in "\r\n":
                 self.screen.forget_input_line()
                 lines.append(editor.submit())

@@ -385,6 +385,39 @@ class LineEditor(object):
         self.cursor = len(self.chars)
 
 
+class EscapeSequence(object):
+    """Keys that arrive as ESC and more: Alt-b/Alt-f, and arrows curses does not name.
+
+    ``feed(char)`` returns ``(taken, name)``: whether the character belonged
+    to a sequence, and the editor action the finished sequence names (None
+    while unfinished, or for a sequence nobody uses -- it is dropped, never
+    typed into the line).
+    """
+
+    NAMES = {"[A": "previous", "[B": "next", "[C": "right", "[D": "left",
+             "[H": "home", "[F": "end", "[3~": "delete", "OH": "home", "OF": "end",
+             "b": "word_left", "f": "word_right",                  # Alt-b, Alt-f
+             "[1;5D": "word_left", "[1;5C": "word_right"}          # Ctrl-Left, Ctrl-Right
+
+    def __init__(self):
+        self.sofar = None
+
+    def feed(self, char):
+        if self.sofar is None:
+            if char == "\x1b":
+                self.sofar = ""
+                return True, None
+            return False, None
+        self.sofar += char
+        name = self.NAMES.get(self.sofar)
+        ended = (name is not None or len(self.sofar) >= 6
+                 or (len(self.sofar) == 1 and char not in "[O")
+                 or (len(self.sofar) > 1 and (char.isalpha() or char == "~")))
+        if ended:
+            self.sofar = None
+        return True, name
+
+
 # ================================================================ line mode
 
 class PlainScreen(object):
@@ -490,7 +523,7 @@ class CursesScreen(object):
         self.new_below = 0               # messages that arrived while scrolled back
         self.status = StatusLine("", "")
         self.styles = self._styles()
-        self._meta = False               # ESC came: the next key is Alt-<key>
+        self._escape = EscapeSequence()
         self._dirty = True
         window.keypad(True)
         window.nodelay(True)
@@ -556,19 +589,17 @@ class CursesScreen(object):
         """Apply one key; return the submitted line on Enter (or Tab on an empty line), else None."""
         curses, editor = self.curses, self.editor
         self._dirty = True
-        if self._meta:
-            self._meta = False
-            if key in ("b", "f"):
-                (editor.word_left if key == "b" else editor.word_right)()
+        if isinstance(key, str):
+            taken, name = self._escape.feed(key)
+            if taken:
+                if name is not None:
+                    getattr(editor, name)()
                 return None
         if key in ("\n", "\r", curses.KEY_ENTER):
             self.to_bottom()
             return editor.submit()
         if key == "\t":
             return self._tab()
-        if key == "\x1b":
-            self._meta = True
-            return None
         action = self._actions().get(key)
         if action is None and isinstance(key, int):
             action = self._named_key_actions().get(curses.keyname(key))

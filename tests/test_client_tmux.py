@@ -328,3 +328,18 @@ def test_a_locale_without_utf8_shows_escapes_and_says_so(server, tmux):
     tmux.wait_for("alice: typed \\ud55c\\uae00 too")
     tmux.keys("C-d")
     tmux.wait_for("EXIT=0")
+
+
+@pytest.mark.parametrize("mode", ["curses", "plain"])
+def test_alt_b_alt_f_and_ctrl_arrows_move_by_word(server, tmux, mode):
+    tmux.start(client_command(server.port, "--plain" if mode == "plain" else ""))
+    tmux.log_in()
+    tmux.wait_for("who do you want to talk to?")
+    tmux.type("one two three")
+    tmux.keys("M-b")
+    tmux.type("X")
+    tmux.keys("C-Left")
+    tmux.type("Y")
+    tmux.keys("M-f")
+    tmux.type("Z")
+    tmux.wait_for("> one two YXthreeZ")

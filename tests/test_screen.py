@@ -4,7 +4,7 @@ import io
 
 from chatnet.client_core import Info, Message, PartnerChanged, Problem, ServerNotice, Unread
 from chatnet.screen import (
-    BELL_IDLE, MESSAGE, MINE, NOTICE, LineEditor, PlainScreen, Presenter, StatusLine, ascii_only,
+    BELL_IDLE, MESSAGE, MINE, NOTICE, EscapeSequence, LineEditor, PlainScreen, Presenter, StatusLine, ascii_only,
     clean, format_effect, hanging_indent, rings, status_text, text_width, wrap,
 )
 from chatnet.session import Status
@@ -311,3 +311,18 @@ def test_scripts_get_problems_on_stderr_and_not_their_own_lines():
     presenter.show(Message("bob", "*theirs*", aside=True))
     assert errors.getvalue() == "prog: pick someone first\n"
     assert screen.stream.getvalue().endswith("] *bob*: *theirs*\n")
+
+
+def test_escape_sequences_name_word_moves_and_unknown_ones_are_dropped():
+    def names(keys):
+        sequence, out = EscapeSequence(), []
+        for key in keys:
+            taken, name = sequence.feed(key)
+            out.append(name if taken else key)
+        return [item for item in out if item is not None]
+    assert names("\x1bb") == ["word_left"]
+    assert names("\x1bf") == ["word_right"]
+    assert names("\x1b[1;5Dx") == ["word_left", "x"]
+    assert names("\x1b[1;5C") == ["word_right"]
+    assert names("\x1bOH") == ["home"]
+    assert names("\x1b[99~a") == ["a"]                       # unknown: dropped, not typed
