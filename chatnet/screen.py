@@ -114,12 +114,11 @@ def wrap(text, width, indent=0):
 
 
 def hanging_indent(text):
-    """Where a display line's text starts: after ``[HH:MM] sender: `` or ``[HH:MM] -!- ``."""
-    for marker in (": ", "-!- "):
-        found = text.find(marker, 8, 48)
-        if found != -1:
-            return text_width(text[:found + len(marker)])
-    return 0
+    """Where a display line's text starts: after ``[HH:MM] -!- `` or ``[HH:MM] sender: ``."""
+    if text.startswith("-!- ", 8):
+        return 12
+    found = text.find(": ", 8, 48)
+    return text_width(text[:found + 2]) if found != -1 else 0
 
 
 def _wrap(text, width):
@@ -187,7 +186,7 @@ def format_effect(effect, now=None):
 def partner_words(partner, state):
     if partner is None:
         return "no partner"
-    return "%s (%s)" % (partner, state)
+    return "%s (%s)" % (partner, state) if state else partner
 
 
 # ================================================================ the status line

@@ -307,6 +307,8 @@ class ClientSession(object):
         self.link = Link.DOWN
         if self.core is not None:
             self.core.closed()
+            if self.core.partner is not None:         # whether they are online is unknown now
+                self._effects.append(PartnerChanged(self.core.partner.decode("utf-8", "replace"), None))
             self.core = None
         self._unflushed = False
 

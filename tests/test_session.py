@@ -274,3 +274,10 @@ def test_a_script_waits_through_reconnects_until_its_lines_are_out():
     s.connected(5.0)
     assert sent(s.received(b"1\n", 5.1)) == b"chatwith/bob\nchat/hello\nchat/more\n"
     assert s.flushed(5.2) == [HalfClose()]
+
+
+def test_after_a_loss_the_partner_is_kept_but_whether_they_are_online_is_not_known():
+    s = session(partner="bob")
+    logged_in(s)
+    s.received(b"2\n" + wire.NOTICE_ONLINE, 0.1)
+    assert of(PartnerChanged, s.lost("reset", 1.0)) == [PartnerChanged("bob", None)]
