@@ -48,7 +48,6 @@ re-raises instead, for tests).
 import collections
 import logging
 import selectors
-import signal
 import socket
 import struct
 import time
@@ -60,17 +59,18 @@ from .admission import (  # noqa: F401 (format_address, open_listener, parse_net
     LOOPBACK, Admission, Listener, format_address, format_peer, open_listener, parse_networks,
 )
 from .events import (
-    CheckLogin, Close, Connected, ConnectionLost, DataReceived, DeliverStored, HungUp,
-    InputEnded, LimitReached, LoggedOut, LoginFailed, LoginSucceeded, LookUpAccount,
-    PauseReading, ReadAtMost, ResumeReading, Send, SendQueueDrained, SendQueueFull,
-    ServerStopping, StoreMessage, TimePassed, Undelivered, data_received,
+    Connected, ConnectionLost, HungUp, InputEnded, SendQueueDrained, SendQueueFull,
+    ServerStopping, TimePassed, Undelivered, data_received,
 )
+from .actions import ActionRunner
 from .connections import Connections
+from .housekeeping import Housekeeping, Warnings
 from .ledger import DurabilityCork
-from .metrics import Metrics, MetricsEndpoint, MetricsRequest
+from .metrics import Metrics, MetricsEndpoint
 from .stored import StoredDeliveries
 from .timers import Timers
 from .tls import TLSFailed, TLSLayer
+from .wakeup import WakeUp
 from .transport import BROKEN, DRAINED, FULL, OVERFLOW, READ, WRITE, Transport, WaterMarks
 from .workers import Lookups, PasswordChecks, StorageWriter, StoredCount
 
@@ -78,13 +78,9 @@ log = logging.getLogger("chatnet.server")
 
 RECV_SIZE = 64 * 1024          # bytes read per readable connection per pass
 SEND_BUFFER = 128 * 1024       # SO_SNDBUF of client sockets (the kernel makes it 256 KiB)
-CLOSE_LINGER = 5.0             # time a closing connection gets to take its last bytes
 SHUTDOWN_GRACE = 2.0           # time to flush goodbyes on shutdown
 WRITER_GRACE = 10.0            # ... and then for the database to finish its last writes
-STALL_SWEEP = 1.0              # how often send queues are checked for stalls
 WARNING_INTERVAL = 10.0        # a repeated warning is logged at most this often
-CHECK_INTERVAL = 1.0           # how often the database file and removed accounts are checked
-LOOP_STALL_GRACE = 0.5         # a pass this much later than select's timeout: the loop was away
 
 NOTICE_SEND_QUEUE = wire.notice("you are not reading your messages, closing the connection")
 
@@ -117,7 +113,7 @@ class Reactor(object):
         self._selector = selector or selectors.DefaultSelector()
         self.now = clock()
         self._conn_ids = iter(range(1, 1 << 62))
-        self._connections = Connections(self._selector, self._start_sweep)
+        self._connections = Connections(self._selector, self._first_writer)
         self._transports = self._connections.by_conn   # conn id -> Transport (read only here)
         self._marks = WaterMarks(limits.send_queue_limit)
         self._writable = []              # transports to write in this pass's write step
@@ -125,44 +121,45 @@ class Reactor(object):
         self._inputs = collections.deque()
         self._feeding = False
         self._timers = Timers()
-        self._warned_at = {}             # warning kind -> (last time, times suppressed since)
-        self._stop_requested = self._hangup_requested = False
+        #: Log a warning, but one kind at most every WARNING_INTERVAL seconds.
+        self.warn = Warnings(lambda: self.now, log, WARNING_INTERVAL).warn
+        self._wakeup = WakeUp()
         self._on_hangup = None
         self._core_deadline = None
-        self._sweeping = False
         self.on_stopping = None          # called when shutting down begins (systemd's STOPPING=1)
-        self._wake_reader, self._wake_writer = socket.socketpair()
-        for end in (self._wake_reader, self._wake_writer):
-            end.setblocking(False)
         self.metrics = Metrics()
+        self._start_workers(storage, workers or passwords.usable_cpus())
+        self._watch(listener, tls, metrics)
+        self._housekeeping = Housekeeping(self, self._connections, self.cork, self._lookups,
+                                          self.metrics, limits.write_timeout, metrics is not None)
+        self._housekeeping.start()
+        self._actions = ActionRunner(self, self._connections, self.cork, self.stored, self._checks,
+                                     self._lookups, self.metrics, RECV_SIZE)
+
+    def _start_workers(self, storage, workers):
+        """The threads that block so the loop does not: the KDF, lookups, the database writer."""
         self.stored = StoredDeliveries(storage.open_reader(), self.warn)
         self._writer = StorageWriter(storage, self.wake)
         self.cork = DurabilityCork(self._writer, self.stored, storage, self, self.metrics)
-        self._checks = PasswordChecks(storage.open_reader, self.wake, workers or passwords.usable_cpus())
+        self._checks = PasswordChecks(storage.open_reader, self.wake, workers)
         self._lookups = Lookups(storage.open_reader, self.wake)
+
+    def _watch(self, listener, tls, metrics):
+        """Register the listeners, the wake-up descriptor, the hang-up watch and /metrics."""
         listeners = [Listener(listener)] if listener is not None else []
         if tls is not None:
             listeners.append(Listener(tls[0], tls[1]))
-        self._admission = Admission(listeners, limits, self)
-        hangups = self._connections.hangups
+        self._admission = Admission(listeners, self._limits, self)
         for each in listeners:
             each.sock.setblocking(False)
             self.watch_listener(each)
-        self._selector.register(self._wake_reader, READ, _WAKEUP)
+        self._selector.register(self._wakeup.reader, READ, _WAKEUP)
+        hangups = self._connections.hangups
         if hangups.available:
             self._selector.register(hangups.fileno(), READ, _HANGUPS)
         self._metrics_endpoint = None
         if metrics is not None:
             self._metrics_endpoint = MetricsEndpoint(metrics, self._selector, self.render_metrics, self)
-        self.call_at(self.now + CHECK_INTERVAL, self._every_second, self.now + CHECK_INTERVAL)
-        self._handlers = {
-            Send: self._do_send, Close: self._do_close, CheckLogin: self._do_check_login,
-            LookUpAccount: self._do_look_up_account, StoreMessage: self.cork.store,
-            DeliverStored: self._do_deliver_stored, PauseReading: self._do_pause_reading,
-            ResumeReading: self._do_resume_reading, ReadAtMost: self._do_read_at_most,
-            LoginSucceeded: self._do_login_succeeded, LoginFailed: self._log_event,
-            LoggedOut: self._log_event, LimitReached: self._log_event,
-        }
 
     # ================================================================ running
 
@@ -178,42 +175,25 @@ class Reactor(object):
 
     def wake(self):
         """Make a waiting ``select`` return (safe from any thread)."""
-        try:
-            self._wake_writer.send(b"\0")
-        except OSError:          # full (a wake-up is pending anyway) or closed
-            pass
+        self._wakeup.wake()
 
     def request_stop(self):
         """Ask ``serve_forever`` to shut down cleanly (safe from any thread)."""
-        self._stop_requested = True
-        self.wake()
+        self._wakeup.request_stop()
 
     def install_signal_handlers(self, on_hangup=None):
         """SIGTERM and SIGINT stop the server cleanly; SIGHUP calls ``on_hangup`` (main thread only).
 
-        The handlers only set flags, and the loop acts on them between
-        passes: a handler runs wherever the main thread happens to be (in
-        the middle of writing a log line, say), so it must not touch
-        anything.  A flag alone would not interrupt ``select``, which Python
-        retries after a signal (PEP 475); the wake-up fd makes it return at
-        once.  Without ``on_hangup``, SIGHUP is ignored.
+        The handlers only set flags; the loop acts on them between passes
+        (``chatnet.wakeup`` says why).  Without ``on_hangup``, SIGHUP is ignored.
         """
-        signal.set_wakeup_fd(self._wake_writer.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_stop_signal)
         self._on_hangup = on_hangup
-        signal.signal(signal.SIGHUP, self._on_hangup_signal if on_hangup else signal.SIG_IGN)
-
-    def _on_stop_signal(self, signum, frame):
-        self._stop_requested = True
-
-    def _on_hangup_signal(self, signum, frame):
-        self._hangup_requested = True
+        self._wakeup.install_signal_handlers(reload_wanted=on_hangup is not None)
 
     def serve_forever(self):
         """Run passes until a stop is requested, then shut down cleanly."""
         try:
-            while not self._stop_requested:
+            while not self._wakeup.stop_requested:
                 try:
                     self.run_once()
                 except Exception:
@@ -229,10 +209,10 @@ class Reactor(object):
         """One pass of the loop: wait, read, time, commit, write (see the module docstring)."""
         timeout = self._select_timeout(max_wait)
         ready = self._selector.select(timeout)
-        self.now = self._passed_since(self.now, timeout)
+        before, self.now = self.now, self._clock()
+        self._housekeeping.credit_absence(before, self.now, timeout)
         self._connections.new_pass()
-        if self._hangup_requested:
-            self._hangup_requested = False
+        if self._wakeup.take_reload():
             self._on_hangup()
         for key, mask in ready:                                   # ---- read
             self._dispatch(key.data, mask)
@@ -259,23 +239,6 @@ class Reactor(object):
             return max_wait
         until_due = max(0.0, deadline - self._clock())
         return until_due if max_wait is None else min(max_wait, until_due)
-
-    def _passed_since(self, before, timeout):
-        """The time now -- crediting waiting writers with any time the loop itself was away.
-
-        ``select`` returns within its timeout.  When much more time than that
-        passed, the process was stopped (SIGSTOP, a VM pause, a stalled disk):
-        no client could read from a server that was not sending, so that
-        time does not count against anyone's write timeout.
-        """
-        now = self._clock()
-        writing = self._connections.writing
-        if timeout is not None and writing:
-            away = now - before - timeout - LOOP_STALL_GRACE
-            if away > 0:
-                for transport in writing:
-                    transport.progress_at += away
-        return now
 
     def _dispatch(self, target, mask):
         """The one dispatch: a key's data is what the event is for (README, "Reading the code")."""
@@ -332,11 +295,7 @@ class Reactor(object):
             self.feed(InputEnded(transport.conn))
 
     def _wakeup_ready(self):
-        try:
-            while self._wake_reader.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._wakeup.drain()
         for result in self._checks.results():
             self.feed(result)
         for result in self._lookups.results():
@@ -372,12 +331,12 @@ class Reactor(object):
             return
         self._feeding = True
         try:
-            inputs, handlers, core = self._inputs, self._handlers, self._core
+            inputs, run, core = self._inputs, self._actions.run, self._core
             while inputs:
                 event = inputs.popleft()
                 try:
                     for action in core.handle(event, self.now):
-                        handlers[type(action)](action)
+                        run(action)
                 except Exception:
                     if self._strict:
                         raise
@@ -394,7 +353,7 @@ class Reactor(object):
             try:
                 edge = transport.flush()
                 if edge is not None:
-                    self._send_queue_edge(transport, edge)
+                    self.queue_edge(transport, edge)
             except Exception:
                 self._transport_failed(transport)
 
@@ -409,7 +368,7 @@ class Reactor(object):
             transport.close()
         try:
             for action in self._core.handle(ConnectionLost(conn), self.now):
-                self._handlers[type(action)](action)
+                self._actions.run(action)
         except Exception:
             log.exception("internal error while forgetting connection %s", conn)
 
@@ -424,96 +383,20 @@ class Reactor(object):
         except Exception:
             log.exception("internal error while closing connection %d", transport.conn)
 
-    # ================================================================ actions
+    # ================================================================ commit and write
 
-    def _do_send(self, action):
-        transport = self._transports.get(action.conn)
-        if transport is not None:
-            edge = transport.write(action.data)
-            if edge is not None:
-                self._send_queue_edge(transport, edge)
-
-    def _send_queue_edge(self, transport, edge):
+    def queue_edge(self, transport, edge):
         """What a transport's water marks said: tell the core, or drop the client."""
         if edge is FULL:
             self.feed(SendQueueFull(transport.conn))
         elif edge is DRAINED:
             self.feed(SendQueueDrained(transport.conn))
         elif edge is OVERFLOW:
-            self._drop_slow_reader(transport, "%d bytes wait to be sent, over the limit of %d" % (
+            self.drop_slow_reader(transport, "%d bytes wait to be sent, over the limit of %d" % (
                 transport.live_bytes_waiting(), self._marks.hard))
         elif edge is BROKEN:
             self._drop(transport, transport.failure)
 
-    def _do_close(self, action):
-        transport = self._transports.get(action.conn)
-        if transport is None:
-            return
-        # The operator's line for this is the core's LoggedOut or LimitReached: one per event.
-        log.debug("connection %d from %s closed: %s", transport.conn, transport.peer, action.reason)
-        transport.core_knows = False
-        self.stored.stop(transport)
-        if not transport.close_when_drained():
-            self._writable.append(transport)
-            self.call_at(self.now + CLOSE_LINGER, self._abort_closing, transport)
-
-    def _abort_closing(self, transport):
-        if not transport.closed:
-            log.info("connection %d from %s: dropped %d unsent bytes at close",
-                     transport.conn, transport.peer, len(transport.outgoing))
-            transport.close()
-
-    def _do_check_login(self, action):
-        transport = self._transports.get(action.conn)
-        if transport is not None:
-            self._checks.submit(action.conn, transport.host, action.user_id, action.password)
-
-    def _do_look_up_account(self, action):
-        """Ask the lookup thread -- once the stores and deletes made so far are committed.
-
-        The lookup thread reads what is committed, so the answer then counts
-        everything stored and delivered before the question was asked.
-        """
-        self.cork.after_commits(self._submit_lookup, action)
-
-    def _submit_lookup(self, action):
-        self._lookups.submit(action.conn, action.user_id)
-
-    def _do_deliver_stored(self, action):
-        transport = self._transports.get(action.conn)
-        if transport is not None:
-            if not transport.outgoing:
-                transport.progress_at = self.now
-            self.cork.deliver(transport, action.user_id)
-            self._writable.append(transport)
-
-    def _do_pause_reading(self, action):
-        transport = self._transports.get(action.conn)
-        if transport is not None:
-            transport.pause_reading()
-
-    def _do_resume_reading(self, action):
-        transport = self._transports.get(action.conn)
-        if transport is not None:
-            transport.resume_reading()
-
-    def _do_read_at_most(self, action):
-        transport = self._transports.get(action.conn)
-        if transport is not None:
-            transport.read_size = min(RECV_SIZE, action.size) if action.size else RECV_SIZE
-
-    def _do_login_succeeded(self, action):
-        transport = self._transports.get(action.conn)
-        if transport is not None:
-            transport.user_id = action.user_id      # for the accounts check (``_every_second``)
-        self._log_event(action)
-
-    def _log_event(self, action):
-        if type(action) is LimitReached:
-            self.metrics.limit_reached(action.limit)
-        log.info(*_describe(action, self._connections.peer(action.conn)))
-
-    # ================================================================ commit and write
 
     def writable(self, transport):
         """``transport`` may send now (the cork let it go, a notice went in): write it this pass."""
@@ -526,11 +409,14 @@ class Reactor(object):
                 try:
                     edge = transport.write_ready()
                     if edge is not None:
-                        self._send_queue_edge(transport, edge)
+                        self.queue_edge(transport, edge)
                 except Exception:
                     self._transport_failed(transport)
 
     # ================================================================ for transports, admission, the cork
+
+    def _first_writer(self):
+        self._housekeeping.start_sweep()
 
     def clock(self):
         """The time now (the loop's clock), not just as of this pass."""
@@ -586,75 +472,7 @@ class Reactor(object):
     def call_at(self, when, function, argument=None):
         self._timers.call_at(when, function, argument)
 
-    def warn(self, kind, message, *arguments):
-        """Log a warning, but one kind at most every WARNING_INTERVAL seconds."""
-        last, suppressed = self._warned_at.get(kind, (None, 0))
-        if last is not None and self.now - last < WARNING_INTERVAL:
-            self._warned_at[kind] = (last, suppressed + 1)
-            return
-        if suppressed:
-            message += " (and %d more like it)" % suppressed
-        log.warning(message, *arguments)
-        self._warned_at[kind] = (self.now, 0)
-        if len(self._warned_at) > 1000:
-            self._warned_at.clear()
-
-    # ================================================================ timers
-
-    def _sweep_stalled_writers(self, _):
-        """Drop clients that have taken no byte for ``write_timeout`` seconds.
-
-        Runs every STALL_SWEEP seconds while some connection waits to write,
-        and not at all otherwise, so an idle server sleeps.
-        """
-        stalled_before = self.now - self._limits.write_timeout
-        for transport in list(self._connections.writing):
-            if transport.outgoing and transport.progress_at < stalled_before:
-                self._drop_slow_reader(transport, "no byte taken for %.0f s"
-                                       % self._limits.write_timeout)
-        if self._connections.writing:
-            self.call_at(self.now + STALL_SWEEP, self._sweep_stalled_writers)
-        else:
-            self._sweeping = False
-
-    def _start_sweep(self):
-        if not self._sweeping:
-            self._sweeping = True
-            self.call_at(self.now + STALL_SWEEP, self._sweep_stalled_writers)
-
-    def _every_second(self, due):
-        """Is the database file still in place?  Were accounts of people online removed?
-
-        Both are answered off the loop or nearly free: a ``stat``, and a job
-        for the lookup thread that costs one ``PRAGMA data_version`` unless
-        another program committed something.  How late this runs is the
-        loop's lag, for the metrics.
-        """
-        self.metrics.loop_lag.observe(max(0.0, self.now - due))
-        self.cork.check_file()
-        logged_in = self._check_acks()
-        if logged_in:
-            self._lookups.check_accounts(logged_in)
-        if self._metrics_endpoint is not None:
-            self._lookups.count_stored()
-        self.call_at(self.now + CHECK_INTERVAL, self._every_second, self.now + CHECK_INTERVAL)
-
-    def _check_acks(self):
-        """Forget what clients acknowledged; close the closing ones that are now drained.
-
-        Returns the accounts logged in, gathered on the same walk (for ``_every_second``).
-        """
-        logged_in = []
-        for transport in self._connections.all():
-            if transport.user_id is not None:
-                logged_in.append(transport.user_id)
-            if transport.sent_log is not None:
-                if transport.closing:
-                    if transport.drained():
-                        transport.close(clean=True)
-                else:
-                    transport.check_acks()
-        return logged_in
+    # ================================================================ metrics
 
     def render_metrics(self):
         """The metrics page (``chatnet.metrics``): counts of the core, the loop and the stores."""
@@ -674,7 +492,7 @@ class Reactor(object):
 
     # ================================================================ closing
 
-    def _drop_slow_reader(self, transport, why):
+    def drop_slow_reader(self, transport, why):
         log.warning("connection %d from %s dropped: it does not read (%s)",
                     transport.conn, transport.peer, why)
         try:
@@ -707,7 +525,7 @@ class Reactor(object):
             self.cork.release()
             self._writable.extend(t for t in self._connections.all() if t.outgoing)
             self._write_step()
-            self._check_acks()
+            self._housekeeping.check_acks()
             self._selector.select(min(0.05, max(0.0, give_up_at - self._clock())))
             self.now = self._clock()
             self._wakeup_ready()
@@ -727,27 +545,10 @@ class Reactor(object):
         self._admission.close()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
-        self._wake_reader.close()
-        self._wake_writer.close()
+        self._wakeup.close()
 
 
 # ================================================================ helpers
-
-def _describe(action, peer):
-    """The operator's log line for a LoginSucceeded, LoginFailed, LoggedOut or LimitReached."""
-    kind = type(action)
-    if kind is LoginSucceeded:
-        return "login %s from %s (connection %d)", _id_text(action.user_id), peer, action.conn
-    if kind is LoginFailed:
-        return ("failed login%s from %s (connection %d, failure %d)",
-                "" if action.user_id is None else " for " + _id_text(action.user_id),
-                peer, action.conn, action.failures)
-    if kind is LoggedOut:
-        return ("logout %s from %s (connection %d): %s", _id_text(action.user_id), peer,
-                action.conn, action.reason)
-    return ("limit reached on connection %d from %s: %s%s", action.conn, peer, action.limit,
-            ": " + action.detail if action.detail else "")
-
 
 def _tune_socket(sock, keepalive):
     """TCP_NODELAY, a bounded send buffer, and keepalive so a vanished peer is noticed."""
@@ -778,7 +579,3 @@ def _set_option(sock, level, option, value):
         sock.setsockopt(level, option, value)
     except OSError:
         pass
-
-
-def _id_text(user_id):
-    return user_id.decode("ascii", "replace")

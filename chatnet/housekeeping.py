@@ -1,0 +1,132 @@
+"""The loop's timed chores: stalled writers, acknowledgements, the database file, removed accounts.
+
+``Housekeeping`` holds what the server checks on a clock rather than on an
+event: clients that have taken no byte for ``--write-timeout`` seconds
+(swept only while someone waits to write, so an idle server sleeps); once a
+second, what clients' TCP acknowledged, whether the database file is still
+in place, whether accounts of people online were removed, and the loop's
+lag for the metrics; and the credit a waiting writer gets for time the
+server itself was away (SIGSTOP, a VM pause).
+
+It owns those schedules and nothing else: it decides no protocol matter and
+touches no socket; drops go through the loop (``drop_slow_reader``), jobs
+through the lookup thread, the file check through the cork.
+"""
+
+STALL_SWEEP = 1.0              # how often send queues are checked for stalls
+CHECK_INTERVAL = 1.0           # how often acks, the database file and removed accounts are checked
+LOOP_STALL_GRACE = 0.5         # a pass this much later than select's timeout: the loop was away
+
+
+class Housekeeping(object):
+    """The loop's clocked checks; see the module docstring."""
+
+    def __init__(self, loop, connections, cork, lookups, metrics, write_timeout, count_stored):
+        self._loop = loop
+        self._connections = connections
+        self._cork = cork
+        self._lookups = lookups
+        self._metrics = metrics
+        self._write_timeout = write_timeout
+        self._count_stored = count_stored      # someone reads the metrics: count stored rows too
+        self._sweeping = False
+
+    def start(self):
+        first = self._loop.now + CHECK_INTERVAL
+        self._loop.call_at(first, self._every_second, first)
+
+    # ---------------------------------------------------------------- slow readers
+
+    def start_sweep(self):
+        """A transport began waiting to write: sweep for stalls until none waits."""
+        if not self._sweeping:
+            self._sweeping = True
+            self._loop.call_at(self._loop.now + STALL_SWEEP, self._sweep_stalled_writers)
+
+    def _sweep_stalled_writers(self, _):
+        """Drop clients that have taken no byte for ``write_timeout`` seconds."""
+        stalled_before = self._loop.now - self._write_timeout
+        for transport in list(self._connections.writing):
+            if transport.outgoing and transport.progress_at < stalled_before:
+                self._loop.drop_slow_reader(transport, "no byte taken for %.0f s" % self._write_timeout)
+        if self._connections.writing:
+            self._loop.call_at(self._loop.now + STALL_SWEEP, self._sweep_stalled_writers)
+        else:
+            self._sweeping = False
+
+    def credit_absence(self, before, now, timeout):
+        """Time much beyond ``select``'s timeout was the server's own absence: no writer pays for it.
+
+        No client could read from a server that was not sending, so that
+        time does not count against anyone's write timeout.
+        """
+        writing = self._connections.writing
+        if timeout is not None and writing:
+            away = now - before - timeout - LOOP_STALL_GRACE
+            if away > 0:
+                for transport in writing:
+                    transport.progress_at += away
+
+    # ---------------------------------------------------------------- once a second
+
+    def _every_second(self, due):
+        """Acknowledgements, the database file, removed accounts, the loop's lag.
+
+        All are answered off the loop or nearly free: a walk of the
+        connections, a ``stat``, and a job for the lookup thread that costs
+        one ``PRAGMA data_version`` unless another program committed
+        something.  How late this runs is the loop's lag, for the metrics.
+        """
+        now = self._loop.now
+        self._metrics.loop_lag.observe(max(0.0, now - due))
+        self._cork.check_file()
+        logged_in = self.check_acks()
+        if logged_in:
+            self._lookups.check_accounts(logged_in)
+        if self._count_stored:
+            self._lookups.count_stored()
+        self._loop.call_at(now + CHECK_INTERVAL, self._every_second, now + CHECK_INTERVAL)
+
+    def check_acks(self):
+        """Forget what clients acknowledged; close the closing ones that are now drained.
+
+        Returns the accounts logged in, gathered on the same walk.
+        """
+        logged_in = []
+        for transport in self._connections.all():
+            if transport.user_id is not None:
+                logged_in.append(transport.user_id)
+            if transport.sent_log is not None:
+                if transport.closing:
+                    if transport.drained():
+                        transport.close(clean=True)
+                else:
+                    transport.check_acks()
+        return logged_in
+
+
+class Warnings(object):
+    """Warnings of one kind at most every ``interval`` seconds, then how many were held back.
+
+    A full disk or a flood would otherwise write the same line thousands of
+    times a second; the operator needs it once, and the count.
+    """
+
+    def __init__(self, now, log, interval=10.0):
+        self._now = now                # the loop's time, as a function
+        self._log = log
+        self._interval = interval
+        self._warned_at = {}           # kind -> (last time, times suppressed since)
+
+    def warn(self, kind, message, *arguments):
+        now = self._now()
+        last, suppressed = self._warned_at.get(kind, (None, 0))
+        if last is not None and now - last < self._interval:
+            self._warned_at[kind] = (last, suppressed + 1)
+            return
+        if suppressed:
+            message += " (and %d more like it)" % suppressed
+        self._log.warning(message, *arguments)
+        self._warned_at[kind] = (now, 0)
+        if len(self._warned_at) > 1000:
+            self._warned_at.clear()
