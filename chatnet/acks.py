@@ -5,7 +5,7 @@ recipient's TCP has acknowledged its last byte.  Linux tells how many bytes
 the peer acknowledged (``tcpi_bytes_acked`` in ``TCP_INFO``), and it still
 tells after the connection died.  So a transport keeps, in a ``SentLog``,
 references to the chunks it handed the kernel, each with the stream offset
-where it ends, and forgets a chunk once the peer acknowledged it -- reading
+where it ends (worked out from the first one's), and forgets a chunk once the peer acknowledged it -- reading
 ``TCP_INFO`` only now and then (every ``CHECK_EVERY`` chunks, once a second
 from the loop, and at the end), never per message.  When the connection
 ends, ``unacknowledged`` returns the bytes from the start of the first line
@@ -22,7 +22,6 @@ Without ``TCP_INFO`` (not Linux), ``bytes_acked`` says None and whatever the
 kernel took counts as delivered: only what never left the server is kept.
 """
 
-import bisect
 import socket
 import struct
 
@@ -62,46 +61,61 @@ def bytes_acked(sock):
 
 
 class SentLog(object):
-    """Chunks handed to the kernel and not yet acknowledged: ``(end offset, bytes)``.
+    """Chunks handed to the kernel and not yet acknowledged, and the stream offset of the first.
 
-    A list, not a deque: most logs hold a chunk or two for a moment (a
-    deque's first block alone is about 600 bytes, on every connection).
+    Recording a send is one ``list.append`` of the bytes object that was
+    sent (no copy, no tuple): the transport does it inline, since it runs
+    once per ``send``.  Offsets are worked out only when asked, by walking
+    the chunks from ``start``.  On a TLS connection a chunk is plaintext
+    but the offsets are ciphertext: ``wire_sizes`` then holds how many bytes
+    of records each chunk became.  Lists, not deques: most logs hold a
+    chunk or two for a moment (a deque's first block alone is about 600
+    bytes, on every connection).
     """
 
-    __slots__ = ("chunks",)
+    __slots__ = ("start", "chunks", "wire_sizes")
 
-    def __init__(self):
-        self.chunks = []
+    def __init__(self, start, first, wire_size=None):
+        self.start = start             # stream offset where chunks[0] begins
+        self.chunks = [first]
+        self.wire_sizes = None if wire_size is None else [wire_size]
+
+    def _ends(self):
+        """``(index, chunk, offset where it ends)`` for every chunk."""
+        end = self.start
+        sizes = self.wire_sizes
+        for index, chunk in enumerate(self.chunks):
+            end += len(chunk) if sizes is None else sizes[index]
+            yield index, chunk, end
 
     def acknowledged(self, acked):
         """Forget chunks the peer took, up to the last one that ends a line."""
-        chunks = self.chunks
-        if chunks[-1][0] <= acked and chunks[-1][1][-1:] == b"\n":
-            chunks.clear()                              # the usual case: all of it
-            return
-        # Ends only grow: the first chunk not fully acknowledged, by binary search.
-        first = bisect.bisect_left(chunks, (acked + 1,))
-        while first > 0 and chunks[first - 1][1][-1:] != b"\n":
-            first -= 1                                  # keep the start of that line
-        del chunks[:first]
+        keep_from, start = 0, self.start
+        for index, chunk, end in self._ends():
+            if end > acked:
+                break
+            if chunk[-1:] == b"\n":
+                keep_from, start = index + 1, end
+        del self.chunks[:keep_from]
+        if self.wire_sizes is not None:
+            del self.wire_sizes[:keep_from]
+        self.start = start
 
-    def unacknowledged(self, acked, whole_chunks):
+    def unacknowledged(self, acked):
         """The bytes from the start of the first line the peer did not fully acknowledge.
 
-        ``whole_chunks`` (TLS): a chunk the peer did not fully acknowledge is
-        undelivered whole -- its records could not be read.
+        On TLS a chunk the peer did not fully acknowledge is undelivered
+        whole -- its records could not be read.
         """
         chunks = self.chunks
-        first = bisect.bisect_left(chunks, (acked + 1,))
-        if first == len(chunks):
-            return b""
-        if whole_chunks:
-            return b"".join(data for _, data in chunks[first:])
-        start = first
-        while start > 0 and chunks[start - 1][1][-1:] != b"\n":
-            start -= 1                                  # back to the start of that line
-        data = b"".join(data for _, data in chunks[start:])
-        end_first, data_first = chunks[first]
-        acked_at = sum(len(d) for _, d in chunks[start:first]) + (
-            len(data_first) - (end_first - acked))
-        return data[data.rfind(b"\n", 0, max(0, acked_at)) + 1:]
+        line_from, line_start = 0, self.start          # the chunk and offset the line starts at
+        for index, chunk, end in self._ends():
+            if end > acked:
+                if self.wire_sizes is not None:
+                    return b"".join(chunks[index:])
+                data = b"".join(chunks[line_from:])
+                taken = acked - line_start             # how much of ``data`` the peer has
+                return data[data.rfind(b"\n", 0, max(0, taken)) + 1:]
+            if chunk[-1:] == b"\n":
+                line_from, line_start = index + 1, end
+        return b""

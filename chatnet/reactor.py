@@ -331,12 +331,12 @@ class Reactor(object):
             return
         self._feeding = True
         try:
-            inputs, run, core = self._inputs, self._actions.run, self._core
+            inputs, table, core = self._inputs, self._actions.table, self._core
             while inputs:
                 event = inputs.popleft()
                 try:
                     for action in core.handle(event, self.now):
-                        run(action)
+                        table[type(action)](action)           # ActionRunner's one method for it
                 except Exception:
                     if self._strict:
                         raise

@@ -138,6 +138,10 @@ class Transport(object):
         plaintext, ciphertext = self.tls.receive(data)
         if ciphertext:
             self.wire_sent += len(ciphertext)
+            if self.sent_log is not None:
+                # Records of TLS's own (a ticket, a key update) follow the last chunk
+                # logged: count them as part of it, so every later offset stays true.
+                self.sent_log.wire_sizes[-1] += len(ciphertext)
             self.cipher_out = (self.cipher_out or bytearray()) + ciphertext
             self._flush_cipher()
         if handshaking and self.tls.handshake_done or self.cipher_out:
@@ -254,26 +258,29 @@ class Transport(object):
             return None
         if sent:
             # Remember it until the peer's TCP acknowledges it (chatnet.acks):
-            # inline, for this runs once per send.
-            self.wire_sent = end = self.wire_sent + sent
+            # inline, for this runs once per send.  A plain connection's
+            # stream offset is ``sent`` (the caller adds this send after).
+            kept = data if sent == len(data) and type(data) is bytes else bytes(data[:sent])
             log = self.sent_log
             if log is None:
-                log = self.sent_log = SentLog()
-            chunks = log.chunks
-            chunks.append((end, data if sent == len(data) and type(data) is bytes
-                           else bytes(data[:sent])))
-            if len(chunks) >= CHECK_EVERY:
-                self.check_acks()
+                self.sent_log = SentLog(self.sent, kept)
+            else:
+                chunks = log.chunks
+                chunks.append(kept)
+                if len(chunks) >= CHECK_EVERY:
+                    self.check_acks()
         return sent
 
-    def _log_sent(self, data):
+    def _log_sent(self, data, wire_size):
         """Remember ``data`` (TLS records' plaintext) until the peer's TCP acknowledges it."""
         log = self.sent_log
         if log is None:
-            log = self.sent_log = SentLog()
-        log.chunks.append((self.wire_sent, data))
-        if len(log.chunks) >= CHECK_EVERY:
-            self.check_acks()
+            self.sent_log = SentLog(self.wire_sent - wire_size, data, wire_size)
+        else:
+            log.chunks.append(data)
+            log.wire_sizes.append(wire_size)
+            if len(log.chunks) >= CHECK_EVERY:
+                self.check_acks()
 
     def check_acks(self):
         """Forget what the peer acknowledged (one ``getsockopt``)."""
@@ -290,7 +297,7 @@ class Transport(object):
         acked = bytes_acked(self.sock)          # still open: the loop asks before it closes
         unacked = b""
         if self.sent_log is not None and acked is not None:
-            unacked = self.sent_log.unacknowledged(acked, self.tls is not None)
+            unacked = self.sent_log.unacknowledged(acked)
         return unacked + bytes(self.outgoing) + (self.pending or b"")
 
     def _send_tls(self, data):
@@ -307,7 +314,7 @@ class Transport(object):
             self.failure = str(error)
             return None
         self.wire_sent += len(records)
-        self._log_sent(bytes(data))                    # whole records: delivered whole or not
+        self._log_sent(bytes(data), len(records))      # whole records: delivered whole or not
         try:
             sent = self.sock.send(records)             # usually all of it: no copy
         except (BlockingIOError, InterruptedError):

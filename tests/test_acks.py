@@ -1,0 +1,40 @@
+"""The sent log: what a client's TCP has not acknowledged, worked out from chunk lengths."""
+
+from chatnet.acks import SentLog
+
+
+def log_of(*chunks, start=1000, wire_sizes=None):
+    log = SentLog(start, chunks[0], None if wire_sizes is None else wire_sizes[0])
+    for index, chunk in enumerate(chunks[1:], 1):
+        log.chunks.append(chunk)
+        if wire_sizes is not None:
+            log.wire_sizes.append(wire_sizes[index])
+    return log
+
+
+def test_acknowledged_chunks_are_forgotten_up_to_the_last_line_end():
+    log = log_of(b"one\n", b"tw", b"o\n", b"three\n")             # ends 1004, 1006, 1008, 1014
+    log.acknowledged(1006)                                         # mid-line: keep "tw"
+    assert log.chunks == [b"tw", b"o\n", b"three\n"] and log.start == 1004
+    log.acknowledged(1008)
+    assert log.chunks == [b"three\n"] and log.start == 1008
+    log.acknowledged(1014)
+    assert log.chunks == [] and log.start == 1014
+
+
+def test_what_was_not_acknowledged_starts_at_the_first_line_not_fully_taken():
+    log = log_of(b"chat/a: 1\n", b"chat/a: 2\nchat/", b"a: 3\n")   # ends 1010, 1025, 1030
+    assert log.unacknowledged(1000) == b"chat/a: 1\nchat/a: 2\nchat/a: 3\n"
+    assert log.unacknowledged(1010) == b"chat/a: 2\nchat/a: 3\n"
+    assert log.unacknowledged(1015) == b"chat/a: 2\nchat/a: 3\n"     # half of line 2
+    assert log.unacknowledged(1021) == b"chat/a: 3\n"                # line 2 whole, 3 begun
+    assert log.unacknowledged(1027) == b"chat/a: 3\n"
+    assert log.unacknowledged(1030) == b""
+
+
+def test_on_tls_offsets_are_of_records_and_a_chunk_half_acknowledged_is_undelivered_whole():
+    log = log_of(b"chat/a: 1\n", b"chat/a: 2\n", wire_sizes=[40, 40])    # ends 1040, 1080
+    assert log.unacknowledged(1039) == b"chat/a: 1\nchat/a: 2\n"
+    assert log.unacknowledged(1041) == b"chat/a: 2\n"
+    log.acknowledged(1040)
+    assert log.chunks == [b"chat/a: 2\n"] and log.wire_sizes == [40] and log.start == 1040
