@@ -581,19 +581,19 @@ class ChatCore(object):
         The byte work -- is this chunk nothing but valid ``chat/`` lines, and
         what is its relay? -- is ``wire.relay_chunk``'s.
         """
-        partner = session.partner
-        if partner is None or not session.partner_online:
+        if not session.partner_online:                    # (no partner: never online)
             return False
-        partner_conn = self._online[partner]
+        partner_conn = self._online[session.partner]
         if self._sessions[partner_conn].congested:
             return False                                  # the slow path holds the sender back
-        relay = wire.relay_chunk(data, session.user_id, self._max_line)
+        relay = wire.relay_chunk(data, session.relay_prefix, self._max_line)
         if relay is None:
             return False
-        self._send(partner_conn, relay[0])
-        self.counts["relayed"] += relay[2]
-        if relay[1]:
-            self._handle_lines(session, session.splitter.feed(relay[1]))
+        relayed, rest, count = relay
+        self._emit(send(partner_conn, relayed))           # one Send: nothing to coalesce it with
+        self.counts["relayed"] += count
+        if rest:
+            self._handle_lines(session, session.splitter.feed(rest))
         return True
 
     def _handle_line(self, session, line):

@@ -326,14 +326,13 @@ class Reactor(object):
         another is handled waits in the FIFO, so the core sees inputs in the
         order they happened and every connection's bytes keep their order.
         """
-        self._inputs.append(event)
         if self._feeding:
+            self._inputs.append(event)
             return
         self._feeding = True
         try:
             inputs, table, core = self._inputs, self._actions.table, self._core
-            while inputs:
-                event = inputs.popleft()
+            while True:
                 try:
                     for action in core.handle(event, self.now):
                         table[type(action)](action)           # ActionRunner's one method for it
@@ -343,6 +342,9 @@ class Reactor(object):
                     self._contain_failure(event)
                 if self.written:
                     self._flush_written()
+                if not inputs:
+                    break
+                event = inputs.popleft()
         finally:
             self._feeding = False
 

@@ -173,18 +173,19 @@ class LineSplitter(object):
         return lines
 
 
-def relay_chunk(data, sender_id, max_line):
+def relay_chunk(data, prefix, max_line):
     r"""The relay of a chunk that is nothing but complete, valid ``chat/`` lines, or None.
 
+    ``prefix`` is the sender's ``relay_prefix`` (``chat/<sender>: ``).
     Returns ``(relayed, rest, count)``: the partner's lines for every
     complete line of ``data``, the unfinished last line (``b""`` if none),
     which the caller splits as usual, and how many lines were relayed.  None when some complete line is anything else --
     another kind of line, a ``\r\n``, an over-long line, bytes that are not
     UTF-8 -- and the chunk must go line by line.  Worked example::
 
-        >>> relay_chunk(b"chat/hi\nchat/ho\nchat/unfin", b"bob", 4096)
+        >>> relay_chunk(b"chat/hi\nchat/ho\nchat/unfin", b"chat/bob: ", 4096)
         (b'chat/bob: hi\nchat/bob: ho\n', b'chat/unfin', 2)
-        >>> relay_chunk(b"chat/hi\nchatwith/amy\n", b"bob", 4096) is None
+        >>> relay_chunk(b"chat/hi\nchatwith/amy\n", b"chat/bob: ", 4096) is None
         True
 
     Every check is one pass over the bytes in C, cheapest first; the relay
@@ -192,26 +193,29 @@ def relay_chunk(data, sender_id, max_line):
     ``\nchat/<sender>: ``.  (The core's line-by-line path is the reference:
     a test checks that both give the same actions.)
     """
-    if data[-1:] == b"\n":
+    if data.endswith(b"\n"):
         lines, rest = data, b""
     else:                                             # the last line is unfinished
         end = data.rfind(b"\n") + 1
         if end == 0:
             return None
         lines, rest = data[:end], data[end:]
-    if not lines.startswith(CHAT) or b"\r" in lines:
+    if not lines.startswith(CHAT) or lines.find(b"\r") >= 0:    # (find: twice as fast as "in")
         return None                                   # CRLF lines go the slow way
     if len(lines) >= max_line and longest_line(lines) >= max_line:
         return None
     if not lines.isascii() and not is_utf8(lines):
         return None                                   # valid as a whole: valid line by line
-    prefix = relay_prefix(sender_id)
-    relayed = prefix + lines[len(CHAT):].replace(b"\n" + CHAT, b"\n" + prefix)
-    # Each chat/ line grew by len(ID) + 2; if the chunk grew by less, some line was not one.
+    relayed = prefix + lines[_CHAT_LENGTH:].replace(_NEWLINE_CHAT, b"\n" + prefix)
+    # Each chat/ line grew by len(prefix) - len("chat/"); by less, some line was not one.
     count = lines.count(b"\n")
-    if len(relayed) - len(lines) != (len(sender_id) + 2) * count:
+    if len(relayed) - len(lines) != (len(prefix) - _CHAT_LENGTH) * count:
         return None
     return relayed, rest, count
+
+
+_CHAT_LENGTH = len(CHAT)
+_NEWLINE_CHAT = b"\n" + CHAT
 
 
 def longest_line(chunk):

@@ -165,10 +165,10 @@ def test_relay_chunk_worked_example_holds():
     b"chat/a\nxchat/b\n",                    # 'chat/' inside a line is not a line start
 ])
 def test_relay_chunk_refuses_anything_but_plain_chat_lines(chunk):
-    assert wire.relay_chunk(chunk, b"bob", 64) is None
+    assert wire.relay_chunk(chunk, b"chat/bob: ", 64) is None
 
 
 def test_relay_chunk_keeps_the_unfinished_line_and_multibyte_text():
-    relayed, rest, count = wire.relay_chunk("chat/안녕\nchat/🙂\nchat/par".encode(), b"bob", 64)
+    relayed, rest, count = wire.relay_chunk("chat/안녕\nchat/🙂\nchat/par".encode(), b"chat/bob: ", 64)
     assert relayed == "chat/bob: 안녕\nchat/bob: 🙂\n".encode() and rest == b"chat/par"
     assert count == 2
