@@ -16,7 +16,9 @@ import time
 
 import pytest
 
-from live_server import LiveServer, NetworkNamespace, attacker_socket, frame, read_until_closed
+from live_server import (
+    LiveServer, NetworkNamespace, attacker_socket, frame, read_until_closed, reset,
+)
 
 COUNT = 300
 
@@ -56,6 +58,28 @@ def test_relays_a_replaced_connection_never_delivered_go_to_the_new_one(start_se
     print("\nold connection %d, new connection %d" % (
         len([l for l in on_old if l.startswith(b"chat/alice")]), len(on_new)))
     check_complete(numbered(COUNT), on_old, on_new)
+
+
+def test_a_recipient_that_stops_reading_and_then_resets_gets_the_rest_at_its_next_login(start_server):
+    server = start_server("--log-level", "info")
+    bob = attacker_socket(server.port)             # a small receive buffer
+    bob.sendall(frame(b"bob", b"secret"))
+    assert bob.recv(2) == b"1\n"
+    alice = server.login(b"alice", b"pw")
+    alice.chatwith(b"bob", b"2")
+    send_numbered(alice, 20)
+    read = b""
+    while read.count(b"\n") < 20:                   # it reads the first twenty ...
+        read += bob.recv(65536)
+    alice.send(b"".join(b"chat/%04d " % number + b"x" * 200 + b"\n" for number in range(20, COUNT)))
+    alice.sync()                                   # ... then stops reading while the rest come
+    reset(bob)                                     # ... and vanishes with a reset
+    server.wait_for_log("undelivered; kept", timeout=15)
+    again = server.login(b"bob", b"secret")
+    at_login = again.sync()
+    before = read.split(b"\n")[:-1]
+    print("\nread before the reset: %d, at the next login: %d" % (len(before), len(at_login)))
+    assert check_complete(numbered(COUNT), before, at_login) == COUNT
 
 
 def test_sigterm_keeps_what_a_slow_reader_never_acknowledged(database):
