@@ -43,7 +43,7 @@ import ssl
 import sys
 import time
 
-from . import cli, tls, wire
+from . import cli, tcp, tls, wire
 from .client_core import Info, SendBytes
 from .screen import BELL_IDLE, EscapeSequence, Presenter, PlainScreen
 from .session import (
@@ -193,8 +193,9 @@ class ServerConnection(object):
 
     CONNECTING, HANDSHAKING, OPEN = "connecting", "handshaking", "open"
 
-    def __init__(self, host, port, tls_context):
+    def __init__(self, host, port, tls_context, keepalive):
         self.host, self.port, self.tls_context = host, port, tls_context
+        self.keepalive = keepalive       # seconds idle before probing whether the server is there
         self.sock = None
         self.fd = None
         self.state = None
@@ -218,7 +219,8 @@ class ServerConnection(object):
             error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error:
                 raise OSError(error, os.strerror(error))
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tcp.no_delay(self.sock)
+            tcp.keep_alive(self.sock, self.keepalive)   # a network that vanished is noticed
             if self.tls_context is None:
                 self.state = self.OPEN
                 return True
@@ -305,7 +307,8 @@ class ChatLoop(object):
         self.session = session
         self.presenter = presenter
         self.keyboard = keyboard
-        self.server = ServerConnection(options.host, options.port, options.tls_context)
+        self.server = ServerConnection(options.host, options.port, options.tls_context,
+                                       options.keepalive)
         self.selector = selectors.DefaultSelector()
         self.exit = None                         # the session's Exit, once it comes
         self._registered_mask = None
@@ -692,6 +695,23 @@ def _report(exit_):
 
 def parse_args(argv):
     parser = cli.ArgumentParser(prog=PROG, description="Chat on a chatnet server.")
+    add_session_flags(parser)
+    add_screen_flags(parser)
+    add_tls_flags(parser)
+    options = parser.parse_args(argv)
+    check_tls(parser, options)
+    if options.log is not None:
+        try:
+            options.log = open(options.log, "a", encoding="utf-8")
+        except OSError as error:
+            parser.error("argument --log: cannot open %s: %s" % (options.log, error.strerror or error))
+    if options.to is not None and not wire.is_valid_id(options.to.encode("utf-8", "replace")):
+        parser.error("argument --to: %r is not a valid ID" % options.to)
+    return options
+
+
+def add_session_flags(parser):
+    """Where to connect, as whom, and what to do when the connection goes."""
     parser.add_argument("--host", default="127.0.0.1", help="server address (default 127.0.0.1)")
     parser.add_argument("--port", type=cli.port_number, default=None,
                         help="server port (default 7070; 7071 with --tls)")
@@ -699,19 +719,29 @@ def parse_args(argv):
     parser.add_argument("--to", metavar="ID", help="start chatting with ID right after logging in")
     parser.add_argument("--password-stdin", action="store_true",
                         help="read the password from the first line of standard input")
-    parser.add_argument("--plain", action="store_true", help="line mode instead of the split screen")
-    parser.add_argument("--raw", action="store_true", help="show the server's lines unchanged")
     parser.add_argument("--reconnect", dest="reconnect", action="store_const", const=True,
                         default=None, help="when the connection drops or the server is down, "
                         "retry (with back-off) and log in again; the default when interactive")
     parser.add_argument("--no-reconnect", dest="reconnect", action="store_const", const=False,
                         help="do not retry; the screen stays until you leave (/connect retries)")
+    parser.add_argument("--keepalive", metavar="SECONDS", type=float, default=30.0,
+                        help="probe an idle connection after this long, to notice a network "
+                        "that went away within about twice that (default 30; 0: never)")
+
+
+def add_screen_flags(parser):
+    """How it looks and sounds, and what is kept."""
+    parser.add_argument("--plain", action="store_true", help="line mode instead of the split screen")
+    parser.add_argument("--raw", action="store_true", help="show the server's lines unchanged")
     parser.add_argument("--bell", dest="bell", action="store_true", default=True,
                         help="ring the terminal bell for a message after %d s without a key "
                         "(the default)" % BELL_IDLE)
     parser.add_argument("--no-bell", dest="bell", action="store_false", help="never ring the bell")
     parser.add_argument("--log", metavar="FILE",
                         help="append every line shown, with its date and time, to FILE")
+
+
+def add_tls_flags(parser):
     parser.add_argument("--tls", action="store_true",
                         help="connect with TLS, verifying the server's certificate and name")
     parser.add_argument("--tls-ca", metavar="FILE",
@@ -719,7 +749,10 @@ def parse_args(argv):
     parser.add_argument("--tls-fingerprint", metavar="HEX",
                         help="trust exactly the certificate with this SHA-256 fingerprint, "
                         "as openssl x509 -fingerprint -sha256 prints it (implies --tls)")
-    options = parser.parse_args(argv)
+
+
+def check_tls(parser, options):
+    """The TLS flags made into ``options.tls_context`` (None: plaintext), and the port's default."""
     options.tls = options.tls or bool(options.tls_ca or options.tls_fingerprint)
     if options.port is None:
         options.port = 7071 if options.tls else 7070
@@ -735,14 +768,6 @@ def parse_args(argv):
         except (OSError, ValueError) as error:
             parser.error("argument --tls-ca: cannot read %s: %s" % (
                 options.tls_ca, getattr(error, "strerror", None) or error))
-    if options.log is not None:
-        try:
-            options.log = open(options.log, "a", encoding="utf-8")
-        except OSError as error:
-            parser.error("argument --log: cannot open %s: %s" % (options.log, error.strerror or error))
-    if options.to is not None and not wire.is_valid_id(options.to.encode("utf-8", "replace")):
-        parser.error("argument --to: %r is not a valid ID" % options.to)
-    return options
 
 
 def main(argv=None):

@@ -53,7 +53,7 @@ import struct
 import time
 from typing import NamedTuple
 
-from . import passwords, wire
+from . import passwords, tcp, wire
 from .acks import bytes_acked
 from .admission import (  # noqa: F401 (format_address, open_listener, parse_networks: for server.py)
     LOOPBACK, Admission, Listener, format_address, format_peer, open_listener, parse_networks,
@@ -456,7 +456,7 @@ class Reactor(object):
         messages = wire.relay_messages(transport.undelivered())
         if messages:
             # A reset, not a FIN: the kernel must not deliver what goes elsewhere now.
-            _set_option(transport.sock, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            tcp.set_option(transport.sock, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             log.info("connection %d from %s ended with %d message%s undelivered; kept",
                      transport.conn, transport.peer, len(messages), "" if len(messages) == 1 else "s")
             self.feed(Undelivered(transport.conn, transport.user_id, tuple(messages)))
@@ -554,30 +554,9 @@ class Reactor(object):
 
 def _tune_socket(sock, keepalive):
     """TCP_NODELAY, a bounded send buffer, and keepalive so a vanished peer is noticed."""
-    # Replies are written once per input, already coalesced; Nagle's
-    # algorithm would only add latency.
-    _set_option(sock, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tcp.no_delay(sock)
     # What the kernel holds unacknowledged is also kept in the transport's
     # sent log (chatnet.acks), so it is bounded: 256 KiB (Linux doubles the
     # value) carries 2.5 MB/s per client at 100 ms round trip -- plenty for chat.
-    _set_option(sock, socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-    if keepalive <= 0:
-        return
-    idle = max(1, int(keepalive))
-    interval = max(1, idle // 4)
-    _set_option(sock, socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    _set_option(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), idle)
-    _set_option(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), interval)
-    _set_option(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 4)
-    # With unacknowledged bytes keepalive does not probe; this bounds that case too.
-    _set_option(sock, socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None),
-                (idle + 4 * interval) * 1000)
-
-
-def _set_option(sock, level, option, value):
-    if option is None:
-        return                       # not on this platform
-    try:
-        sock.setsockopt(level, option, value)
-    except OSError:
-        pass
+    tcp.set_option(sock, socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    tcp.keep_alive(sock, keepalive)

@@ -257,6 +257,9 @@ class NetworkNamespace(object):
     def pull_the_cable(self):
         self._ip("link", "set", self._inside, "down", where=self.name)
 
+    def plug_it_back(self):
+        self._ip("link", "set", self._inside, "up", where=self.name)
+
     def __exit__(self, *exc):
         subprocess.run(["ip", "link", "del", self._outside], capture_output=True, timeout=10)
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=10)

@@ -1,11 +1,16 @@
 """``python -m chatnet.client`` in scripted mode against a real server."""
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 
-from live_server import REPO, LiveServer, python_env
+import pytest
+
+from live_server import REPO, LiveServer, NetworkNamespace, python_env
 
 
 def client(port, user, script, *flags, timeout=30):
@@ -149,3 +154,31 @@ def test_a_last_line_longer_than_one_protocol_line_is_sent_whole(server):
     bob = server.login(b"bob", b"secret")
     parts = [bob.line(), bob.line()]
     assert b"".join(part[len(b"chat/alice: "):] for part in parts) == text.encode()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                    reason="needs root and iproute2 for a network namespace")
+def test_a_client_whose_network_drops_notices_reconnects_and_sends_what_was_typed(start_server):
+    """Issue 12: the cable pulled under an idle client; a line typed meanwhile; the cable back."""
+    server = start_server("--host", "0.0.0.0", "--trusted", "none", "--keepalive", "1",
+                          "--log-level", "info")
+    with NetworkNamespace("cc%d" % (os.getpid() % 100000), "10.213.79") as namespace:
+        proc = namespace.run(
+            [sys.executable, "-m", "chatnet.client", "--host", namespace.outside, "--port",
+             str(server.port), "--user", "alice", "--password-stdin", "--reconnect", "--to", "bob",
+             "--keepalive", "1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=python_env(), cwd=REPO)
+        proc.stdin.write(b"pw\n")
+        proc.stdin.flush()
+        bob = server.login(b"bob", b"secret")
+        bob.wait_until_online(b"alice")
+        namespace.pull_the_cable()
+        server.wait_for_log("logout alice", timeout=30)                   # the server noticed
+        proc.stdin.write(b"typed while the network was down\n")
+        proc.stdin.flush()
+        namespace.plug_it_back()
+        bob.wait_for_line(b"chat/alice: typed while the network was down", timeout=60)
+        out, err = proc.communicate(b"", timeout=30)
+        assert proc.returncode == 0, err
+        assert "reconnecting in" in out.decode()
