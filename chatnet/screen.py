@@ -22,6 +22,7 @@ line.
 """
 
 import collections
+import math
 import os
 import sys
 import time
@@ -767,6 +768,7 @@ class Presenter(object):
         self.last_key_at = None
         self._rang = False
         self._away_heading = False
+        self._connection, self._retry_at = self.status.connection, None
         self.screen.set_status(self.status)
 
     def __enter__(self):
@@ -781,12 +783,24 @@ class Presenter(object):
         self._rang = False
 
     def tick(self):
+        """Between events: the countdown to the next try moves on; the screen follows resizes."""
+        if self._retry_at is not None:
+            words = self._connection_words()
+            if words != self.status.connection:
+                self._set_status(connection=words)
         self.screen.tick()
+
+    def _connection_words(self):
+        if self._retry_at is None:
+            return self._connection
+        return "%s \u2014 retrying in %d s" % (
+            self._connection, max(0, math.ceil(self._retry_at - self.clock())))
 
     def show(self, effect):
         kind = type(effect)
         if kind is Status:
-            self._set_status(connection=effect.connection, waiting=effect.waiting)
+            self._retry_at, self._connection = effect.retry_at, effect.connection
+            self._set_status(connection=self._connection_words(), waiting=effect.waiting)
         elif kind is PartnerChanged:
             if effect.partner is not None:
                 self.screen.known_ids.add(effect.partner)

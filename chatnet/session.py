@@ -102,9 +102,13 @@ class RetryAt(NamedTuple):
 
 @compared_by_type
 class Status(NamedTuple):
-    """How the link stands, in words for the status line, and how many typed lines wait."""
+    """How the link stands, in words for the status line, and how many typed lines wait.
+
+    ``retry_at``: while retrying, when the next try is (the screen counts down to it).
+    """
     connection: str
     waiting: int = 0
+    retry_at: Optional[float] = None
 
 
 @compared_by_type
@@ -140,7 +144,7 @@ class ClientSession(object):
         self._retry_delay = FIRST_RETRY
         self._unflushed = False                  # SendBytes handed out, not yet all written
         self._connect_deadline = self._retry_at = self._linger_until = None
-        self._shown = ""                         # the status line's words
+        self._shown = ("", None)                 # the status line's words, and the next try
         self._effects = []
 
     # ---------------------------------------------------------------- the connection
@@ -276,7 +280,7 @@ class ClientSession(object):
         self._retry_at = now + delay
         self.link = Link.RETRYING
         self._effects.append(RetryAt(self._retry_at, delay, reason))
-        self._status("disconnected, retrying in %.0f s" % delay)
+        self._status("disconnected", retry_at=self._retry_at)
 
     def _stop(self, reason, status, words):
         """No more retrying; interactive keeps the screen until the person leaves."""
@@ -393,12 +397,15 @@ class ClientSession(object):
             return "connected (TLS)" if self.secure else "connected"
         return self.link
 
-    def _status(self, words=None):
+    def _status(self, words=None, retry_at=None):
         """Tell the status line; while down, the words that said why stay."""
         if words is None:
-            words = self._shown if self.link in (Link.RETRYING, Link.DOWN) else self._words()
-        self._shown = words
-        self._effects.append(Status(words, len(self.waiting)))
+            if self.link in (Link.RETRYING, Link.DOWN):
+                words, retry_at = self._shown
+            else:
+                words = self._words()
+        self._shown = (words, retry_at)
+        self._effects.append(Status(words, len(self.waiting), retry_at))
 
     def _take(self):
         effects, self._effects = self._effects, []

@@ -191,7 +191,7 @@ def test_the_screen_outlives_a_server_restart_and_lines_typed_meanwhile_arrive_i
         tmux.type("before the restart")
         tmux.keys("Enter")
         assert server.stop() == 0
-        screen = tmux.wait_for("disconnected, retrying in")
+        screen = tmux.wait_for("disconnected \u2014 retrying in")
         assert "server: the server is shutting down" in screen          # its own notice, shown
         tmux.type("typed while down")
         tmux.keys("Enter")
@@ -230,7 +230,7 @@ def test_the_server_down_at_start_is_retried(database, tmux):
     port = free_port()
     tmux.start(client_command(port))
     tmux.log_in()
-    tmux.wait_for("disconnected, retrying in")
+    tmux.wait_for("disconnected \u2014 retrying in")
     server = LiveServer(database, "--port", str(port)).start()
     try:
         tmux.type("/connect")                                           # now, not at the next try

@@ -259,6 +259,9 @@ class RecordingScreen(PlainScreen):
     def set_status(self, status):
         self.statuses.append(status)
 
+    def tick(self):
+        pass
+
 
 def test_the_bell_rings_for_a_message_after_the_keyboard_was_idle_once_per_idle_spell():
     assert rings(True, Message("bob", "hi"), 100.0, None, False)
@@ -293,13 +296,19 @@ def test_the_log_gets_every_line_shown_with_date_and_time(tmp_path):
 
 def test_the_status_line_follows_the_session_and_the_core():
     screen = RecordingScreen()
-    presenter = Presenter(screen, "h:1", "alice")
-    presenter.show(Status("disconnected, retrying in 2 s", 1))
+    clock = FakeClock()
+    presenter = Presenter(screen, "h:1", "alice", clock=clock)
+    presenter.show(Status("disconnected", 1, retry_at=clock.now + 4.0))
     presenter.show(PartnerChanged("bob", "online"))
     presenter.show(Unread((("carol", 1),)))
     assert screen.statuses[-1] == StatusLine("h:1", "alice", "bob", "online",
-                                             "disconnected, retrying in 2 s", 1, (("carol", 1),))
+                                             "disconnected \u2014 retrying in 4 s", 1, (("carol", 1),))
     assert "bob" in screen.known_ids
+    clock.now += 1.5
+    presenter.tick()                                   # the countdown moves on by itself
+    assert screen.statuses[-1].connection == "disconnected \u2014 retrying in 3 s"
+    presenter.show(Status("connected"))
+    assert screen.statuses[-1].connection == "connected"
 
 
 def test_scripts_get_problems_on_stderr_and_not_their_own_lines():
