@@ -44,6 +44,7 @@ import sys
 import time
 
 from . import cli, tcp, tls, wire
+from .acks import bytes_acked
 from .client_core import Info, SendBytes
 from .screen import BELL_IDLE, EscapeSequence, Presenter, PlainScreen
 from .session import (
@@ -200,6 +201,8 @@ class ServerConnection(object):
         self.fd = None
         self.state = None
         self.outgoing = bytearray()
+        self.written = 0                 # plaintext bytes handed to the kernel (or the TLS layer)
+        self._records = []               # TLS: (plaintext end, ciphertext end) of each send
 
     def open(self):
         family, kind, protocol, _, address = socket.getaddrinfo(
@@ -212,6 +215,7 @@ class ServerConnection(object):
             raise OSError(result, os.strerror(result))
         self.sock, self.fd, self.state = sock, sock.fileno(), self.CONNECTING
         self.outgoing = bytearray()
+        self.written, self._records = 0, []
 
     def advance(self):
         """The socket is ready while connecting or shaking hands: True once open."""
@@ -253,6 +257,33 @@ class ServerConnection(object):
             except (BlockingIOError, InterruptedError):
                 return
             del self.outgoing[:sent]
+            self.written += sent
+            if isinstance(self.sock, tls.SecureSocket):
+                self._records.append((self.written, self.sock.produced))
+
+    def acked(self):
+        """How many plaintext bytes the server's TCP acknowledged (chatnet.acks).
+
+        Where the kernel cannot tell, what it was handed counts.  On TLS the
+        count is of records: a send whose records were not all acknowledged
+        is not.
+        """
+        wire_acked = bytes_acked(self.raw_socket())
+        if wire_acked is None:
+            return self.written
+        if not isinstance(self.sock, tls.SecureSocket):
+            return wire_acked
+        records = self._records
+        taken = 0
+        while taken < len(records) and records[taken][1] <= wire_acked:
+            taken += 1
+        if not taken:
+            return 0 if not records or records[0][1] > wire_acked else records[0][0]
+        del records[:taken - 1]                    # keep the last one acknowledged: the base
+        return records[0][0]
+
+    def raw_socket(self):
+        return self.sock.raw if isinstance(self.sock, tls.SecureSocket) else self.sock
 
     @property
     def idle(self):
@@ -424,11 +455,12 @@ class ChatLoop(object):
             return
         self._update_interest()
         if self.server.idle:
-            self._apply(self.session.flushed(time.monotonic()))
+            self._apply(self.session.flushed(time.monotonic(), self.server.acked()))
 
     def _lost(self, reason):
-        self._close()
-        self._apply(self.session.lost(reason, time.monotonic()))
+        acked = self.server.acked() if self.server.sock is not None else None
+        self._close()                  # (the kernel still told what was acknowledged, above)
+        self._apply(self.session.lost(reason, time.monotonic(), acked))
 
     def _open(self):
         try:

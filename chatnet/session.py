@@ -143,6 +143,8 @@ class ClientSession(object):
         self.verdict = ExitStatus.DONE           # the status leaving will have
         self._retry_delay = FIRST_RETRY
         self._unflushed = False                  # SendBytes handed out, not yet all written
+        self._stream_end = 0                     # bytes handed out on this connection
+        self._in_flight = []                     # (stream end, typed line) the server may not have
         self._connect_deadline = self._retry_at = self._linger_until = None
         self._shown = ("", None)                 # the status line's words, and the next try
         self._effects = []
@@ -156,6 +158,7 @@ class ClientSession(object):
     def connected(self, now):
         """The connection is open (and, with TLS, verified): log in."""
         self._connect_deadline = None
+        self._stream_end = 0
         self.core = ClientCore(self.user_id, self._password,
                                bare_line_picks_partner=self.interactive)
         self.link = Link.LOGGING_IN
@@ -173,17 +176,31 @@ class ClientSession(object):
             self._apply(self.core.receive(data, now), now)
         return self._take()
 
-    def flushed(self, now):
-        """Everything handed out as ``SendBytes`` has been written."""
+    def flushed(self, now, acked=None):
+        """Everything handed out as ``SendBytes`` has been written.
+
+        ``acked``: how many bytes of this connection the server's TCP has
+        acknowledged, where the loop can tell; typed lines up to there are
+        the server's now.
+        """
         self._unflushed = False
+        if acked is not None:
+            self._forget_acknowledged(acked)
         self._maybe_done_sending(now)
         return self._take()
 
-    def lost(self, reason, now):
-        """The connection is gone (closed, reset, failed): ``reason`` in words."""
+    def lost(self, reason, now, acked=None):
+        """The connection is gone (closed, reset, failed): ``reason`` in words.
+
+        ``acked``: how many of its bytes the server's TCP acknowledged (the
+        loop asks the kernel; None: everything written counts as taken).
+        Typed lines past that never reached the server: they wait again,
+        ahead of lines typed since, and go out after the next login.
+        """
         if self.link is Link.ENDED:
             return []
         was = self.link
+        self._take_back_unacknowledged(acked)
         self._drop_connection()
         if self.half_closed:
             self._exit(*self._final_status())
@@ -211,7 +228,7 @@ class ClientSession(object):
         elif command == "/connect":
             self._connect_now(now)
         elif self.link is Link.CHATTING:
-            self._apply(self.core.typed(line, now), now)
+            self._send_typed(line, now)
         elif command == "/help":
             self._effects.append(Info(client_core.HELP + " /connect reconnects at once."))
         else:
@@ -346,6 +363,7 @@ class ClientSession(object):
             kind = type(effect)
             if kind is SendBytes:
                 self._unflushed = True
+                self._stream_end += len(effect.data)
             elif kind is LoggedIn:
                 logged_in = True
             elif kind is LoginRefused:
@@ -375,11 +393,36 @@ class ClientSession(object):
         waiting, self.waiting = self.waiting, []
         for line in waiting:
             if self.link is Link.CHATTING:
-                self._apply(self.core.typed(line, now), now)
+                self._send_typed(line, now)
             else:
                 self.waiting.append(line)      # e.g. a /quit among them ended the session
         self._status()
         self._maybe_done_sending(now)
+
+    def _send_typed(self, line, now):
+        """A typed line to the core; what it sends is remembered until the server's TCP has it."""
+        before = self._stream_end
+        self._apply(self.core.typed(line, now), now)
+        if self._stream_end > before:
+            self._in_flight.append((self._stream_end, line))
+
+    def _forget_acknowledged(self, acked):
+        in_flight = self._in_flight
+        taken = 0
+        while taken < len(in_flight) and in_flight[taken][0] <= acked:
+            taken += 1
+        del in_flight[:taken]
+
+    def _take_back_unacknowledged(self, acked):
+        """Lines the server's TCP never acknowledged wait again (at least once: see the README)."""
+        if acked is not None:
+            self._forget_acknowledged(acked)
+        again = [line for _, line in self._in_flight] if acked is not None else []
+        self._in_flight = []
+        if again:
+            self.waiting[:0] = again
+            self._effects.append(Info("%d line%s the server may not have received will be sent "
+                                      "again" % (len(again), "" if len(again) == 1 else "s")))
 
     def _refused(self):
         self._effects.append(Disconnect())

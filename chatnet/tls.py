@@ -219,8 +219,15 @@ class SecureSocket(object):
     def __init__(self, sock, context, server_hostname):
         self.raw = sock
         self.layer = TLSLayer(context, server_side=False, server_hostname=server_hostname)
-        self._cipher = bytearray(self.layer.start())
+        self._cipher = bytearray()
+        #: Ciphertext bytes made so far: the stream offsets TCP acknowledges are of these.
+        self.produced = 0
         self._plaintext = b""
+        self._queue(self.layer.start())
+
+    def _queue(self, ciphertext):
+        self._cipher += ciphertext
+        self.produced += len(ciphertext)
 
     @property
     def pending(self):
@@ -256,7 +263,7 @@ class SecureSocket(object):
         self.flush()
         if self._cipher:
             raise BlockingIOError()
-        self._cipher += self.layer.encrypt(data)
+        self._queue(self.layer.encrypt(data))
         self.flush()
         return len(data)
 
@@ -282,7 +289,7 @@ class SecureSocket(object):
         import socket
         if how != socket.SHUT_WR:
             return self.raw.shutdown(how)
-        self._cipher += self.layer.close_notify()
+        self._queue(self.layer.close_notify())
         self.flush()
 
     def close(self):
@@ -297,7 +304,7 @@ class SecureSocket(object):
     def _take(self, data):
         plaintext, ciphertext = self.layer.receive(data)
         self._plaintext += plaintext
-        self._cipher += ciphertext
+        self._queue(ciphertext)
 
     def __getattr__(self, name):             # fileno, setsockopt, getsockopt, shutdown, ...
         return getattr(self.raw, name)

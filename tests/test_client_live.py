@@ -159,7 +159,8 @@ def test_a_last_line_longer_than_one_protocol_line_is_sent_whole(server):
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
                     reason="needs root and iproute2 for a network namespace")
 def test_a_client_whose_network_drops_notices_reconnects_and_sends_what_was_typed(start_server):
-    """Issue 12: the cable pulled under an idle client; a line typed meanwhile; the cable back."""
+    """Issue 12: the cable pulled under an idle client; lines typed meanwhile -- one into the
+    dead connection, which the server's TCP never acknowledged -- and the cable back."""
     server = start_server("--host", "0.0.0.0", "--trusted", "none", "--keepalive", "1",
                           "--log-level", "info")
     with NetworkNamespace("cc%d" % (os.getpid() % 100000), "10.213.79") as namespace:
@@ -174,11 +175,14 @@ def test_a_client_whose_network_drops_notices_reconnects_and_sends_what_was_type
         bob = server.login(b"bob", b"secret")
         bob.wait_until_online(b"alice")
         namespace.pull_the_cable()
+        proc.stdin.write(b"typed before anyone noticed\n")       # sent into the dead connection
+        proc.stdin.flush()
         server.wait_for_log("logout alice", timeout=30)                   # the server noticed
         proc.stdin.write(b"typed while the network was down\n")
         proc.stdin.flush()
         namespace.plug_it_back()
-        bob.wait_for_line(b"chat/alice: typed while the network was down", timeout=60)
+        bob.wait_for_line(b"chat/alice: typed before anyone noticed", timeout=60)
+        bob.expect(b"chat/alice: typed while the network was down")
         out, err = proc.communicate(b"", timeout=30)
         assert proc.returncode == 0, err
         assert "reconnecting in" in out.decode()

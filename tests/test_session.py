@@ -282,3 +282,37 @@ def test_after_a_loss_the_partner_is_kept_but_whether_they_are_online_is_not_kno
     logged_in(s)
     s.received(b"2\n" + wire.NOTICE_ONLINE, 0.1)
     assert of(PartnerChanged, s.lost("reset", 1.0)) == [PartnerChanged("bob", None)]
+
+
+# ---------------------------------------------------------------- lines the server never got
+
+def test_lines_the_servers_tcp_never_acknowledged_are_sent_again_after_the_next_login():
+    s = session(partner="bob")
+    logged_in(s)                                   # the frame: bytes 0-15
+    s.received(b"2\n" + wire.NOTICE_ONLINE, 0.1)   # (chatwith/bob\n: bytes 16-28)
+    s.typed("one", 1.0)                            # chat/one\n: ends at 38
+    s.typed("two", 1.1)                            # chat/two\n: ends at 47
+    s.typed("three", 1.2)                          # chat/three\n: ends at 58
+    effects = s.lost("connection lost: timed out", 2.0, acked=40)     # "two" half taken
+    assert "2 lines the server may not have received" in of(Info, effects)[0].text
+    s.typed("typed while down", 2.5)
+    s.timer(10.0)
+    s.connected(10.0)
+    effects = s.received(b"1\n", 10.1)
+    assert sent(effects) == b"chatwith/bob\nchat/two\nchat/three\nchat/typed while down\n"
+
+
+def test_acknowledged_lines_are_forgotten_as_the_loop_learns_of_them():
+    s = session(partner="bob")
+    logged_in(s)
+    s.typed("one", 1.0)
+    s.flushed(1.0, acked=10 ** 6)                  # all of it acknowledged
+    s.typed("two", 1.1)
+    assert not of(Info, s.lost("reset", 2.0, acked=10 ** 6))
+
+
+def test_without_a_count_from_the_kernel_nothing_is_sent_twice():
+    s = session(partner="bob")
+    logged_in(s)
+    s.typed("one", 1.0)
+    assert not of(Info, s.lost("reset", 2.0))      # acked unknown: written counts as taken
