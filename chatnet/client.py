@@ -37,6 +37,7 @@ import codecs
 import errno
 import getpass
 import os
+import random
 import selectors
 import socket
 import ssl
@@ -596,7 +597,7 @@ def ask_credentials(user, stream=sys.stderr, again=False):
 def new_session(options, user, password, interactive):
     """The one login path: interactive, scripted and reconnecting alike."""
     reconnect = options.reconnect if options.reconnect is not None else interactive
-    return ClientSession(user.encode("utf-8"), password, interactive, reconnect,
+    return ClientSession(user.encode("utf-8"), password, interactive, reconnect, random.Random(),
                          partner=options.to, secure=options.tls_context is not None)
 
 

@@ -1,8 +1,11 @@
 """The chat core: every routing rule of chatnet, and nothing else.
 
-Rule 1: every decision the protocol makes lives in this file -- who is online,
-who chats with whom, what each line means, what is relayed, stored, refused or
-pushed, when a connection is closed, and who must wait for whom.
+Rule 1: every decision the protocol makes lives in this file and the two
+``ChatCore`` is made of -- ``chatnet.core_login`` (section 2: frames,
+checks, delays, timeouts) and ``chatnet.core_partners`` (section 3's
+``chatwith/``: lookups, watchers) -- who is online, who chats with whom,
+what each line means, what is relayed, stored, refused or pushed, when a
+connection is closed, and who must wait for whom.
 
 Rule 2: this file knows nothing about sockets, clocks or the database.  It sees
 connection ids, bytes and the time it is given.  It imports no ``socket``,
@@ -101,11 +104,12 @@ from .login_gate import TRACKED_ACCOUNTS, LoginGate  # noqa: F401 (TRACKED_ACCOU
 from .phases import LOGIN_PHASES, TRANSITIONS, WAITING_PHASES, Phase  # noqa: F401 (for tests)
 from .store_view import StoreView
 from .reading import HELD_INPUT, OWN_QUEUE, PARTNER_QUEUE, ReadingGate  # noqa: F401 (for tests)
+from .core_login import LoginRules
+from .core_partners import PartnerRules
 from .events import (
-    AccountLookedUp, AccountsRemoved, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
-    DeliverStored, HungUp, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
-    LoginSucceeded, LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, SendQueueDrained,
-    SendQueueFull, ServerStopping, StoreFailed, StoreMessage, TimePassed, Undelivered, send,
+    AccountLookedUp, AccountsRemoved, Close, Connected, ConnectionLost, DataReceived, HungUp,
+    InputEnded, LimitReached, LoggedOut, LoginChecked, SendQueueDrained, SendQueueFull,
+    ServerStopping, StoreFailed, StoreMessage, TimePassed, Undelivered, send,
 )
 
 
@@ -183,7 +187,7 @@ class Session(object):
             "" if self.partner is None else (" live" if self.partner_online else " store"))
 
 
-class ChatCore(object):
+class ChatCore(LoginRules, PartnerRules):
     """The session state machine of a chatnet server.  See the module docstring."""
 
     def __init__(self, config=CoreConfig()):
@@ -239,13 +243,6 @@ class ChatCore(object):
         self._now = now
         self._handlers[type(event)](event)
         return self._take_actions()
-
-    def next_deadline(self):
-        """When the core next needs ``TimePassed`` (a ``now`` value), or None."""
-        deadlines = self._deadlines
-        while deadlines and not self._deadline_pending(*deadlines[0]):
-            heapq.heappop(deadlines)
-        return deadlines[0][0] if deadlines else None
 
     # Read-only views, for the reactor's logs and for tests.
 
@@ -340,35 +337,6 @@ class ChatCore(object):
         if session is not None:
             self._end_session(session, "connection lost")
 
-    def _on_login_checked(self, event):
-        session = self._sessions.get(event.conn)
-        if session is None or session.phase is not Phase.CHECKING:
-            return
-        if event.ok:
-            self._log_in(session, event.user_id)
-        else:
-            self.login_gate.note_failure(event.user_id, session.trusted, self._now)
-            self._login_failed(session, event.user_id)
-        self._carry_on(session)
-
-    def _on_account_looked_up(self, event):
-        session = self._sessions.get(event.conn)
-        if (session is None or session.phase is not Phase.LOOKING_UP
-                or session.looking_up != event.user_id):
-            return
-        if session.lookup_stale:
-            # The account logged in (and its store emptied) after the database
-            # was asked: the count is out of date, so ask again.
-            session.lookup_stale = False
-            self._emit(LookUpAccount(session.conn, event.user_id))
-            return
-        self._forget_lookup(session)
-        self._enter(session, "looked up")
-        registered = self._learn_account(event)
-        if session.phase is Phase.CHATTING:         # not closed: its own account was removed
-            self._answer_chatwith(session, event.user_id, registered)
-            self._carry_on(session)
-
     def _on_store_failed(self, event):
         # The sender has been told already, in place (see StoreMessage).
         self._stores.failed(event.recipient)
@@ -395,19 +363,6 @@ class ChatCore(object):
             self._stores.force(user_id)
             self._emit(StoreMessage(user_id, sender, text, None, None))
 
-    def _on_accounts_removed(self, event):
-        for user_id in event.user_ids:
-            self._account_removed(user_id)
-
-    def _account_removed(self, user_id):
-        """``user_id`` is no longer registered: forget its store; close it if it is online."""
-        self._stores.forget(user_id)
-        removed = self._sessions.get(self._online.get(user_id))
-        if removed is not None:
-            self._emit(LimitReached(removed.conn, "account removed",
-                                    "%s is no longer registered" % user_id.decode("ascii")))
-            self._close(removed, "account removed", wire.NOTICE_REMOVED)
-
     def _on_hung_up(self, event):
         session = self._sessions.get(event.conn)
         if session is not None and not session.hung_up:
@@ -421,20 +376,6 @@ class ChatCore(object):
         self.reading.unpause(session, OWN_QUEUE)
         self.reading.release_held_back(session.conn)
 
-    def _on_time_passed(self, event):
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= self._now:
-            when, conn = heapq.heappop(deadlines)
-            session = self._sessions.get(conn)
-            if session is None:
-                continue
-            if session.phase in LOGIN_PHASES and self._now >= session.login_deadline:
-                self._emit(LimitReached(conn, "login timeout"))
-                self._close(session, "login timeout", wire.NOTICE_LOGIN_TIMEOUT)
-            elif session.phase is Phase.DELAYED and self._now >= session.release_at:
-                self._answer_failure(session)
-                self._carry_on(session)
-
     def _on_server_stopping(self, event):
         # Everyone leaves at once: no "connection is destroyed" for partners
         # who are about to be told the server is going away.
@@ -445,17 +386,6 @@ class ChatCore(object):
         for session in list(self._sessions.values()):
             logged_in = session.phase in (Phase.CHATTING, Phase.LOOKING_UP)
             self._close(session, "shutdown", wire.NOTICE_SHUTDOWN if logged_in else None)
-
-    # ================================================================ deadlines
-
-    def _deadline_pending(self, when, conn):
-        """False for a deadline whose session no longer waits for it."""
-        session = self._sessions.get(conn)
-        if session is None:
-            return False
-        if session.phase in LOGIN_PHASES and when == session.login_deadline:
-            return True
-        return session.phase is Phase.DELAYED and when == session.release_at
 
     # ================================================================ input flow
 
@@ -492,71 +422,6 @@ class ChatCore(object):
             self._close(session, "input ended")
         else:
             self.reading.limit(session)
-
-    # ================================================================ login (section 2)
-
-    def _read_login_frame(self, session, frame):
-        credentials = wire.parse_login_frame(frame)
-        if credentials is None:
-            self._login_failed(session, None)
-        elif self.login_gate.is_throttled(credentials.user_id, session.peer, session.trusted,
-                                          self._now):
-            self._emit(LimitReached(session.conn, "account throttle",
-                                    "too many failed logins for %s; refused unchecked"
-                                    % credentials.user_id.decode("ascii")))
-            self._login_failed(session, credentials.user_id)
-        else:
-            self._enter(session, "frame")
-            self._emit(CheckLogin(session.conn, credentials.user_id, credentials.password))
-
-    def _login_failed(self, session, user_id):
-        self.counts["logins_failed"] += 1
-        session.failures += 1
-        self._emit(LoginFailed(session.conn, user_id, session.failures))
-        delay = self.login_gate.delay_after(session.failures)
-        if delay > 0:
-            self._enter(session, "failure")
-            session.release_at = self._now + delay
-            heapq.heappush(self._deadlines, (session.release_at, session.conn))
-        else:
-            self._answer_failure(session)
-
-    def _answer_failure(self, session):
-        session.release_at = None
-        self._send(session.conn, wire.CODE_FAILED)
-        if session.failures >= self.config.max_failures:
-            self._emit(LimitReached(session.conn, "failed logins",
-                                    "%d on one connection" % session.failures))
-            self._close(session, "too many failed logins")
-        else:
-            self._enter(session, "answered 0")
-
-    def _log_in(self, session, user_id):
-        replaced = self._sessions.get(self._online.get(user_id))
-        self.counts["logins_succeeded"] += 1
-        self._enter(session, "password right")
-        session.user_id = user_id
-        session.relay_prefix = wire.relay_prefix(user_id)
-        self._online[user_id] = session.conn
-        self._stores.forget(user_id)                 # delivery is about to empty it
-        for conn in self._lookups.get(user_id, ()):
-            self._sessions[conn].lookup_stale = True
-        self.login_gate.note_login(user_id, session.peer, session.trusted)
-        self._emit(LoginSucceeded(session.conn, user_id))
-        if replaced is not None:
-            # The account stays online, so its watchers see no change.
-            self._close(replaced, "replaced", wire.NOTICE_REPLACED)
-        self._send(session.conn, wire.CODE_OK)
-        self._emit(DeliverStored(session.conn, user_id))
-        if replaced is None:
-            self._tell_watchers_online(user_id)
-
-    def _tell_watchers_online(self, user_id):
-        for conn in self._watchers.get(user_id, ()):
-            watcher = self._sessions[conn]
-            if not watcher.partner_online:
-                watcher.partner_online = True
-                self._send(conn, wire.CODE_ONLINE + wire.NOTICE_ONLINE)
 
     # ================================================================ session lines (section 3)
 
@@ -636,65 +501,6 @@ class ChatCore(object):
             self.counts["stored"] += 1
             self._emit(StoreMessage(recipient, session.user_id, text, session.conn,
                                     wire.NOTICE_NOT_STORED))
-
-    def _chatwith(self, session, target):
-        if not wire.is_valid_id(target):
-            self._answer_chatwith(session, target, registered=False)
-        else:
-            # Even an online account is looked up: it may have been removed
-            # (with ``chatnet.accounts``) since it logged in.
-            self._enter(session, "chatwith")
-            session.looking_up = target
-            self._lookups.setdefault(target, set()).add(session.conn)
-            self._emit(LookUpAccount(session.conn, target))
-
-    def _forget_lookup(self, session):
-        waiting = self._lookups.get(session.looking_up)
-        if waiting is not None:
-            waiting.discard(session.conn)
-            if not waiting:
-                del self._lookups[session.looking_up]
-        session.looking_up = None
-
-    def _answer_chatwith(self, session, target, registered):
-        self._set_partner(session, None)
-        if not registered:
-            self._send(session.conn, wire.CODE_FAILED + wire.NOTICE_NO_SUCH_USER)
-            return
-        self._set_partner(session, target)
-        session.partner_online = target in self._online
-        if session.partner_online:
-            self._send(session.conn, wire.CODE_ONLINE + wire.NOTICE_ONLINE)
-        else:
-            self._send(session.conn, wire.CODE_OK + wire.NOTICE_OFFLINE)
-
-    def _learn_account(self, answer):
-        """What a lookup says of an account: is it still there, how full is its store?
-
-        Returns whether it is registered.  A lookup that failed (the database
-        could not be read) changes nothing, and an account that is online is
-        registered as far as it can tell.
-        """
-        target = answer.user_id
-        if answer.failed:
-            return target in self._online
-        if not answer.registered:
-            self._account_removed(target)
-            return False
-        self._stores.learn(target, answer.stored, answer.generation)
-        return True
-
-    def _set_partner(self, session, partner):
-        old = session.partner
-        if old is not None:
-            watchers = self._watchers[old]
-            watchers.discard(session.conn)
-            if not watchers:
-                del self._watchers[old]
-        session.partner = partner
-        session.partner_online = False
-        if partner is not None:
-            self._watchers.setdefault(partner, set()).add(session.conn)
 
     # ================================================================ leaving
 

@@ -6,7 +6,7 @@ when a script is done sending, and with which status the client ends.  What
 the server's lines mean is ``chatnet.client_core``'s business (a fresh
 ``ClientCore`` per connection); sockets, terminals and clocks belong to
 ``chatnet.client``.  Time is passed in, and so is the random source of the
-back-off jitter, so every rule here is tested with plain data
+back-off jitter (it imports neither ``time`` nor ``random``), so every rule here is tested with plain data
 (``tests/test_session.py``), the exit-status table row by row.
 
 Inputs (methods): ``start``, ``connected``, ``connect_failed``,
@@ -37,7 +37,6 @@ refused password after a successful login stop the retrying but, in
 interactive use, keep the screen until the person leaves.
 """
 
-import random
 from typing import NamedTuple, Optional
 
 from . import client_core
@@ -123,15 +122,15 @@ class Exit(NamedTuple):
 class ClientSession(object):
     """One person's session, across connections.  See the module docstring."""
 
-    def __init__(self, user_id, password, interactive, reconnect, partner=None,
-                 secure=False, rng=None):
+    def __init__(self, user_id, password, interactive, reconnect, rng, partner=None,
+                 secure=False):
         ClientCore(user_id, password)            # ValueError now, not at the first connect
         self.user_id, self._password = user_id, password
         self.interactive = interactive
         self.reconnect = reconnect
         self.partner_wanted = partner            # str ID: picked again after every login
         self.secure = secure
-        self._rng = rng or random.Random()
+        self._rng = rng                          # random.Random(): the back-off's jitter
         self.link = Link.START
         self.core = None                         # the ClientCore of the open connection
         self.logins = 0

@@ -88,7 +88,9 @@ FORBIDDEN = {"socket", "selectors", "select", "sqlite3", "time", "threading", "r
              "asyncio", "os", "signal", "logging", "concurrent"}
 
 
-@pytest.mark.parametrize("module", ["core", "events", "wire"])
+@pytest.mark.parametrize("module", ["core", "core_login", "core_partners", "events", "wire",
+                                    "phases", "reading", "login_gate", "store_view",
+                                    "client_core", "session"])
 def test_the_core_and_its_vocabulary_import_no_io_module(module):
     """trio-style layering, enforced: the pure modules cannot reach the outside world."""
     path = os.path.join(os.path.dirname(chatnet.core.__file__), module + ".py")

@@ -17,8 +17,8 @@ FRAME = wire.login_frame(b"alice", b"pw")
 def session(interactive=True, reconnect=None, partner=None):
     if reconnect is None:
         reconnect = interactive                  # the client's default
-    return ClientSession(b"alice", b"pw", interactive, reconnect, partner=partner,
-                         rng=random.Random(1))
+    return ClientSession(b"alice", b"pw", interactive, reconnect, random.Random(1),
+                         partner=partner)
 
 
 def of(kind, effects):
