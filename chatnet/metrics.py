@@ -66,6 +66,15 @@ class Metrics(object):
     def limit_reached(self, name):
         self.limits[name] = self.limits.get(name, 0) + 1
 
+    def render_for(self, core, transports, tls_listening):
+        """The page for a core and the open transports: connections by listener, bytes queued."""
+        listeners = {"plain": 0, "tls": 0} if tls_listening else {"plain": 0}
+        queued = 0
+        for transport in transports:
+            listeners["tls" if transport.tls is not None else "plain"] += 1
+            queued += len(transport.outgoing) + len(transport.cipher_out or b"")
+        return self.render(dict(core.counts), listeners, len(core.online()), queued)
+
     def render(self, core_counts, connections, online, queued_bytes):
         """The exposition text.  ``connections``: {"plain": n, "tls": n}."""
         out = []

@@ -49,12 +49,10 @@ import collections
 import logging
 import selectors
 import socket
-import struct
 import time
 from typing import NamedTuple
 
 from . import passwords, tcp, wire
-from .acks import bytes_acked
 from .admission import (  # noqa: F401 (format_address, open_listener, parse_networks: for server.py)
     LOOPBACK, Admission, Listener, format_address, format_peer, open_listener, parse_networks,
 )
@@ -444,19 +442,9 @@ class Reactor(object):
         self._admission.departed(transport.host)
 
     def _keep_undelivered(self, transport):
-        """Messages the peer's TCP never acknowledged, or that never left: back to the core.
-
-        Stored rows not yet sent leave the queue and stay stored; a row half
-        sent goes back with the rest (its stored copy is then deleted) --
-        where TCP_INFO tells what was acknowledged.
-        """
-        self.stored.stop(transport)
-        if bytes_acked(transport.sock) is not None:
-            self.stored.settle_half_sent(transport)
-        messages = wire.relay_messages(transport.undelivered())
+        """What the peer's TCP never acknowledged, or that never left: back to the core."""
+        messages = transport.take_undelivered()
         if messages:
-            # A reset, not a FIN: the kernel must not deliver what goes elsewhere now.
-            tcp.set_option(transport.sock, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             log.info("connection %d from %s ended with %d message%s undelivered; kept",
                      transport.conn, transport.peer, len(messages), "" if len(messages) == 1 else "s")
             self.feed(Undelivered(transport.conn, transport.user_id, tuple(messages)))
@@ -478,16 +466,9 @@ class Reactor(object):
 
     def render_metrics(self):
         """The metrics page (``chatnet.metrics``): counts of the core, the loop and the stores."""
-        listeners = {"plain": 0}
-        if any(listener.tls is not None for listener in self._admission.listeners):
-            listeners["tls"] = 0
-        queued = 0
-        for transport in self._connections.all():
-            listeners["tls" if transport.tls is not None else "plain"] += 1
-            queued += len(transport.outgoing) + (len(transport.cipher_out or b""))
-        counts = dict(self._core.counts)
         self.metrics.delivered_from_store = self.stored.delivered_total
-        return self.metrics.render(counts, listeners, len(self._core.online()), queued)
+        tls_listening = any(listener.tls is not None for listener in self._admission.listeners)
+        return self.metrics.render_for(self._core, self._connections.all(), tls_listening)
 
     def metrics_address(self):
         return self._metrics_endpoint.address() if self._metrics_endpoint is not None else None

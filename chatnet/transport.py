@@ -45,7 +45,10 @@ output behind them.
 """
 
 import selectors
+import socket
+import struct
 
+from . import tcp, wire
 from .acks import CHECK_EVERY, SentLog, bytes_acked, can_still_ack
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -291,6 +294,24 @@ class Transport(object):
         self.sent_log.acknowledged(acked)
         if not self.sent_log.chunks:
             self.sent_log = None
+
+    def take_undelivered(self):
+        """Closing: the relay messages the peer may not have, ``(sender, text)`` in order.
+
+        Stored rows not yet sent leave the queue and stay stored; a row half
+        sent goes back with the rest (its stored copy is then deleted) --
+        where TCP_INFO tells what was acknowledged.  With messages to keep
+        the socket will close with a reset, not a FIN: the kernel must not
+        deliver what goes elsewhere now.
+        """
+        stored = self._loop.stored
+        stored.stop(self)
+        if bytes_acked(self.sock) is not None:
+            stored.settle_half_sent(self)
+        messages = wire.relay_messages(self.undelivered())
+        if messages:
+            tcp.set_option(self.sock, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return messages
 
     def undelivered(self):
         """The bytes of every line the peer may not have: unacknowledged, then never sent."""
