@@ -424,56 +424,67 @@ class Bench(object):
         return outcomes
 
     def scenario(self, name):
-        o = self.options
-        workers = o.processes
+        """Run one scenario and add its row: ``relay``, ``latency``, ``conns`` or ``storm``."""
         if name in ("relay", "latency"):
-            pairs = o.pairs if name == "relay" else 1
-            window = o.window if name == "relay" else 1
-            parts = split(self.users(2 * pairs), min(workers, pairs))
-            tasks = [dict(kind="relay", users=part, window=window, size=o.size,
-                          warmup=min(1.0, o.seconds / 4),
-                          seconds=o.seconds, timeout=60, budget=o.seconds + 90) for part in parts]
-            outcomes = self.run_tasks(tasks)
-            rate = sum(outcome.get("rate", 0) for outcome in outcomes)
-            latencies = [value for outcome in outcomes for value in outcome["latencies"]]
-            self.add(name, outcomes, "%s msgs/s" % format(int(rate), ","),
-                     "latency p50 %.0f us, p99 %.0f us" % (percentile(latencies, .5) * 1e6,
-                                                            percentile(latencies, .99) * 1e6))
+            self._relay(name)
         elif name == "conns":
-            parts = split(self.users(o.conns), workers)
-            memory = {"before": rss_kib(self.server_pid) if self.server_pid else None}
-            tasks = [dict(kind="conns", users=part, concurrency=max(1, 64 // len(parts)),
-                          hold=3.0, timeout=60, budget=100) for part in parts]
-            outcomes = self.run_tasks(tasks, on_holding=lambda: memory.update(
-                held=rss_kib(self.server_pid) if self.server_pid else None))
-            seconds = max((outcome.get("seconds", 0) for outcome in outcomes), default=0)
-            extra = ""
-            if memory.get("held") and memory.get("before"):
-                extra = ", server RSS +%.2f KB per connection" % (
-                    (memory["held"] - memory["before"]) * 1024 / o.conns / 1000)
-            self.add(name, outcomes, "%d logged in and held in %.2f s" % (o.conns, seconds), extra.lstrip(", "))
+            self._conns()
         elif name == "storm":
-            first, second = self.users(2, offset=o.storm)
-            pinger = PairPinger(o.host, o.port, o.password.encode(), first, second,
-                                bench_tls_context() if o.tls else None)
-            pinger.start()
-            pinger.ready.wait(30)
-            calm = len(pinger.round_trips)
-            parts = split(self.users(o.storm), workers)
-            tasks = [dict(kind="storm", users=part, timeout=60, budget=90) for part in parts]
-            outcomes = self.run_tasks(tasks)
-            during = pinger.round_trips[calm:]
-            pinger.stop.set()
-            pinger.join(10)
-            if pinger.error:
-                outcomes.append(dict(errors=["chatting pair: " + pinger.error]))
-            seconds = max((outcome.get("seconds", 0) for outcome in outcomes), default=0)
-            latencies = [value for outcome in outcomes for value in outcome.get("latencies", [])]
-            self.add(name, outcomes, "%d logins answered in %.2f s" % (o.storm, seconds),
-                     "login p50 %.0f ms, p99 %.0f ms; a pair chatting meanwhile: round trip "
-                     "p50 %.2f ms, p99 %.2f ms" % (
-                         percentile(latencies, .5) * 1e3, percentile(latencies, .99) * 1e3,
-                         percentile(during, .5) * 1e3, percentile(during, .99) * 1e3))
+            self._storm()
+
+    def _relay(self, name):
+        o = self.options
+        pairs = o.pairs if name == "relay" else 1
+        window = o.window if name == "relay" else 1
+        parts = split(self.users(2 * pairs), min(o.processes, pairs))
+        tasks = [dict(kind="relay", users=part, window=window, size=o.size,
+                      warmup=min(1.0, o.seconds / 4),
+                      seconds=o.seconds, timeout=60, budget=o.seconds + 90) for part in parts]
+        outcomes = self.run_tasks(tasks)
+        rate = sum(outcome.get("rate", 0) for outcome in outcomes)
+        latencies = [value for outcome in outcomes for value in outcome["latencies"]]
+        self.add(name, outcomes, "%s msgs/s" % format(int(rate), ","),
+                 "latency p50 %.0f us, p99 %.0f us" % (percentile(latencies, .5) * 1e6,
+                                                        percentile(latencies, .99) * 1e6))
+
+    def _conns(self):
+        o = self.options
+        parts = split(self.users(o.conns), o.processes)
+        memory = {"before": rss_kib(self.server_pid) if self.server_pid else None}
+        tasks = [dict(kind="conns", users=part, concurrency=max(1, 64 // len(parts)),
+                      hold=3.0, timeout=60, budget=100) for part in parts]
+        outcomes = self.run_tasks(tasks, on_holding=lambda: memory.update(
+            held=rss_kib(self.server_pid) if self.server_pid else None))
+        seconds = max((outcome.get("seconds", 0) for outcome in outcomes), default=0)
+        extra = ""
+        if memory.get("held") and memory.get("before"):
+            extra = "server RSS +%.2f KB per connection" % (
+                (memory["held"] - memory["before"]) * 1024 / o.conns / 1000)
+        self.add("conns", outcomes, "%d logged in and held in %.2f s" % (o.conns, seconds), extra)
+
+    def _storm(self):
+        o = self.options
+        first, second = self.users(2, offset=o.storm)
+        pinger = PairPinger(o.host, o.port, o.password.encode(), first, second,
+                            bench_tls_context() if o.tls else None)
+        pinger.start()
+        pinger.ready.wait(30)
+        calm = len(pinger.round_trips)
+        tasks = [dict(kind="storm", users=part, timeout=60, budget=90)
+                 for part in split(self.users(o.storm), o.processes)]
+        outcomes = self.run_tasks(tasks)
+        during = pinger.round_trips[calm:]
+        pinger.stop.set()
+        pinger.join(10)
+        if pinger.error:
+            outcomes.append(dict(errors=["chatting pair: " + pinger.error]))
+        seconds = max((outcome.get("seconds", 0) for outcome in outcomes), default=0)
+        latencies = [value for outcome in outcomes for value in outcome.get("latencies", [])]
+        self.add("storm", outcomes, "%d logins answered in %.2f s" % (o.storm, seconds),
+                 "login p50 %.0f ms, p99 %.0f ms; a pair chatting meanwhile: round trip "
+                 "p50 %.2f ms, p99 %.2f ms" % (
+                     percentile(latencies, .5) * 1e3, percentile(latencies, .99) * 1e3,
+                     percentile(during, .5) * 1e3, percentile(during, .99) * 1e3))
 
     def add(self, name, outcomes, result, detail):
         errors = [error for outcome in outcomes for error in outcome["errors"]]
@@ -544,6 +555,14 @@ def parse_args(argv):
                         "--local, the server gets a throw-away certificate (needs openssl)")
     parser.add_argument("--prefix", default="u", help="bench account IDs: PREFIX0, PREFIX1, ...")
     parser.add_argument("--password", default="pw", help="their password (default %(default)s)")
+    add_scenario_flags(parser)
+    options = parser.parse_args(argv)
+    check_args(parser, options)
+    return options
+
+
+def add_scenario_flags(parser):
+    """Which scenarios, and how big each is."""
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help="comma-separated, from %s" % ", ".join(SCENARIOS))
     parser.add_argument("--processes", type=cli.positive_int, default=os.cpu_count() or 1,
@@ -559,7 +578,10 @@ def parse_args(argv):
                         help="conns: connections logged in and held (default %(default)s)")
     parser.add_argument("--storm", type=cli.positive_int, default=500,
                         help="storm: logins at once (default %(default)s)")
-    options = parser.parse_args(argv)
+
+
+def check_args(parser, options):
+    """What argparse cannot check alone: a usage error in one line, or the defaults filled in."""
     if options.port is None:
         options.port = 7071 if options.tls else 7070
     options.scenarios = [name for name in options.scenarios.split(",") if name]
@@ -575,7 +597,6 @@ def parse_args(argv):
     if not wire.is_valid_id(longest.encode()):
         parser.error("the bench IDs would be too long (%s): use fewer clients or a shorter --prefix"
                      % longest)
-    return options
 
 
 def main(argv=None):
