@@ -502,6 +502,7 @@ class Reactor(object):
             self.unwatch_listener(listener)
             listener.sock.close()
         self.now = self._clock()
+        self._read_what_arrived()
         self.feed(ServerStopping())
         give_up_at = self._clock() + SHUTDOWN_GRACE
         while (len(self._connections) or self.cork.in_flight()) and self._clock() < give_up_at:
@@ -515,6 +516,20 @@ class Reactor(object):
         for transport in self._connections.all():
             transport.close()
         self.cork.release()                   # what the last writes delivered
+
+    def _read_what_arrived(self):
+        """Stopping: handle the bytes already in the kernel's buffers, once.
+
+        Their senders' TCP was told they arrived, so their clients count them
+        delivered and will not send them again: a clean stop must not drop
+        them (a message for someone offline is stored, and so on).
+        """
+        for key, mask in self._selector.select(0):
+            if type(key.data) is Transport and mask & READ and not key.data.closed:
+                try:
+                    self._read_ready(key.data)
+                except Exception:
+                    self._transport_failed(key.data)
 
     def _release(self):
         if not self._writer.stop(WRITER_GRACE):

@@ -50,12 +50,12 @@ class Tmux(object):
     def screen(self):
         return self.run("capture-pane", "-p", "-t", "chat")
 
-    def wait_for(self, text, timeout=10.0):
-        """Wait until ``text`` is on the screen; return the screen."""
+    def wait_for(self, text, timeout=10.0, times=1):
+        """Wait until ``text`` is on the screen (``times`` times); return the screen."""
         end = time.monotonic() + timeout
         while True:
             screen = self.screen()
-            if text in screen:
+            if screen.count(text) >= times:
                 return screen
             if time.monotonic() > end:
                 raise AssertionError("%r never appeared; the screen:\n%s" % (text, screen))
@@ -201,7 +201,7 @@ def test_the_screen_outlives_a_server_restart_and_lines_typed_meanwhile_arrive_i
         assert "your line waits" in screen
         tmux.type("half typed 한글")
         server = LiveServer(database, "--port", str(port)).start()
-        screen = tmux.wait_for("logged in as alice", timeout=15)
+        screen = tmux.wait_for("logged in as alice", timeout=15, times=2)   # logged in again
         assert "before the restart" in screen                           # the scrollback is kept
         assert rows(screen)[-1] == "> half typed 한글"                  # ... and the input line
         bob = server.login(b"bob", b"secret")
