@@ -51,15 +51,27 @@ class Tmux(object):
         return self.run("capture-pane", "-p", "-t", "chat")
 
     def wait_for(self, text, timeout=10.0, times=1):
-        """Wait until ``text`` is on the screen (``times`` times); return the screen."""
+        """Wait until ``text`` is on the screen (``times`` times); return the screen, settled.
+
+        Settled: read until two reads agree, since a read may catch curses in
+        the middle of drawing (the messages drawn, the status line not yet).
+        """
         end = time.monotonic() + timeout
         while True:
             screen = self.screen()
             if screen.count(text) >= times:
-                return screen
+                return self._settled(screen, end)
             if time.monotonic() > end:
                 raise AssertionError("%r never appeared; the screen:\n%s" % (text, screen))
             time.sleep(0.05)
+
+    def _settled(self, screen, end):
+        while time.monotonic() < end:
+            again = self.screen()
+            if again == screen:
+                return screen
+            screen = again
+        return screen
 
     def close(self):
         subprocess.run([TMUX, "-L", self.socket_name, "kill-server"],
@@ -247,8 +259,9 @@ def test_a_third_person_is_marked_counted_and_answered_with_tab(server, tmux):
     tmux.log_in()
     tmux.wait_for("bob is online")
     carol.send(b"chatwith/alice\nchat/psst, alice\n")
-    screen = tmux.wait_for("*carol*: psst, alice")
-    assert "reply with /to carol" in screen
+    tmux.wait_for("*carol*: psst, alice")
+    tmux.wait_for("reply with /to carol")                # (each waited for: a screen read back
+    screen = tmux.wait_for("unread: carol 1")            # may catch curses mid-redraw)
     assert "unread: carol 1" in rows(screen)[-2]
     tmux.keys("Tab")                                                   # on an empty line: answer carol
     screen = tmux.wait_for("partner: carol (online)")
