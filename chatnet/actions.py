@@ -10,8 +10,8 @@ limited, and the operator's log line for what happened.  The loop
 
 It owns that table and nothing else: it must not decide anything (the core
 did) and must not read sockets or run the loop; what it needs of the loop
--- the transports, ``feed``, ``writable``, ``call_at``, ``drop`` -- it asks
-of it.
+-- the transports, ``writable``, ``call_at``, ``now`` -- it asks of it, and a
+send queue's edge goes to ``chatnet.departures``.
 """
 
 import logging
@@ -29,7 +29,8 @@ CLOSE_LINGER = 5.0             # time a closing connection gets to take its last
 class ActionRunner(object):
     """Carry out the core's actions on the loop's transports and workers."""
 
-    def __init__(self, loop, connections, cork, stored, checks, lookups, metrics, read_size):
+    def __init__(self, loop, connections, cork, stored, checks, lookups, metrics, read_size,
+                 queue_edge):
         self._loop = loop
         self._transports = connections.by_conn    # conn id -> Transport (the loop's, read only)
         self._peer = connections.peer
@@ -39,6 +40,7 @@ class ActionRunner(object):
         self._lookups = lookups
         self._metrics = metrics
         self._read_size = read_size        # the most one recv may take
+        self._queue_edge = queue_edge      # what a water mark said goes to the loop's Departures
         self.table = {
             Send: self._send, Close: self._close, CheckLogin: self._check_login,
             LookUpAccount: self._look_up_account, StoreMessage: cork.store,
@@ -58,7 +60,7 @@ class ActionRunner(object):
         if transport is not None:
             edge = transport.write(action.data)
             if edge is not None:
-                self._loop.queue_edge(transport, edge)
+                self._queue_edge(transport, edge)
 
     def _close(self, action):
         transport = self._transports.get(action.conn)

@@ -9,7 +9,7 @@ lag for the metrics; and the credit a waiting writer gets for time the
 server itself was away (SIGSTOP, a VM pause).
 
 It owns those schedules and nothing else: it decides no protocol matter and
-touches no socket; drops go through the loop (``drop_slow_reader``), jobs
+touches no socket; drops go through ``chatnet.departures``, jobs
 through the lookup thread, the file check through the cork.
 """
 
@@ -21,7 +21,8 @@ LOOP_STALL_GRACE = 0.5         # a pass this much later than select's timeout: t
 class Housekeeping(object):
     """The loop's clocked checks; see the module docstring."""
 
-    def __init__(self, loop, connections, cork, lookups, metrics, write_timeout, count_stored):
+    def __init__(self, loop, connections, cork, lookups, metrics, write_timeout, count_stored,
+                 drop_slow_reader):
         self._loop = loop
         self._connections = connections
         self._cork = cork
@@ -29,6 +30,7 @@ class Housekeeping(object):
         self._metrics = metrics
         self._write_timeout = write_timeout
         self._count_stored = count_stored      # someone reads the metrics: count stored rows too
+        self._drop_slow_reader = drop_slow_reader
         self._sweeping = False
 
     def start(self):
@@ -48,7 +50,7 @@ class Housekeeping(object):
         stalled_before = self._loop.now - self._write_timeout
         for transport in list(self._connections.writing):
             if transport.outgoing and transport.progress_at < stalled_before:
-                self._loop.drop_slow_reader(transport, "no byte taken for %.0f s" % self._write_timeout)
+                self._drop_slow_reader(transport, "no byte taken for %.0f s" % self._write_timeout)
         if self._connections.writing:
             self._loop.call_at(self._loop.now + STALL_SWEEP, self._sweep_stalled_writers)
         else:

@@ -5,8 +5,9 @@ carries out the actions the core returns.  It must not make a protocol
 decision -- what a line means, who gets what, when a session ends is the
 core's -- and it does not move bytes itself: each connection's bytes go
 through its ``Transport`` (``chatnet.transport``), accepting is
-``Admission``'s (``chatnet.admission``), and the rule that makes chatnet
-durable is the ``DurabilityCork``'s (``chatnet.ledger``).
+``Admission``'s (``chatnet.admission``), the rule that makes chatnet
+durable is the ``DurabilityCork``'s (``chatnet.ledger``), and what happens
+when a connection goes wrong or ends is ``Departures``' (``chatnet.departures``).
 
 One pass of the loop (``run_once``)
 -----------------------------------
@@ -52,16 +53,16 @@ import socket
 import time
 from typing import NamedTuple
 
-from . import passwords, tcp, wire
+from . import passwords, tcp
 from .admission import (  # noqa: F401 (format_address, open_listener, parse_networks: for server.py)
     LOOPBACK, Admission, Listener, format_address, format_peer, open_listener, parse_networks,
 )
 from .events import (
-    Connected, ConnectionLost, HungUp, InputEnded, SendQueueDrained, SendQueueFull,
-    ServerStopping, TimePassed, Undelivered, data_received,
+    Connected, ConnectionLost, HungUp, InputEnded, ServerStopping, TimePassed, data_received,
 )
 from .actions import ActionRunner
 from .connections import Connections
+from .departures import Departures
 from .housekeeping import Housekeeping, Warnings
 from .ledger import DurabilityCork
 from .metrics import Metrics, MetricsEndpoint
@@ -69,7 +70,7 @@ from .stored import StoredDeliveries
 from .timers import Timers
 from .tls import TLSFailed, TLSLayer
 from .wakeup import WakeUp
-from .transport import BROKEN, DRAINED, FULL, OVERFLOW, READ, WRITE, Transport, WaterMarks
+from .transport import READ, WRITE, Transport, WaterMarks
 from .workers import Lookups, PasswordChecks, StorageWriter, StoredCount
 
 log = logging.getLogger("chatnet.server")
@@ -80,7 +81,6 @@ SHUTDOWN_GRACE = 2.0           # time to flush goodbyes on shutdown
 WRITER_GRACE = 10.0            # ... and then for the database to finish its last writes
 WARNING_INTERVAL = 10.0        # a repeated warning is logged at most this often
 
-NOTICE_SEND_QUEUE = wire.notice("you are not reading your messages, closing the connection")
 
 _WAKEUP, _HANGUPS = "wakeup", "hangups"   # selector keys that are neither transports nor listeners
 
@@ -126,13 +126,15 @@ class Reactor(object):
         self._core_deadline = None
         self.on_stopping = None          # called when shutting down begins (systemd's STOPPING=1)
         self.metrics = Metrics()
+        self._departures = Departures(self.feed, self._marks.hard, strict)
         self._start_workers(storage, workers or passwords.usable_cpus())
         self._watch(listener, tls, metrics)
         self._housekeeping = Housekeeping(self, self._connections, self.cork, self._lookups,
-                                          self.metrics, limits.write_timeout, metrics is not None)
+                                          self.metrics, limits.write_timeout, metrics is not None,
+                                          self._departures.drop_slow_reader)
         self._housekeeping.start()
         self._actions = ActionRunner(self, self._connections, self.cork, self.stored, self._checks,
-                                     self._lookups, self.metrics, RECV_SIZE)
+                                     self._lookups, self.metrics, RECV_SIZE, self._departures.edge)
 
     def _start_workers(self, storage, workers):
         """The threads that block so the loop does not: the KDF, lookups, the database writer."""
@@ -247,7 +249,7 @@ class Reactor(object):
                 if mask & WRITE and not target.closed:
                     self._writable.append(target)
             except Exception:
-                self._transport_failed(target)
+                self._departures.failed(target)
         elif type(target) is Listener:
             for admitted in self._admission.accept_ready(target):
                 self._add_transport(*admitted)
@@ -276,10 +278,10 @@ class Reactor(object):
             data = transport.read()
         except TLSFailed as error:
             log.info("connection %d from %s: %s", transport.conn, transport.peer, error)
-            self._drop(transport, str(error))
+            self._departures.drop(transport, str(error))
             return
         except OSError as error:
-            self._drop(transport, "receive failed: %s" % (error.strerror or error))
+            self._departures.drop(transport, "receive failed: %s" % (error.strerror or error))
             return
         if data:
             self.feed(data_received(transport.conn, data))
@@ -311,7 +313,7 @@ class Reactor(object):
             if transport.closed:
                 continue
             if reset:
-                self._drop(transport, "reset while paused")
+                self._departures.drop(transport, "reset while paused")
             else:
                 self.feed(HungUp(transport.conn))
 
@@ -353,9 +355,9 @@ class Reactor(object):
             try:
                 edge = transport.flush()
                 if edge is not None:
-                    self.queue_edge(transport, edge)
+                    self._departures.edge(transport, edge)
             except Exception:
-                self._transport_failed(transport)
+                self._departures.failed(transport)
 
     def _contain_failure(self, event):
         """The core or an action failed on ``event``: close that event's connection."""
@@ -372,31 +374,7 @@ class Reactor(object):
         except Exception:
             log.exception("internal error while forgetting connection %s", conn)
 
-    def _transport_failed(self, transport):
-        """Reading or writing ``transport`` raised something unexpected: drop it alone."""
-        if self._strict:
-            raise
-        log.exception("internal error on connection %d from %s; closing it",
-                      transport.conn, transport.peer)
-        try:
-            self._drop(transport, "internal error")
-        except Exception:
-            log.exception("internal error while closing connection %d", transport.conn)
-
     # ================================================================ commit and write
-
-    def queue_edge(self, transport, edge):
-        """What a transport's water marks said: tell the core, or drop the client."""
-        if edge is FULL:
-            self.feed(SendQueueFull(transport.conn))
-        elif edge is DRAINED:
-            self.feed(SendQueueDrained(transport.conn))
-        elif edge is OVERFLOW:
-            self.drop_slow_reader(transport, "%d bytes wait to be sent, over the limit of %d" % (
-                transport.live_bytes_waiting(), self._marks.hard))
-        elif edge is BROKEN:
-            self._drop(transport, transport.failure)
-
 
     def writable(self, transport):
         """``transport`` may send now (the cork let it go, a notice went in): write it this pass."""
@@ -409,9 +387,9 @@ class Reactor(object):
                 try:
                     edge = transport.write_ready()
                     if edge is not None:
-                        self.queue_edge(transport, edge)
+                        self._departures.edge(transport, edge)
                 except Exception:
-                    self._transport_failed(transport)
+                    self._departures.failed(transport)
 
     # ================================================================ for transports, admission, the cork
 
@@ -435,19 +413,11 @@ class Reactor(object):
     def closed(self, transport):
         """``transport`` is closing its socket: keep what it never delivered, then forget it."""
         if transport.user_id is not None:
-            self._keep_undelivered(transport)
+            self._departures.keep_undelivered(transport)
         self._connections.forget(transport)
         self._checks.cancel(transport.conn)
         self.stored.forget(transport)
         self._admission.departed(transport.host)
-
-    def _keep_undelivered(self, transport):
-        """What the peer's TCP never acknowledged, or that never left: back to the core."""
-        messages = transport.take_undelivered()
-        if messages:
-            log.info("connection %d from %s ended with %d message%s undelivered; kept",
-                     transport.conn, transport.peer, len(messages), "" if len(messages) == 1 else "s")
-            self.feed(Undelivered(transport.conn, transport.user_id, tuple(messages)))
 
     def watch_listener(self, listener):
         self._selector.register(listener.sock, READ, listener)
@@ -474,24 +444,6 @@ class Reactor(object):
         return self._metrics_endpoint.address() if self._metrics_endpoint is not None else None
 
     # ================================================================ closing
-
-    def drop_slow_reader(self, transport, why):
-        log.warning("connection %d from %s dropped: it does not read (%s)",
-                    transport.conn, transport.peer, why)
-        try:
-            transport.sock.send(NOTICE_SEND_QUEUE)      # it may just fit; no harm if not
-        except OSError:
-            pass
-        self._drop(transport, "slow reader")
-
-    def _drop(self, transport, reason):
-        """Close a connection the core still thinks is open, and tell the core."""
-        log.debug("connection %d from %s: %s", transport.conn, transport.peer, reason)
-        knew = transport.core_knows
-        transport.core_knows = False
-        if knew:
-            self.feed(ConnectionLost(transport.conn))  # first: what it never got goes elsewhere
-        transport.close()
 
     def _shut_down(self):
         """Stop accepting, say goodbye, flush for a moment, commit."""
@@ -529,7 +481,7 @@ class Reactor(object):
                 try:
                     self._read_ready(key.data)
                 except Exception:
-                    self._transport_failed(key.data)
+                    self._departures.failed(key.data)
 
     def _release(self):
         if not self._writer.stop(WRITER_GRACE):
