@@ -49,7 +49,7 @@ from .acks import bytes_acked
 from .client_core import Info, SendBytes
 from .screen import BELL_IDLE, EscapeSequence, Presenter, PlainScreen
 from .session import (
-    CONNECT_TIMEOUT, ClientSession, Connect, Disconnect, Exit, ExitStatus, HalfClose,
+    ClientSession, Connect, Disconnect, Exit, ExitStatus, HalfClose,
 )
 
 PROG = cli.program_name("chatnet.client", "chatnet-client")
