@@ -22,6 +22,8 @@ Without ``TCP_INFO`` (not Linux), ``bytes_acked`` says None and whatever the
 kernel took counts as delivered: only what never left the server is kept.
 """
 
+import bisect
+import itertools
 import socket
 import struct
 
@@ -65,8 +67,8 @@ class SentLog(object):
 
     Recording a send is one ``list.append`` of the bytes object that was
     sent (no copy, no tuple): the transport does it inline, since it runs
-    once per ``send``.  Offsets are worked out only when asked, by walking
-    the chunks from ``start``.  On a TLS connection a chunk is plaintext
+    once per ``send``.  Offsets are worked out only when asked: a running
+    sum of the chunks' lengths from ``start``, and a binary search in it.  On a TLS connection a chunk is plaintext
     but the offsets are ciphertext: ``wire_sizes`` then holds how many bytes
     of records each chunk became.  Lists, not deques: most logs hold a
     chunk or two for a moment (a deque's first block alone is about 600
@@ -81,32 +83,27 @@ class SentLog(object):
         self.wire_sizes = None if wire_size is None else [wire_size]
 
     def _ends(self):
-        """``(index, chunk, offset where it ends)`` for every chunk."""
-        end = self.start
+        """Stream offsets: ``[start, where chunks[0] ends, where chunks[1] ends, ...]`` (C speed)."""
         sizes = self.wire_sizes
-        for index, chunk in enumerate(self.chunks):
-            end += len(chunk) if sizes is None else sizes[index]
-            yield index, chunk, end
+        return list(itertools.accumulate(map(len, self.chunks) if sizes is None else sizes,
+                                         initial=self.start))
+
+    def _line_start(self, index):
+        """The index of the chunk where the line that ``chunks[index]`` is part of begins."""
+        chunks = self.chunks
+        while index and chunks[index - 1][-1:] != b"\n":
+            index -= 1
+        return index
 
     def acknowledged(self, acked):
         """Forget chunks the peer took, up to the last one that ends a line."""
-        chunks = self.chunks
-        if self.wire_sizes is None and chunks[-1][-1:] == b"\n":
-            end = self.start + sum(map(len, chunks))
-            if end <= acked:                            # the usual case: all of it, at C speed
-                chunks.clear()
-                self.start = end
-                return
-        keep_from, start = 0, self.start
-        for index, chunk, end in self._ends():
-            if end > acked:
-                break
-            if chunk[-1:] == b"\n":
-                keep_from, start = index + 1, end
+        ends = self._ends()
+        taken = max(0, bisect.bisect_right(ends, acked) - 1)      # chunks the peer took whole
+        keep_from = self._line_start(taken)            # a half-acknowledged line keeps its start
         del self.chunks[:keep_from]
         if self.wire_sizes is not None:
             del self.wire_sizes[:keep_from]
-        self.start = start
+        self.start = ends[keep_from]
 
     def unacknowledged(self, acked):
         """The bytes from the start of the first line the peer did not fully acknowledge.
@@ -115,14 +112,13 @@ class SentLog(object):
         whole -- its records could not be read.
         """
         chunks = self.chunks
-        line_from, line_start = 0, self.start          # the chunk and offset the line starts at
-        for index, chunk, end in self._ends():
-            if end > acked:
-                if self.wire_sizes is not None:
-                    return b"".join(chunks[index:])
-                data = b"".join(chunks[line_from:])
-                taken = acked - line_start             # how much of ``data`` the peer has
-                return data[data.rfind(b"\n", 0, max(0, taken)) + 1:]
-            if chunk[-1:] == b"\n":
-                line_from, line_start = index + 1, end
-        return b""
+        ends = self._ends()
+        first = max(0, bisect.bisect_right(ends, acked) - 1)      # the first chunk not taken whole
+        if first == len(chunks):
+            return b""
+        if self.wire_sizes is not None:
+            return b"".join(chunks[first:])
+        line_from = self._line_start(first)
+        data = b"".join(chunks[line_from:])
+        taken = acked - ends[line_from]                # how much of ``data`` the peer has
+        return data[data.rfind(b"\n", 0, max(0, taken)) + 1:]
