@@ -101,6 +101,7 @@ class ActionRunner(object):
     def _deliver_stored(self, action):
         transport = self._transports.get(action.conn)
         if transport is not None:
+            transport.held = False
             if not transport.outgoing:
                 transport.progress_at = self._loop.now
             self._cork.deliver(transport, action.user_id)
@@ -129,6 +130,9 @@ class ActionRunner(object):
         transport = self._transports.get(action.conn)
         if transport is not None:
             transport.user_id = action.user_id      # for the accounts check (once a second)
+            # Its "1" and its stored messages leave in one send (DeliverStored
+            # follows in the same input): clients read them as one block.
+            transport.held = True
         self._log_event(action)
 
     def _log_event(self, action):

@@ -25,15 +25,15 @@ One pass of the loop (``run_once``)
 5. **Write**: ``write_ready`` on every transport that is writable, or that
    the cork let go because its batch was committed.
 
-When do bytes leave?  As soon as the core's actions for one input are
-carried out (in step 2 or 3), each transport written to sends what that
-input produced, in one ``send`` (``Transport.flush``) -- unless bytes are
-already queued for that client (then they wait for ``EVENT_WRITE``), *or
-the cork holds it*: a message its client stored is not on disk yet, so
-everything for that client waits until the storage thread has committed
-the batch (then step 5 sends it).  Everyone else's bytes go at once.  That
-is the whole answer; ``Transport._send`` is the one place bytes leave, and
-no step waits for the disk.
+When do bytes leave?  As soon as the core says them (in step 2 or 3):
+``Send`` goes to ``Transport.write``, which sends at once -- the core has
+already joined what one input says to one client into one ``Send`` --
+unless bytes are already queued for that client (then they wait for
+``EVENT_WRITE``), *or the cork holds it*: a message its client stored is not
+on disk yet, so everything for that client waits until the storage thread
+has committed the batch (then step 5 sends it).  Everyone else's bytes go at
+once.  That is the whole answer; ``Transport._send`` is the one place bytes
+leave, and no step waits for the disk.
 
 Inputs go through one FIFO (``feed``): an input produced while another is
 being handled (an edge of a send queue, a failed store) waits its turn, so
@@ -115,7 +115,6 @@ class Reactor(object):
         self._transports = self._connections.by_conn   # conn id -> Transport (read only here)
         self._marks = WaterMarks(limits.send_queue_limit)
         self._writable = []              # transports to write in this pass's write step
-        self.written = []                # transports written to by the input being handled
         self._inputs = collections.deque()
         self._feeding = False
         self._timers = Timers()
@@ -223,7 +222,8 @@ class Reactor(object):
             deadline = self._core.next_deadline()
         self._core_deadline = deadline
         self.cork.release()                                       # ---- commit (on its thread)
-        self._write_step()                                        # ---- write
+        if self._writable:
+            self._write_step()                                    # ---- write
         if self.stored.has_deletes():
             self.cork.release()                                   # what the writes delivered
 
@@ -340,24 +340,11 @@ class Reactor(object):
                     if self._strict:
                         raise
                     self._contain_failure(event)
-                if self.written:
-                    self._flush_written()
                 if not inputs:
                     break
                 event = inputs.popleft()
         finally:
             self._feeding = False
-
-    def _flush_written(self):
-        """What the input wrote leaves now, one ``send`` per transport (unless the cork holds it)."""
-        written, self.written = self.written, []
-        for transport in written:
-            try:
-                edge = transport.flush()
-                if edge is not None:
-                    self._departures.edge(transport, edge)
-            except Exception:
-                self._departures.failed(transport)
 
     def _contain_failure(self, event):
         """The core or an action failed on ``event``: close that event's connection."""

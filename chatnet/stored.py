@@ -79,7 +79,6 @@ class StoredDeliveries(object):
         ``read_now=False``: stores for it are not committed yet; everything
         else for the connection waits behind until ``refill`` is called.
         """
-        connection.absorb_pending()                # the login's "1" goes first, in the same send
         connection.stream = StoredStream(user_id, readable=read_now)
         if read_now:
             self.refill(connection)
@@ -142,7 +141,6 @@ class StoredDeliveries(object):
         The row being sent, if one is, is kept whole: a line cut in the
         middle would garble the stream.
         """
-        connection.absorb_pending()                # offsets below count the whole queue
         if connection.stream is not None:
             self._finish(connection)
         marks = connection.stored_marks

@@ -7,13 +7,13 @@ moving bytes through it, in the manner of asyncio's
 * **reading**: ``read()`` is one ``recv`` of at most ``read_size`` bytes;
   ``pause_reading``/``resume_reading`` (flow control and held input, decided
   by the core) change what the selector watches;
-* **writing**: what one input makes the core say to this client leaves
-  together: ``write(data)`` keeps the first write of an input *pending*
-  (no copy) and the loop calls ``flush()`` when the input's actions are
-  done -- one ``send``, straight from those bytes; more writes in the same
-  input, or bytes already waiting, go to the queue.  ``write_ready()`` sends
-  from the queue when the socket is writable.  ``_send`` is the only place
-  bytes leave;
+* **writing**: ``write(data)`` sends at once, straight from those bytes,
+  when nothing waits before them and the cork is off -- the usual case; the
+  core already joins what one input says to one client into one ``Send``.
+  Otherwise, or for what the kernel did not take, the bytes go to the
+  queue, and ``write_ready()`` sends from it when the socket is writable
+  (a login's ``1`` is ``held`` there until its stored messages join it:
+  clients read them as one block).  ``_send`` is the only place bytes leave;
 * **water marks**: after each, the bytes waiting for the client are compared
   with the marks, and the *edge* is returned -- ``FULL`` (above the high
   mark), ``DRAINED`` (back below the low one), ``OVERFLOW`` (over the hard
@@ -37,9 +37,10 @@ offsets (``queued``, ``sent``) stay in plaintext.  Before the handshake is
 done nothing is encrypted: plaintext waits in the queue.
 
 The durability cork (``chatnet.ledger``) holds a transport's output while a
-message its client stored waits for its commit: ``flush`` only queues then,
+message its client stored waits for its commit: ``write`` only queues then,
 ``write_ready`` sends nothing and ``EVENT_WRITE`` is not watched, and the
-loop writes the transport once the commit is done.  Stored messages being delivered to this client
+loop writes the transport once the commit is done.  Stored messages being
+delivered to this client
 (``chatnet.stored``) go first: while they stream, ``write`` keeps other
 output behind them.
 """
@@ -77,8 +78,8 @@ class Transport(object):
     __slots__ = (
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask",
         "paused", "eof", "closing", "closed", "core_knows", "backlogged", "progress_at",
-        "watched", "read_size", "stored_marks", "stream", "failure", "pending", "tls",
-        "cipher_out", "eof_follows", "user_id", "sent_log", "wire_sent", "_loop", "_marks",
+        "watched", "read_size", "stored_marks", "stream", "failure", "tls",
+        "cipher_out", "eof_follows", "user_id", "sent_log", "wire_sent", "held", "_loop", "_marks",
         "_corked",
     )
 
@@ -107,13 +108,13 @@ class Transport(object):
         self.stored_marks = None       # deque of (end offset, stored row id) (chatnet.stored)
         self.stream = None             # a StoredStream while stored messages are on their way
         self.failure = None            # why the socket failed
-        self.pending = None            # this input's first write, sent by flush() (counted in queued)
         self.tls = None                # a TLSLayer on a TLS listener's connections
         self.cipher_out = None         # TLS records the kernel has not taken yet
         self.eof_follows = False       # TLS: the stream ended right after the data just read
         self.user_id = None            # the account logged in on it (from LoginSucceeded)
         self.sent_log = None           # chunks the kernel took, not yet acknowledged (chatnet.acks)
         self.wire_sent = 0             # bytes given to TCP (ciphertext with TLS)
+        self.held = False              # a login's "1" waits to leave with its stored messages
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.
@@ -172,9 +173,10 @@ class Transport(object):
     # ---------------------------------------------------------------- writing
 
     def write(self, data):
-        """Queue ``data``; it leaves at ``flush`` (the input is done) or ``write_ready``.
+        """Send ``data`` now if nothing waits before it and the cork is off; else queue it.
 
-        Returns the water-mark edge, or None (the usual case).
+        Returns the water-mark edge (``BROKEN`` if the socket failed), or
+        None -- the usual case: the kernel took it all, straight from the bytes.
         """
         if self.closed:
             return None
@@ -182,41 +184,19 @@ class Transport(object):
             self.stream.behind += data
             return self._edge()
         self.queued += len(data)
-        if self.pending is None and not self.outgoing:
-            self.pending = data                        # the usual case: no copy
-            self._loop.written.append(self)
-            return None
-        self.absorb_pending()
-        if not self.outgoing:
-            self.progress_at = self._loop.now
-        self.outgoing += data
-        return self._edge()
-
-    def absorb_pending(self):
-        """Move the pending write into the queue (something must come after it there)."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            if not self.outgoing:
-                self.progress_at = self._loop.now
-            self.outgoing[:0] = pending
-
-    def flush(self):
-        """The input is done: send what it wrote -- unless the cork holds it.  The edge or None."""
-        if self.pending is None or self.closed:
-            return None
-        if self.outgoing or self.conn in self._corked:
-            self.absorb_pending()
-            self.update_interest()
+        if self.outgoing:
+            self.outgoing += data                      # behind bytes already waiting
             return self._edge()
-        data, self.pending = self.pending, None
-        sent = self._send(data)
-        if sent is None:
-            return BROKEN
-        self.sent += sent
-        if sent == len(data):
-            return None
-        self.outgoing += data[sent:]                   # the kernel took part: queue the rest
-        self.progress_at = self._loop.now
+        if not (self.held or self.conn in self._corked):
+            sent = self._send(data)
+            if sent is None:
+                return BROKEN
+            self.sent += sent
+            if sent == len(data):
+                return None
+            data = data[sent:]                         # the kernel took part: queue the rest
+        self.outgoing += data
+        self.progress_at = self._loop.now              # the queue begins
         self.update_interest()
         return self._edge()
 
@@ -225,8 +205,6 @@ class Transport(object):
         edge = None
         if self.cipher_out and not self._flush_cipher():
             return BROKEN
-        if self.pending is not None:
-            self.absorb_pending()
         if self.outgoing and not self.conn in self._corked:
             sent = self._send(self.outgoing)
             if sent is None:
@@ -319,7 +297,7 @@ class Transport(object):
         unacked = b""
         if self.sent_log is not None and acked is not None:
             unacked = self.sent_log.unacknowledged(acked)
-        return unacked + bytes(self.outgoing) + (self.pending or b"")
+        return unacked + bytes(self.outgoing)
 
     def _send_tls(self, data):
         if not self.tls.handshake_done:
@@ -397,7 +375,6 @@ class Transport(object):
 
     def insert_at(self, position, data):
         """Put ``data`` into the unsent bytes at stream offset ``position`` (a failure notice)."""
-        self.absorb_pending()
         stream = self.stream
         if stream is not None and position >= self.queued:
             index = position - self.queued             # in what waits behind the stored rows
@@ -431,7 +408,6 @@ class Transport(object):
         delivered twice); the loop's linger bounds the wait.
         """
         self.closing = True
-        self.absorb_pending()
         if self.tls is not None and not self.tls.handshake_done:
             self.outgoing = bytearray()                # it never got as far as reading them
         if not self.drained():

@@ -1,0 +1,157 @@
+"""The transport's promises, with a fake socket and a fake loop: no threads, no network.
+
+``Transport`` is the one write path of a connection (``chatnet.transport``).
+These tests drive it the way the loop does and check what reaches the
+socket, what the selector is asked to watch, and which water-mark edges come
+back.
+"""
+
+import collections
+
+import pytest
+
+from chatnet.transport import BROKEN, DRAINED, FULL, OVERFLOW, READ, WRITE, Transport, WaterMarks
+
+
+class FakeSocket(object):
+    """Takes at most ``room`` bytes per ``send`` (None: all); records what it took."""
+
+    def __init__(self):
+        self.room = None
+        self.taken = b""
+        self.sends = 0
+        self.broken = None
+        self.closed = False
+
+    def send(self, data):
+        self.sends += 1
+        if self.broken is not None:
+            raise self.broken
+        if self.room == 0:
+            raise BlockingIOError()
+        data = bytes(data if self.room is None else data[:self.room])
+        self.taken += data
+        return len(data)
+
+    def getsockopt(self, *args):
+        raise OSError("no TCP_INFO on a fake socket")   # what the kernel took counts as delivered
+
+    def close(self):
+        self.closed = True
+
+
+class FakeLoop(object):
+    """What a transport asks of its loop: the time, interest changes, the cork, closing."""
+
+    def __init__(self):
+        self.now = 100.0
+        self.cork = type("Cork", (), {"corked": collections.Counter()})()
+        self.interest = []                      # (mask, paused) in the order asked
+        self.closed_transports = []
+
+    def set_interest(self, transport, mask, paused):
+        self.interest.append(mask)
+        transport.mask = mask
+
+    def closed(self, transport):
+        self.closed_transports.append(transport)
+
+
+@pytest.fixture
+def loop():
+    return FakeLoop()
+
+
+def make_transport(loop, limit=1024 * 1024):
+    transport = Transport(loop, WaterMarks(limit), 7, FakeSocket(), "127.0.0.1", "127.0.0.1:5555",
+                          True, 65536)
+    transport.update_interest()                 # as the loop does when it adds one
+    return transport
+
+
+def test_a_write_with_nothing_waiting_is_sent_at_once_and_changes_no_interest(loop):
+    transport = make_transport(loop)
+    assert transport.write(b"chat/bob: hi\n") is None
+    assert transport.sock.taken == b"chat/bob: hi\n" and transport.sock.sends == 1
+    assert (transport.queued, transport.sent, bytes(transport.outgoing)) == (13, 13, b"")
+    assert loop.interest == [READ]              # registered once, never touched again
+
+
+def test_what_the_kernel_did_not_take_is_queued_and_write_is_watched_until_it_is_sent(loop):
+    transport = make_transport(loop)
+    transport.sock.room = 5
+    assert transport.write(b"chat/bob: hi\n") is None
+    assert bytes(transport.outgoing) == b"bob: hi\n" and transport.mask == READ | WRITE
+    assert transport.progress_at == loop.now    # the stall clock starts with the queue
+    transport.sock.room = None
+    assert transport.write_ready() is None
+    assert transport.sock.taken == b"chat/bob: hi\n" and transport.mask == READ
+    assert loop.interest == [READ, READ | WRITE, READ]
+
+
+def test_a_write_behind_waiting_bytes_joins_the_queue_without_a_send(loop):
+    transport = make_transport(loop)
+    transport.sock.room = 0                     # the kernel's buffer is full
+    transport.write(b"one\n")
+    sends = transport.sock.sends
+    transport.write(b"two\n")
+    assert transport.sock.sends == sends        # bytes keep their order: no send past the queue
+    transport.sock.room = None
+    transport.write_ready()
+    assert transport.sock.taken == b"one\ntwo\n"
+
+
+def test_the_cork_holds_every_byte_and_the_write_interest_until_the_commit(loop):
+    transport = make_transport(loop)
+    loop.cork.corked[transport.conn] += 1       # a message this client stored waits for its commit
+    assert transport.write(b"1\n") is None
+    assert transport.sock.sends == 0 and transport.mask == READ
+    assert transport.write_ready() is None      # writable or not: nothing leaves while corked
+    assert transport.sock.sends == 0
+    del loop.cork.corked[transport.conn]        # committed: the loop writes it in its write step
+    transport.write_ready()
+    assert transport.sock.taken == b"1\n"
+
+
+def test_the_water_marks_report_full_then_drained_once_each(loop):
+    transport = make_transport(loop, limit=1600)          # high 400, low 100, hard 1600
+    transport.sock.room = 0
+    assert transport.write(b"x" * 300) is None
+    assert transport.write(b"x" * 200) is FULL
+    assert transport.write(b"x" * 10) is None              # an edge, not a level
+    transport.sock.room = 420
+    assert transport.write_ready() is DRAINED              # 90 bytes left: below the low mark
+    transport.sock.room = None
+    assert transport.write_ready() is None
+
+
+def test_a_queue_over_the_hard_cap_reports_overflow(loop):
+    transport = make_transport(loop, limit=1600)
+    transport.sock.room = 0
+    transport.write(b"x" * 1600)
+    assert transport.write(b"x") is OVERFLOW
+
+
+def test_a_socket_that_fails_reports_broken_with_the_reason(loop):
+    transport = make_transport(loop)
+    transport.sock.broken = ConnectionResetError(104, "Connection reset by peer")
+    assert transport.write(b"hi\n") is BROKEN
+    assert transport.failure == "send failed: Connection reset by peer"
+
+
+def test_close_when_drained_waits_for_the_queue_then_closes(loop):
+    transport = make_transport(loop)
+    transport.sock.room = 0
+    transport.write(b"bye\n")
+    assert transport.close_when_drained() is False
+    assert transport.mask == WRITE                          # closing: no more reading
+    transport.sock.room = None
+    transport.write_ready()
+    assert transport.closed and transport.sock.closed and loop.closed_transports == [transport]
+
+
+def test_nothing_is_written_after_close(loop):
+    transport = make_transport(loop)
+    transport.close()
+    assert transport.write(b"late\n") is None
+    assert transport.sock.sends == 0
