@@ -242,7 +242,10 @@ class ChatCore(LoginRules, PartnerRules):
         """
         self._now = now
         self._handlers[type(event)](event)
-        return self._take_actions()
+        if self._outgoing:
+            self._flush_sends()
+        actions, self._actions = self._actions, []
+        return actions
 
     # Read-only views, for the reactor's logs and for tests.
 
@@ -290,12 +293,6 @@ class ChatCore(LoginRules, PartnerRules):
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self._actions.append(send(conn, data))
         self._outgoing.clear()
-
-    def _take_actions(self):
-        if self._outgoing:
-            self._flush_sends()
-        actions, self._actions = self._actions, []
-        return actions
 
     # ================================================================ inputs
 
@@ -455,7 +452,8 @@ class ChatCore(LoginRules, PartnerRules):
         if relay is None:
             return False
         relayed, rest, count = relay
-        self._emit(send(partner_conn, relayed))           # one Send: nothing to coalesce it with
+        # One Send, first of this input's actions: nothing before it to keep in order.
+        self._actions.append(send(partner_conn, relayed))
         self.counts["relayed"] += count
         if rest:
             self._handle_lines(session, session.splitter.feed(rest))

@@ -89,8 +89,10 @@ class DurabilityCork(object):
 
     def release(self):
         """The pass's commit step: hand this pass's stores and deletes to the storage thread."""
-        deletes = self._stored.take_deletes() if self._loop.now >= self._down_until else []
-        if not self._pass_stores and not deletes:
+        deletes = []
+        if self._stored.has_deletes() and self._loop.now >= self._down_until:
+            deletes = self._stored.take_deletes()
+        if not self._pass_stores and not deletes:       # most passes: nothing to commit
             self._run_after()
             return
         batch = Batch(self._next_number, self._pass_stores, deletes)
