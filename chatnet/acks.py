@@ -97,6 +97,13 @@ class SentLog(object):
 
     def acknowledged(self, acked):
         """Forget chunks the peer took, up to the last one that ends a line."""
+        chunks = self.chunks
+        if self.wire_sizes is None and chunks[-1][-1:] == b"\n":
+            end = self.start + sum(map(len, chunks))
+            if end <= acked:                            # the usual case: all of it
+                chunks.clear()
+                self.start = end
+                return
         ends = self._ends()
         taken = max(0, bisect.bisect_right(ends, acked) - 1)      # chunks the peer took whole
         keep_from = self._line_start(taken)            # a half-acknowledged line keeps its start

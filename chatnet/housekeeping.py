@@ -16,6 +16,11 @@ through the lookup thread, the file check through the cork.
 STALL_SWEEP = 1.0              # how often send queues are checked for stalls
 CHECK_INTERVAL = 1.0           # how often acks, the database file and removed accounts are checked
 LOOP_STALL_GRACE = 0.5         # a pass this much later than select's timeout: the loop was away
+#: Connections whose acknowledgements one pass reads (a ``getsockopt`` each,
+#: about 2 µs with the bookkeeping): all 10,000 at once would stall every
+#: client for 20 ms; a slice costs a quarter of a millisecond.
+ACK_SLICE = 128
+SLICE_GAP = 0.001              # the next slice waits for the next pass (its reads come first)
 
 
 class Housekeeping(object):
@@ -32,6 +37,8 @@ class Housekeeping(object):
         self._count_stored = count_stored      # someone reads the metrics: count stored rows too
         self._drop_slow_reader = drop_slow_reader
         self._sweeping = False
+        self._walk = None                      # the once-a-second walk under way: (transports, at)
+        self._logged_in = []                   # ... and the accounts it found logged in
 
     def start(self):
         first = self._loop.now + CHECK_INTERVAL
@@ -74,28 +81,45 @@ class Housekeeping(object):
     def _every_second(self, due):
         """Acknowledgements, the database file, removed accounts, the loop's lag.
 
-        All are answered off the loop or nearly free: a walk of the
-        connections, a ``stat``, and a job for the lookup thread that costs
-        one ``PRAGMA data_version`` unless another program committed
-        something.  How late this runs is the loop's lag, for the metrics.
+        All are answered off the loop or nearly free: a ``stat``, a walk of
+        the connections in slices of ``ACK_SLICE`` a pass, and then a job for
+        the lookup thread that costs one ``PRAGMA data_version`` unless
+        another program committed something.  How late this runs is the
+        loop's lag, for the metrics.
         """
         now = self._loop.now
         self._metrics.loop_lag.observe(max(0.0, now - due))
         self._cork.check_file()
-        logged_in = self.check_acks()
-        if logged_in:
-            self._lookups.check_accounts(logged_in)
+        if self._walk is None:                 # (10,000 connections: 79 slices, 0.1 s)
+            self._walk = (self._connections.all(), 0)
+            self._walk_slice()
         if self._count_stored:
             self._lookups.count_stored()
         self._loop.call_at(now + CHECK_INTERVAL, self._every_second, now + CHECK_INTERVAL)
 
-    def check_acks(self):
+    def _walk_slice(self, _=None):
+        """The next ``ACK_SLICE`` connections of the walk; the accounts check at its end."""
+        transports, at = self._walk
+        self._logged_in += self.check_acks(transports[at:at + ACK_SLICE])
+        at += ACK_SLICE
+        if at < len(transports):
+            self._walk = (transports, at)
+            self._loop.call_at(self._loop.now + SLICE_GAP, self._walk_slice)
+            return
+        self._walk = None
+        logged_in, self._logged_in = self._logged_in, []
+        if logged_in:
+            self._lookups.check_accounts(logged_in)
+
+    def check_acks(self, transports):
         """Forget what clients acknowledged; close the closing ones that are now drained.
 
         Returns the accounts logged in, gathered on the same walk.
         """
         logged_in = []
-        for transport in self._connections.all():
+        for transport in transports:
+            if transport.closed:
+                continue
             if transport.user_id is not None:
                 logged_in.append(transport.user_id)
             if transport.sent_log is not None:

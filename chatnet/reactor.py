@@ -448,7 +448,7 @@ class Reactor(object):
             self.cork.release()
             self._writable.extend(t for t in self._connections.all() if t.outgoing)
             self._write_step()
-            self._housekeeping.check_acks()
+            self._housekeeping.check_acks(self._connections.all())
             self._selector.select(min(0.05, max(0.0, give_up_at - self._clock())))
             self.now = self._clock()
             self._wakeup_ready()
