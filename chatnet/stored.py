@@ -106,7 +106,7 @@ class StoredDeliveries(object):
                 if connection.stored_marks is None:    # made only when needed: most logins have none
                     connection.stored_marks = collections.deque()
                 line = wire.relay_line(sender.encode("ascii"), text)
-                connection.outgoing += line
+                connection.enqueue(line)
                 connection.queued += len(line)
                 connection.stored_marks.append((connection.queued, row_id))
             if len(rows) < BATCH_ROWS:
@@ -118,7 +118,7 @@ class StoredDeliveries(object):
         behind = connection.stream.behind
         connection.stream = None
         if behind:
-            connection.outgoing += behind
+            connection.enqueue(behind)
             connection.queued += len(behind)
 
     # ---------------------------------------------------------------- progress

@@ -60,6 +60,10 @@ DRAINED = "drained"      # ... and fell back below the low-water mark
 OVERFLOW = "overflow"    # ... and passed the hard cap: drop the client
 BROKEN = "broken"        # the socket failed (``failure`` says how)
 
+#: The send queue of a connection with nothing queued: one shared empty value,
+#: so an idle connection holds no buffer (``enqueue`` makes one on demand).
+NOTHING = b""
+
 
 class WaterMarks(object):
     """The send-queue limits of one server, from its ``send_queue_limit``."""
@@ -92,7 +96,7 @@ class Transport(object):
         self.host = host               # the client's address, for per-address limits
         self.peer = peer               # "host:port", for the log
         self.trusted = trusted         # on a trusted network
-        self.outgoing = bytearray()    # queued, not yet taken by the kernel
+        self.outgoing = NOTHING        # queued, not yet taken by the kernel (a bytearray then)
         self.queued = 0                # stream offset: bytes ever queued or sent
         self.sent = 0                  # stream offset: bytes ever taken by the kernel
         self.mask = 0                  # events the selector watches
@@ -185,7 +189,7 @@ class Transport(object):
             return self._edge()
         self.queued += len(data)
         if self.outgoing:
-            self.outgoing += data                      # behind bytes already waiting
+            self.enqueue(data)                         # behind bytes already waiting
             return self._edge()
         if not (self.held or self.conn in self._corked):
             sent = self._send(data)
@@ -195,10 +199,17 @@ class Transport(object):
             if sent == len(data):
                 return None
             data = data[sent:]                         # the kernel took part: queue the rest
-        self.outgoing += data
+        self.enqueue(data)
         self.progress_at = self._loop.now              # the queue begins
         self.update_interest()
         return self._edge()
+
+    def enqueue(self, data):
+        """Append ``data`` to the send queue, made on demand."""
+        if self.outgoing:
+            self.outgoing += data
+        else:
+            self.outgoing = bytearray(data)
 
     def write_ready(self):
         """Send from the queue once (the socket is writable, or the cork opened); the edge or None."""
@@ -211,6 +222,8 @@ class Transport(object):
                 return BROKEN
             if sent:
                 del self.outgoing[:sent]
+                if not self.outgoing:
+                    self.outgoing = NOTHING            # give the buffer back
                 self.sent += sent
                 self.progress_at = self._loop.now
                 if self.stored_marks or self.stream is not None:
@@ -382,6 +395,8 @@ class Transport(object):
             return
         unsent_from = self.queued - len(self.outgoing)
         index = max(0, position - unsent_from)
+        if not self.outgoing:
+            self.outgoing = bytearray()
         self.outgoing[index:index] = data
         self.queued += len(data)
         if self.stored_marks:
@@ -409,7 +424,7 @@ class Transport(object):
         """
         self.closing = True
         if self.tls is not None and not self.tls.handshake_done:
-            self.outgoing = bytearray()                # it never got as far as reading them
+            self.outgoing = NOTHING                    # it never got as far as reading them
         if not self.drained():
             self.update_interest()
             return False
@@ -436,5 +451,5 @@ class Transport(object):
             except OSError:
                 pass
         self.sock.close()
-        self.outgoing = bytearray()
+        self.outgoing = NOTHING
         self.cipher_out = None

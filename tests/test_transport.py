@@ -10,7 +10,9 @@ import collections
 
 import pytest
 
-from chatnet.transport import BROKEN, DRAINED, FULL, OVERFLOW, READ, WRITE, Transport, WaterMarks
+from chatnet.transport import (
+    BROKEN, DRAINED, FULL, NOTHING, OVERFLOW, READ, WRITE, Transport, WaterMarks,
+)
 
 
 class FakeSocket(object):
@@ -87,6 +89,18 @@ def test_what_the_kernel_did_not_take_is_queued_and_write_is_watched_until_it_is
     assert transport.write_ready() is None
     assert transport.sock.taken == b"chat/bob: hi\n" and transport.mask == READ
     assert loop.interest == [READ, READ | WRITE, READ]
+
+
+def test_an_idle_connection_holds_no_send_buffer(loop):
+    """Memory per idle connection: the queue is made when bytes wait and given back when sent."""
+    transport = make_transport(loop)
+    assert transport.outgoing is NOTHING
+    transport.sock.room = 0
+    transport.write(b"x" * 100000)
+    assert type(transport.outgoing) is bytearray
+    transport.sock.room = None
+    transport.write_ready()
+    assert transport.outgoing is NOTHING
 
 
 def test_a_write_behind_waiting_bytes_joins_the_queue_without_a_send(loop):
