@@ -112,6 +112,10 @@ from .events import (
     ServerStopping, StoreFailed, StoreMessage, TimePassed, Undelivered, send,
 )
 
+# An Enum member looked up on its class costs about 0.1 µs on CPython 3.11;
+# the check made for every chunk read uses this name instead.
+CHATTING = Phase.CHATTING
+
 
 class CoreConfig(NamedTuple):
     """The protocol's tunable limits, with chatnet's defaults."""
@@ -309,7 +313,7 @@ class ChatCore(LoginRules, PartnerRules):
         session = self._sessions.get(event.conn)
         if session is None or session.input_ended:
             return
-        if session.phase is Phase.CHATTING and session.backlog is None and not session.held:
+        if session.phase is CHATTING and session.backlog is None and not session.held:
             data = event.data
             splitter = session.splitter
             if self._fast_relay and not splitter.discarding:
