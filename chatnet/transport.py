@@ -194,6 +194,7 @@ class Transport(object):
         if not (self.held or self.conn in self._corked):
             sent = self._send(data)
             if sent is None:
+                self.enqueue(data)                     # never sent: counted undelivered
                 return BROKEN
             self.sent += sent
             if sent == len(data):
@@ -237,6 +238,10 @@ class Transport(object):
 
     def _send(self, data):
         """``send`` once: the bytes the kernel took (0 if it would block), or None if it broke.
+
+        None means none of ``data`` reached TCP: the caller keeps it queued,
+        so it is counted undelivered (``take_undelivered``) when the
+        connection is dropped.
 
         With TLS: the plaintext bytes encrypted and handed on (all, or 0 while
         records of earlier plaintext still wait in ``cipher_out``).
@@ -325,15 +330,15 @@ class Transport(object):
         except OSError as error:                       # TLSFailed: the stream is over
             self.failure = str(error)
             return None
-        self.wire_sent += len(records)
-        self._log_sent(bytes(data), len(records))      # whole records: delivered whole or not
         try:
             sent = self.sock.send(records)             # usually all of it: no copy
         except (BlockingIOError, InterruptedError):
             sent = 0
-        except OSError as error:
+        except OSError as error:                       # none of it reached TCP
             self.failure = "send failed: %s" % (error.strerror or error)
             return None
+        self.wire_sent += len(records)
+        self._log_sent(bytes(data), len(records))      # whole records: delivered whole or not
         if sent < len(records):
             self.cipher_out = bytearray(records[sent:])
         return len(data)

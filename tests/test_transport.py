@@ -153,6 +153,14 @@ def test_a_socket_that_fails_reports_broken_with_the_reason(loop):
     assert transport.failure == "send failed: Connection reset by peer"
 
 
+def test_bytes_a_failed_send_did_not_take_stay_with_what_was_not_delivered(loop):
+    """seeds/PROTOCOL.md section 6: a relay line the kernel never took goes back to the store."""
+    transport = make_transport(loop)
+    transport.sock.broken = BrokenPipeError(32, "Broken pipe")
+    assert transport.write(b"chat/bob: hi\n") is BROKEN
+    assert transport.undelivered() == b"chat/bob: hi\n"
+
+
 def test_close_when_drained_waits_for_the_queue_then_closes(loop):
     transport = make_transport(loop)
     transport.sock.room = 0
