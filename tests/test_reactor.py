@@ -311,3 +311,31 @@ def test_a_clean_stop_handles_the_lines_that_had_already_arrived(tmp_path):
     alice.close()
     storage = Storage(str(tmp_path / "chat.db"))
     assert [text for _, _, text in storage.stored_messages("bob")] == [b"sent just before the stop"]
+
+
+class FailingSends(object):
+    """A connected socket whose ``send`` fails as a reset peer's does; the rest is the socket's."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def send(self, data):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def test_a_relay_whose_send_fails_goes_to_the_recipients_store(served):
+    """Found by reading the write path: a relayed chunk whose ``send`` failed (the recipient had
+    reset, and the loop had not read the reset yet) was neither sent nor kept -- lost, though
+    seeds/PROTOCOL.md section 6 says delivered means acknowledged."""
+    server = served()
+    alice, bob = server.login(b"alice"), server.login(b"bob")
+    alice.chatwith(b"bob", b"2")
+    bob_connection = server.connection_of(2)
+    bob_connection.sock = FailingSends(bob_connection.sock)
+    alice.send(b"chat/one\nchat/two\n")
+    assert bob.wait_closed() == b""                          # dropped: its socket broke
+    again = server.login(b"bob")
+    again.expect(b"chat/alice: one", b"chat/alice: two")
