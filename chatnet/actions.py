@@ -16,9 +16,10 @@ send queue's edge goes to ``chatnet.departures``.
 
 import logging
 
+from . import wire
 from .events import (
     CheckLogin, Close, DeliverStored, LimitReached, LoggedOut, LoginFailed, LoginSucceeded,
-    LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, StoreMessage,
+    LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, StoreMessage, Undelivered,
 )
 
 log = logging.getLogger("chatnet.server")
@@ -34,6 +35,7 @@ class ActionRunner(object):
         self._loop = loop
         self._transports = connections.by_conn    # conn id -> Transport (the loop's, read only)
         self._peer = connections.peer
+        self._departed = connections.departed
         self._cork = cork
         self._stored = stored
         self._checks = checks
@@ -57,10 +59,25 @@ class ActionRunner(object):
 
     def _send(self, action):
         transport = self._transports.get(action.conn)
-        if transport is not None:
-            edge = transport.write(action.data)
-            if edge is not None:
-                self._queue_edge(transport, edge)
+        if transport is None:
+            self._send_after_the_end(action)
+            return
+        edge = transport.write(action.data)
+        if edge is not None:
+            self._queue_edge(transport, edge)
+
+    def _send_after_the_end(self, action):
+        """The connection broke earlier in this pass, before its core heard: relays go back.
+
+        (An earlier ``Send`` of the same input failed, say; the core learns
+        of it from the input after this one.)  Like everything else it never
+        delivered, its relay lines go to the core as ``Undelivered``.
+        """
+        gone = self._departed(action.conn)
+        if gone is not None and gone.user_id is not None:
+            messages = wire.relay_messages(action.data)
+            if messages:
+                self._loop.feed(Undelivered(action.conn, gone.user_id, tuple(messages)))
 
     def _close(self, action):
         transport = self._transports.get(action.conn)

@@ -22,7 +22,7 @@ class Connections(object):
         self.by_conn = {}                        # conn id -> Transport
         self.writing = set()                      # transports waiting for EVENT_WRITE
         self.hangups = HangUpWatch()
-        self._departed = {}                       # conn id -> peer, closed in this pass
+        self._departed = {}                       # conn id -> Transport, closed in this pass
 
     def __len__(self):
         return len(self.by_conn)
@@ -41,7 +41,13 @@ class Connections(object):
     def peer(self, conn):
         """``host:port`` of ``conn``, open or closed in this pass, for the log."""
         transport = self.by_conn.get(conn)
-        return transport.peer if transport is not None else self._departed.get(conn, "?")
+        if transport is None:
+            transport = self._departed.get(conn)
+        return transport.peer if transport is not None else "?"
+
+    def departed(self, conn):
+        """The transport of ``conn`` if it closed in this pass (its core may not know yet), or None."""
+        return self._departed.get(conn)
 
     def new_pass(self):
         if self._departed:
@@ -79,7 +85,7 @@ class Connections(object):
             transport.watched = False
         self.writing.discard(transport)
         del self.by_conn[transport.conn]
-        self._departed[transport.conn] = transport.peer
+        self._departed[transport.conn] = transport
 
     def close(self):
         self.hangups.close()

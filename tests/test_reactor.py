@@ -339,3 +339,18 @@ def test_a_relay_whose_send_fails_goes_to_the_recipients_store(served):
     assert bob.wait_closed() == b""                          # dropped: its socket broke
     again = server.login(b"bob")
     again.expect(b"chat/alice: one", b"chat/alice: two")
+
+
+def test_relays_for_a_connection_dropped_earlier_in_the_same_input_are_stored(served):
+    """The core learns of a drop only after the input it happened in; a later relay of that
+    input to the dropped connection must go back to the store too, not vanish."""
+    server = served()
+    alice, bob = server.login(b"alice"), server.login(b"bob")
+    alice.chatwith(b"bob", b"2")
+    bob_connection = server.connection_of(2)
+    bob_connection.sock = FailingSends(bob_connection.sock)
+    # An over-long line between two relays: the core says "one", then the limit, then "two".
+    alice.send(b"chat/one\nchat/" + b"x" * 5000 + b"\nchat/two\n")
+    assert bob.wait_closed() == b""
+    again = server.login(b"bob")
+    again.expect(b"chat/alice: one", b"chat/alice: two")
