@@ -47,10 +47,7 @@ class Departures(object):
     def drop_slow_reader(self, transport, why):
         log.warning("connection %d from %s dropped: it does not read (%s)",
                     transport.conn, transport.peer, why)
-        try:
-            transport.sock.send(NOTICE_SEND_QUEUE)      # it may just fit; no harm if not
-        except OSError:
-            pass
+        _last_word(transport, NOTICE_SEND_QUEUE)
         self.drop(transport, "slow reader")
 
     def drop(self, transport, reason):
@@ -83,3 +80,23 @@ class Departures(object):
             log.info("connection %d from %s ended with %d message%s undelivered; kept",
                      transport.conn, transport.peer, len(messages), "" if len(messages) == 1 else "s")
             self._feed(Undelivered(transport.conn, transport.user_id, tuple(messages)))
+
+
+def _last_word(transport, notice):
+    """Send ``notice`` straight to the socket, if it fits: the queue is being thrown away.
+
+    Over TLS it must be a record of its own, after any records still waiting
+    (if some are, it is left out: the client's stream must stay whole).
+    """
+    data = notice
+    if transport.tls is not None:
+        if not transport.tls.handshake_done or transport.cipher_out:
+            return
+        try:
+            data = transport.tls.encrypt(notice)
+        except OSError:
+            return
+    try:
+        transport.sock.send(data)                   # it may just fit; no harm if not
+    except OSError:
+        pass

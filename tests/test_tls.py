@@ -57,6 +57,36 @@ def test_a_handshake_then_data_both_ways():
     assert server.describe().startswith("TLSv1.")
 
 
+def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
+    """Every limit applies to TLS as to plaintext: the last notice to a client dropped for not
+    reading is a TLS record, not plaintext bytes that would break its stream."""
+    from chatnet.departures import NOTICE_SEND_QUEUE, Departures
+
+    class Sock(object):
+        sent = b""
+
+        def send(self, data):
+            self.sent += bytes(data)
+            return len(data)
+
+    class Gone(object):                    # the transport, as far as a drop needs it
+        conn, peer, core_knows, cipher_out, closed = 7, "127.0.0.1:5555", False, None, False
+
+        def live_bytes_waiting(self):
+            return 2 * 1024 * 1024
+
+        def close(self):
+            self.closed = True
+
+    client, transport = client_layer(), Gone()
+    transport.tls, transport.sock = server_layer(), Sock()
+    shake_hands(client, transport.tls)
+    Departures(feed=lambda event: None, hard_limit=1024 * 1024, strict=True).drop_slow_reader(
+        transport, "over the limit")
+    plaintext, _ = client.receive(transport.sock.sent)
+    assert plaintext == NOTICE_SEND_QUEUE and transport.closed
+
+
 def test_plaintext_arrives_in_records_split_anywhere():
     client, server = client_layer(), server_layer()
     shake_hands(client, server)
