@@ -341,3 +341,24 @@ def test_many_handshakes_at_once_while_a_pair_chats(tls_server):
         thread.join(60)
     assert results.count(b"1") == 200
     assert sorted(times)[45] < 0.25
+
+
+def test_a_refusal_in_clear_on_the_tls_port_is_shown_and_treated_as_on_plaintext():
+    """A connection refused as it is accepted gets its notice before any handshake; the client
+    shows it and behaves as over plaintext (a lost connection, not a certificate failure)."""
+    import threading
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def refuse_two():
+        for _ in range(2):
+            sock, _ = listener.accept()
+            sock.sendall(b"chat/the server is full, try again later\n")
+            sock.close()
+
+    threading.Thread(target=refuse_two, daemon=True).start()
+    plain = scripted(port, "alice", "pw\nhello\n")
+    secure = scripted(port, "alice", "pw\nhello\n", "--tls", "--tls-ca", TLS_CERT)
+    listener.close()
+    assert "the server is full, try again later" in secure.stdout.decode() + secure.stderr.decode()
+    assert secure.returncode == plain.returncode != 6            # 6: a TLS failure
