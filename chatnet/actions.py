@@ -19,7 +19,7 @@ import logging
 from . import wire
 from .events import (
     CheckLogin, Close, DeliverStored, LimitReached, LoggedOut, LoginFailed, LoginSucceeded,
-    LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, StoreMessage, Undelivered,
+    LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, StoreMessage,
 )
 
 log = logging.getLogger("chatnet.server")
@@ -31,7 +31,7 @@ class ActionRunner(object):
     """Carry out the core's actions on the loop's transports and workers."""
 
     def __init__(self, loop, connections, cork, stored, checks, lookups, metrics, read_size,
-                 queue_edge):
+                 departures):
         self._loop = loop
         self._transports = connections.by_conn    # conn id -> Transport (the loop's, read only)
         self._peer = connections.peer
@@ -42,7 +42,8 @@ class ActionRunner(object):
         self._lookups = lookups
         self._metrics = metrics
         self._read_size = read_size        # the most one recv may take
-        self._queue_edge = queue_edge      # what a water mark said goes to the loop's Departures
+        self._queue_edge = departures.edge  # what a water mark said
+        self._give_back = departures.give_back  # relays a connection that ended never delivered
         self.table = {
             Send: self._send, Close: self._close, CheckLogin: self._check_login,
             LookUpAccount: self._look_up_account, StoreMessage: cork.store,
@@ -75,9 +76,7 @@ class ActionRunner(object):
         """
         gone = self._departed(action.conn)
         if gone is not None and gone.user_id is not None:
-            messages = wire.relay_messages(action.data)
-            if messages:
-                self._loop.feed(Undelivered(action.conn, gone.user_id, tuple(messages)))
+            self._give_back(gone, wire.relay_messages(action.data))
 
     def _close(self, action):
         transport = self._transports.get(action.conn)

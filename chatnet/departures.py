@@ -75,7 +75,10 @@ class Departures(object):
 
     def keep_undelivered(self, transport):
         """What the peer's TCP never acknowledged, or that never left: back to the core."""
-        messages = transport.take_undelivered()
+        self.give_back(transport, transport.take_undelivered())
+
+    def give_back(self, transport, messages):
+        """Relay messages the closed ``transport`` never delivered, ``(sender, text)``: to the core."""
         if messages:
             log.info("connection %d from %s ended with %d message%s undelivered; kept",
                      transport.conn, transport.peer, len(messages), "" if len(messages) == 1 else "s")

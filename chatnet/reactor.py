@@ -133,7 +133,7 @@ class Reactor(object):
                                           self._departures.drop_slow_reader)
         self._housekeeping.start()
         self._actions = ActionRunner(self, self._connections, self.cork, self.stored, self._checks,
-                                     self._lookups, self.metrics, RECV_SIZE, self._departures.edge)
+                                     self._lookups, self.metrics, RECV_SIZE, self._departures)
 
     def _start_workers(self, storage, workers):
         """The threads that block so the loop does not: the KDF, lookups, the database writer."""

@@ -21,6 +21,8 @@ import hashlib
 import os
 import ssl
 
+from . import wire
+
 #: Plaintext taken from the layer per read call: one record's worth at most.
 READ_CHUNK = 16 * 1024
 
@@ -266,8 +268,8 @@ class SecureSocket(object):
             try:
                 self._take(data)
             except TLSFailed as error:
-                if self._early.startswith(b"chat/") and b"\n" in self._early:  # no TLS record does
-                    line = self._early[len(b"chat/"):self._early.index(b"\n")]
+                if self._early.startswith(wire.CHAT) and b"\n" in self._early:  # no TLS record does
+                    line = self._early[len(wire.CHAT):self._early.index(b"\n")]
                     raise RefusedInClear(line.decode("utf-8", "replace")) from error
                 raise
             self.flush()
