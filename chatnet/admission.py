@@ -17,6 +17,17 @@ The limits
   listening socket never spins the CPU;
 * at most ``ACCEPTS_PER_PASS`` accepts per pass: accepting must not starve
   chatting.
+
+Refusing on the TLS port
+------------------------
+Nothing leaves a TLS port in clear: a TLS client reads a plaintext notice as
+a broken handshake.  A refused TLS connection is a ``TLSRefusal``: it shakes
+hands, hears its notice inside TLS and is closed, within the login timeout
+(``refusal_timeout``).  At most ``TLS_REFUSALS_AT_ONCE`` do so at once, so a
+flood of refused connections costs a bounded number of handshakes and
+descriptors; past that, and when out of descriptors, a refusal on the TLS
+port is a close without a word.  Refusals are not connections: no limit
+counts them and the core never hears of them.
 """
 
 import collections
@@ -26,9 +37,12 @@ import os
 import socket
 
 from . import wire
+from .tls import TLSLayer
 
 ACCEPTS_PER_PASS = 64          # fairness: accepting must not starve chatting
 ACCEPT_RETRY_DELAY = 1.0       # pause accepting this long when even refusing fails
+TLS_REFUSALS_AT_ONCE = 64      # refused TLS connections shaking hands at once (see above)
+RECEIVE_SIZE = 16384           # one TLS record: what a refusal reads at a time
 
 NOTICE_SERVER_FULL = wire.notice("the server is full, try again later")
 NOTICE_TOO_MANY_FROM_YOU = wire.notice("too many connections from your address")
@@ -59,9 +73,10 @@ class Admission(object):
     def __init__(self, listeners, limits, loop):
         self.listeners = listeners
         self._limits = limits
-        self._loop = loop              # watch_listener, unwatch_listener, call_at, warn, count
+        self._loop = loop              # watch, unwatch, call_at, now, warn, connection_count
         self._per_host = collections.Counter()
         self._spare_fd = _open_spare_descriptor()
+        self._refusing = set()         # TLSRefusals under way
 
     def accept_ready(self, listener):
         """Yield ``(sock, address, host, trusted, listener)`` for each connection admitted now."""
@@ -80,7 +95,7 @@ class Admission(object):
                     return
                 self._loop.warn("accept", "accept failed: %s", error)   # e.g. ECONNABORTED: go on
                 continue
-            admitted = self._admit(sock, address)
+            admitted = self._admit(sock, address, listener)
             if admitted is not None:
                 yield admitted + (listener,)
 
@@ -92,24 +107,33 @@ class Admission(object):
         else:
             del self._per_host[host]
 
+    def refusal_ready(self, refusal):
+        """A refused TLS connection's socket is readable."""
+        if refusal.readable():
+            self._refusal_over(refusal)
+
     def close(self):
+        """Stop accepting and end the refusals under way (again: nothing more happens)."""
         for listener in self.listeners:
+            self._loop.unwatch(listener.sock)
             listener.sock.close()
+        for refusal in list(self._refusing):
+            self._refusal_over(refusal)
         if self._spare_fd is not None:
             os.close(self._spare_fd)
             self._spare_fd = None
 
-    def _admit(self, sock, address):
+    def _admit(self, sock, address, listener):
         host = host_of(address)
         trusted = is_trusted(host, self._limits.trusted_networks)
         if self._loop.connection_count() >= self._limits.max_connections:
             self._loop.warn("server full", "connection from %s refused: %d connections, the maximum",
                             format_peer(address), self._loop.connection_count())
-            refuse(sock, NOTICE_SERVER_FULL)
+            self._refuse(sock, NOTICE_SERVER_FULL, listener)
         elif not trusted and self._per_host[host] >= self._limits.max_per_ip:
             self._loop.warn("per-ip " + host, "connection from %s refused: %d connections from %s, "
                             "the maximum per address", format_peer(address), self._per_host[host], host)
-            refuse(sock, NOTICE_TOO_MANY_FROM_YOU)
+            self._refuse(sock, NOTICE_TOO_MANY_FROM_YOU, listener)
         else:
             self._per_host[host] += 1
             return sock, address, host, trusted
@@ -134,33 +158,107 @@ class Admission(object):
         except OSError:
             sock = None
         if sock is not None:
-            refuse(sock, NOTICE_SERVER_FULL)
+            # Its descriptor is the spare's: no handshake can keep it, so on the TLS port no word.
+            refuse(sock, NOTICE_SERVER_FULL if listener.tls is None else b"")
         self._spare_fd = _open_spare_descriptor()
         if sock is None:
             self._pause(listener, error)
             return False
         return True
 
+    def _refuse(self, sock, notice, listener):
+        if listener.tls is None:
+            refuse(sock, notice)
+        elif len(self._refusing) >= TLS_REFUSALS_AT_ONCE:
+            sock.close()
+        else:
+            refusal = TLSRefusal(sock, notice, listener.tls.context)
+            self._refusing.add(refusal)
+            self._loop.watch(sock, refusal)
+            self._loop.call_at(self._loop.now + self._limits.refusal_timeout,
+                               self._refusal_timed_out, refusal)
+
+    def _refusal_timed_out(self, refusal):
+        if refusal in self._refusing:
+            self._refusal_over(refusal)
+
+    def _refusal_over(self, refusal):
+        self._refusing.discard(refusal)
+        self._loop.unwatch(refusal.sock)
+        refusal.sock.close()
+
     def _pause(self, listener, error):
         self._loop.warn("accept pause", "cannot accept connections (%s); pausing accepts for %.0f s",
                         error.strerror or error, ACCEPT_RETRY_DELAY)
-        if self._loop.unwatch_listener(listener):
+        if self._loop.unwatch(listener.sock):
             self._loop.call_at(self._loop.now + ACCEPT_RETRY_DELAY, self._resume, listener)
 
     def _resume(self, listener):
         if self._spare_fd is None:
             self._spare_fd = _open_spare_descriptor()
-        self._loop.watch_listener(listener)
+        self._loop.watch(listener.sock, listener)
 
 
 def refuse(sock, notice):
-    """Tell a connection we will not serve it, and close it."""
+    """Tell a plaintext connection we will not serve it, and close it."""
     try:
         sock.setblocking(False)
-        sock.send(notice)
+        if notice:
+            sock.send(notice)
     except OSError:
         pass
     sock.close()
+
+
+class TLSRefusal(object):
+    """A connection refused on the TLS port: it shakes hands, hears why inside TLS, is closed.
+
+    The notice and ``close_notify`` go as records right after the handshake,
+    then a FIN.  Then it reads and drops what the client sends until the
+    client's own close: closing a socket with unread bytes (a login frame
+    sent at once) makes the kernel send a reset, which can destroy the
+    notice before the client reads it.  Best effort throughout: a send the
+    kernel does not take whole ends the refusal (a handshake flight and a
+    notice fit a new socket's buffer).
+    """
+
+    __slots__ = ("sock", "notice", "layer", "told")
+
+    def __init__(self, sock, notice, context):
+        sock.setblocking(False)
+        self.sock = sock
+        self.notice = notice
+        self.layer = TLSLayer(context)
+        self.told = False              # the notice went: only the client's close is awaited
+
+    def readable(self):
+        """Take what arrived; True when the refusal is over (the client closed, or it failed)."""
+        try:
+            data = self.sock.recv(RECEIVE_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        if not data:
+            return True
+        if self.told:
+            return False               # read and dropped, until the client closes
+        try:
+            return not self._shake_hands(data)
+        except OSError:                # a failed handshake (TLSFailed), a reset, a full buffer
+            return True
+
+    def _shake_hands(self, data):
+        """Answer the handshake; once done, say why and half-close.  False: give up."""
+        _, reply = self.layer.receive(data)
+        if self.layer.handshake_done:
+            reply += self.layer.encrypt(self.notice) + self.layer.close_notify()
+            self.told = True
+        if reply and self.sock.send(reply) < len(reply):
+            return False
+        if self.told:
+            self.sock.shutdown(socket.SHUT_WR)
+        return True
 
 
 def _open_spare_descriptor():

@@ -411,11 +411,6 @@ class ChatLoop(object):
         handshaking = self.server.state is ServerConnection.HANDSHAKING
         try:
             ready = self.server.advance()
-        except tls.RefusedInClear as error:          # full, or too many from here: as on plaintext
-            self._close()
-            self._apply(self.session.lost("%s refused the connection: %s" % (where, error),
-                                          time.monotonic()))
-            return
         except (ssl.SSLError, tls.TLSFailed) as error:
             self._close()
             self._apply(self.session.tls_refused(tls_failure(error, self.options)))

@@ -55,7 +55,8 @@ from typing import NamedTuple
 
 from . import passwords, tcp
 from .admission import (  # noqa: F401 (format_address, open_listener, parse_networks: for server.py)
-    LOOPBACK, Admission, Listener, format_address, format_peer, open_listener, parse_networks,
+    LOOPBACK, Admission, Listener, TLSRefusal, format_address, format_peer, open_listener,
+    parse_networks,
 )
 from .events import (
     Connected, ConnectionLost, HungUp, InputEnded, ServerStopping, TimePassed, data_received,
@@ -94,6 +95,7 @@ class ReactorLimits(NamedTuple):
     send_queue_limit: int = 1024 * 1024
     write_timeout: float = 60.0
     keepalive: float = 60.0            # 0 turns keepalive off
+    refusal_timeout: float = 10.0      # a refused TLS connection's time to hear why (the login timeout)
 
 
 class Reactor(object):
@@ -151,7 +153,7 @@ class Reactor(object):
         self._admission = Admission(listeners, self._limits, self)
         for each in listeners:
             each.sock.setblocking(False)
-            self.watch_listener(each)
+            self.watch(each.sock, each)
         self._selector.register(self._wakeup.reader, READ, _WAKEUP)
         hangups = self._connections.hangups
         if hangups.available:
@@ -253,6 +255,8 @@ class Reactor(object):
         elif type(target) is Listener:
             for admitted in self._admission.accept_ready(target):
                 self._add_transport(*admitted)
+        elif type(target) is TLSRefusal:
+            self._admission.refusal_ready(target)
         elif target is _WAKEUP:
             self._wakeup_ready()
         elif target is _HANGUPS:
@@ -406,12 +410,13 @@ class Reactor(object):
         self.stored.forget(transport)
         self._admission.departed(transport.host)
 
-    def watch_listener(self, listener):
-        self._selector.register(listener.sock, READ, listener)
+    def watch(self, sock, target):
+        """Watch ``sock`` for input; its events go to ``target`` (a ``Listener`` or a ``TLSRefusal``)."""
+        self._selector.register(sock, READ, target)
 
-    def unwatch_listener(self, listener):
+    def unwatch(self, sock):
         try:
-            self._selector.unregister(listener.sock)
+            self._selector.unregister(sock)
         except (KeyError, ValueError):
             return False
         return True
@@ -437,9 +442,7 @@ class Reactor(object):
         log.info("shutting down")
         if self.on_stopping is not None:
             self.on_stopping()
-        for listener in self._admission.listeners:
-            self.unwatch_listener(listener)
-            listener.sock.close()
+        self._admission.close()                # no more accepts, no refusals under way
         self.now = self._clock()
         self._read_what_arrived()
         self.feed(ServerStopping())

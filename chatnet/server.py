@@ -245,7 +245,8 @@ def serve(args, storage, log_handler):
     limits = ReactorLimits(max_connections=args.max_connections or descriptor_budget(),
                            max_per_ip=args.max_per_ip, trusted_networks=args.trusted,
                            send_queue_limit=args.send_queue_limit,
-                           write_timeout=args.write_timeout, keepalive=args.keepalive)
+                           write_timeout=args.write_timeout, keepalive=args.keepalive,
+                           refusal_timeout=args.login_timeout)
     reactor = Reactor(listener, ChatCore(config), storage, limits, tls=tls, metrics=metrics)
     notifier = systemd.Notifier.from_environment()
     reactor.install_signal_handlers(on_hangup=hangup_handler(args, log_handler, tls, notifier))

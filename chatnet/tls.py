@@ -21,23 +21,12 @@ import hashlib
 import os
 import ssl
 
-from . import wire
-
 #: Plaintext taken from the layer per read call: one record's worth at most.
 READ_CHUNK = 16 * 1024
 
 
 class TLSFailed(OSError):
     """The handshake or a record failed: the connection cannot go on."""
-
-
-class RefusedInClear(TLSFailed):
-    """The server answered the handshake with a protocol line: it refused the connection.
-
-    A server that will not serve a connection (full, too many from one
-    address) says so as it accepts it, before any handshake, in plaintext.
-    The message is the line's text.
-    """
 
 
 class TLSLayer(object):
@@ -234,7 +223,6 @@ class SecureSocket(object):
         #: Ciphertext bytes made so far: the stream offsets TCP acknowledges are of these.
         self.produced = 0
         self._plaintext = b""
-        self._early = b""              # the first bytes the server sent, while handshaking
         self._queue(self.layer.start())
 
     def _queue(self, ciphertext):
@@ -264,14 +252,7 @@ class SecureSocket(object):
         self.flush()
         while not self.layer.handshake_done:
             data = self.raw.recv(65536)          # BlockingIOError: not yet
-            self._early = (self._early + data)[:512]
-            try:
-                self._take(data)
-            except TLSFailed as error:
-                if self._early.startswith(wire.CHAT) and b"\n" in self._early:  # no TLS record does
-                    line = self._early[len(wire.CHAT):self._early.index(b"\n")]
-                    raise RefusedInClear(line.decode("utf-8", "replace")) from error
-                raise
+            self._take(data)
             self.flush()
             if not data and not self.layer.handshake_done:
                 raise TLSFailed("the server closed during the TLS handshake")

@@ -20,7 +20,10 @@ import time
 import pytest
 
 from chatnet import tls
-from live_server import TLS_CERT, TLS_DIR, TLS_KEY, RawClient, TLSSocket, frame, trusting_context
+from conftest import server_starter
+from live_server import (
+    TLS_CERT, TLS_DIR, TLS_KEY, RawClient, TLSSocket, frame, trusting_context,
+)
 
 RENEWED_CERT = os.path.join(TLS_DIR, "renewed-cert.pem")
 RENEWED_KEY = os.path.join(TLS_DIR, "renewed-key.pem")
@@ -221,6 +224,105 @@ def test_a_clean_close_sends_close_notify(tls_server):
     assert tls_server.proc.wait(10) == 0
 
 
+# ---------------------------------------------------------------- refusals on the TLS port
+# Nothing leaves a TLS port in clear: a connection a limit refuses shakes hands
+# and hears why inside TLS, within the login timeout and a budget of its own.
+
+def bytes_until_closed(sock, timeout=5.0):
+    """Every byte ``sock`` receives until the server closes it (a reset ends it too)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        for chunk in iter(lambda: sock.recv(65536), b""):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+@pytest.fixture
+def start_tls_server(database):
+    start, stop_all = server_starter(database, tls=True)
+    yield start
+    stop_all()
+
+
+def test_a_connection_over_the_total_limit_hears_why_inside_tls(start_tls_server):
+    server = start_tls_server("--max-connections", "1")
+    held = server.client()
+    refused = server.client()                      # the handshake completes ...
+    assert refused.wait_closed() == b"chat/the server is full, try again later\n"
+    assert refused.sock.layer.ended                # ... and the close is a close_notify
+    assert held.login("alice", "pw") == b"1"
+
+
+def test_a_connection_over_the_per_address_limit_hears_why_even_if_it_sent_its_login(
+        start_tls_server):
+    server = start_tls_server("--trusted", "none", "--max-per-ip", "1")
+    first = server.client()
+    refused = server.client()
+    refused.send(frame(b"carol", b"pw"))           # unread by the server: no reset for it
+    assert refused.wait_closed() == b"chat/too many connections from your address\n"
+    assert first.login("alice", "pw") == b"1"
+
+
+def test_a_refused_connection_that_never_shakes_hands_gets_no_byte_and_is_closed_in_time(
+        start_tls_server):
+    server = start_tls_server("--trusted", "none", "--max-per-ip", "1", "--login-timeout", "0.5")
+    first = server.client()
+    silent = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    started = time.monotonic()
+    assert bytes_until_closed(silent) == b""
+    assert 0.4 < time.monotonic() - started < 3.0
+    assert first.sock.layer.handshake_done
+
+
+def test_refusals_waiting_for_a_handshake_are_bounded_and_past_the_bound_just_closed(
+        start_tls_server):
+    from chatnet.admission import TLS_REFUSALS_AT_ONCE
+    server = start_tls_server("--trusted", "none", "--max-per-ip", "1", "--login-timeout", "60")
+    first = server.client()
+    waiting = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+               for _ in range(TLS_REFUSALS_AT_ONCE)]
+    over = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    assert bytes_until_closed(over) == b""      # at once, long before 60 s
+    late = RawClient(server.port)                  # one within the bound still hears why
+    late.sock.close()
+    late.sock = TLSSocket(waiting[-1], trusting_context())
+    assert late.wait_closed() == b"chat/too many connections from your address\n"
+    assert first.login("alice", "pw") == b"1"
+    for each in waiting:
+        each.close()
+
+
+def test_out_of_descriptors_a_refusal_on_the_tls_port_is_a_close_without_a_byte(database):
+    import resource
+    import sys
+    from live_server import private_key_copy, python_env
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    command = [sys.executable, "-m", "chatnet.server", "--db", database, "--host", "127.0.0.1",
+               "--no-plain", "--tls-port", "0", "--tls-cert", TLS_CERT,
+               "--tls-key", private_key_copy(database), "--login-timeout", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=python_env(), preexec_fn=low_limit)
+    try:
+        port = int(proc.stdout.readline().split(b":")[-1].split()[0])
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(80)]
+        assert [bytes_until_closed(each) for each in silent] == [b""] * 80
+        for each in silent:
+            each.close()
+        again = RawClient(port, tls=True)
+        assert again.login(b"carol", b"pw") == b"1"          # service goes on
+    finally:
+        proc.send_signal(__import__("signal").SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert b"out of file descriptors" in stderr
+    assert proc.returncode == 0 and b"Traceback" not in stderr
+
+
 # ---------------------------------------------------------------- the client
 
 def scripted(port, user, script, *flags):
@@ -343,22 +445,12 @@ def test_many_handshakes_at_once_while_a_pair_chats(tls_server):
     assert sorted(times)[45] < 0.25
 
 
-def test_a_refusal_in_clear_on_the_tls_port_is_shown_and_treated_as_on_plaintext():
-    """A connection refused as it is accepted gets its notice before any handshake; the client
-    shows it and behaves as over plaintext (a lost connection, not a certificate failure)."""
-    import threading
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def refuse_two():
-        for _ in range(2):
-            sock, _ = listener.accept()
-            sock.sendall(b"chat/the server is full, try again later\n")
-            sock.close()
-
-    threading.Thread(target=refuse_two, daemon=True).start()
-    plain = scripted(port, "alice", "pw\nhello\n")
-    secure = scripted(port, "alice", "pw\nhello\n", "--tls", "--tls-ca", TLS_CERT)
-    listener.close()
+def test_the_client_refused_on_the_tls_port_shows_why_and_ends_as_on_plaintext(start_tls_server):
+    """A full server's notice arrives inside TLS: the client shows it and treats it as a lost
+    connection (status 5, retried when reconnecting), not as a certificate failure (6)."""
+    server = start_tls_server("--max-connections", "1")
+    held = server.client()
+    secure = scripted(server.port, "bob", "secret\nhello\n", "--tls", "--tls-ca", TLS_CERT)
     assert "the server is full, try again later" in secure.stdout.decode() + secure.stderr.decode()
-    assert secure.returncode == plain.returncode != 6            # 6: a TLS failure
+    assert secure.returncode == 5, secure.stderr
+    assert held.login("alice", "pw") == b"1"
