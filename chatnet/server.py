@@ -14,6 +14,7 @@ import ssl
 import sys
 
 from . import cli, passwords, systemd
+from .admission import TLS_REFUSALS_AT_ONCE
 from .core import ChatCore, CoreConfig
 from .reactor import Reactor, ReactorLimits, format_address, open_listener, parse_networks
 from .storage import MEMORY, Storage, StorageError
@@ -26,9 +27,10 @@ PROG = cli.program_name("chatnet.server", "chatnet-server")
 DEFAULTS = CoreConfig()
 LIMITS = ReactorLimits()
 
-#: Descriptors kept back from clients for the database, the listener, the
-#: selector and the wake-up socket (at most a quarter of a small limit).
-RESERVED_DESCRIPTORS = 64
+#: Descriptors kept back from clients for the database, the listeners, the
+#: selector, the wake-up socket and the TLS refusals under way (at most a
+#: quarter of a small limit).
+RESERVED_DESCRIPTORS = 64 + TLS_REFUSALS_AT_ONCE
 
 #: ``--demo`` accounts: (ID, password).
 DEMO_ACCOUNTS = (("alice", "alice"), ("bob", "bob"), ("carol", "carol"), ("dave", "dave"))
