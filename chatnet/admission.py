@@ -76,7 +76,8 @@ class Admission(object):
         self._loop = loop              # watch, unwatch, call_at, now, warn, connection_count
         self._per_host = collections.Counter()
         self._spare_fd = _open_spare_descriptor()
-        self._refusing = set()         # TLSRefusals under way
+        self._refusing = {}            # TLSRefusal under way -> its deadline, oldest first
+        self._sweep_due = False        # one timer ends the late ones (not one timer each)
 
     def accept_ready(self, listener):
         """Yield ``(sock, address, host, trusted, listener)`` for each connection admitted now."""
@@ -173,17 +174,23 @@ class Admission(object):
             sock.close()
         else:
             refusal = TLSRefusal(sock, notice, listener.tls.context)
-            self._refusing.add(refusal)
+            self._refusing[refusal] = self._loop.now + self._limits.refusal_timeout
             self._loop.watch(sock, refusal)
-            self._loop.call_at(self._loop.now + self._limits.refusal_timeout,
-                               self._refusal_timed_out, refusal)
+            if not self._sweep_due:
+                self._sweep_due = True
+                self._loop.call_at(self._refusing[refusal], self._end_late_refusals)
 
-    def _refusal_timed_out(self, refusal):
-        if refusal in self._refusing:
+    def _end_late_refusals(self, _=None):
+        """End the refusals past their deadline; come back at the next one's."""
+        for refusal, deadline in list(self._refusing.items()):
+            if deadline > self._loop.now:
+                self._loop.call_at(deadline, self._end_late_refusals)
+                return
             self._refusal_over(refusal)
+        self._sweep_due = False
 
     def _refusal_over(self, refusal):
-        self._refusing.discard(refusal)
+        self._refusing.pop(refusal, None)
         self._loop.unwatch(refusal.sock)
         refusal.sock.close()
 

@@ -95,7 +95,7 @@ class ReactorLimits(NamedTuple):
     send_queue_limit: int = 1024 * 1024
     write_timeout: float = 60.0
     keepalive: float = 60.0            # 0 turns keepalive off
-    refusal_timeout: float = 10.0      # a refused TLS connection's time to hear why (the login timeout)
+    refusal_timeout: float = 30.0      # a refused TLS connection's time to hear why: the login timeout
 
 
 class Reactor(object):
