@@ -344,11 +344,14 @@ class RawClient(object):
 
     ``source`` binds it to another loopback address; ``attacker=True`` gives
     it an attacker's socket options (see ``attacker_socket``); ``tls=True``
-    speaks TLS, trusting the test certificate.
+    speaks TLS, trusting the test certificate; ``sock`` is a socket already
+    connected to use instead of a new one.
     """
 
-    def __init__(self, port, timeout=5.0, source=None, attacker=False, tls=False):
-        if attacker or source:
+    def __init__(self, port, timeout=5.0, source=None, attacker=False, tls=False, sock=None):
+        if sock is not None:
+            self.sock = sock
+        elif attacker or source:
             self.sock = attacker_socket(port, source or "127.0.0.1", timeout=timeout,
                                         receive_buffer=4096 if attacker else 1 << 20)
         else:

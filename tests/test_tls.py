@@ -286,13 +286,58 @@ def test_refusals_waiting_for_a_handshake_are_bounded_and_past_the_bound_just_cl
                for _ in range(TLS_REFUSALS_AT_ONCE)]
     over = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     assert bytes_until_closed(over) == b""      # at once, long before 60 s
-    late = RawClient(server.port)                  # one within the bound still hears why
-    late.sock.close()
-    late.sock = TLSSocket(waiting[-1], trusting_context())
+    late = RawClient(server.port, sock=waiting[-1], tls=True)    # within the bound: hears why
     assert late.wait_closed() == b"chat/too many connections from your address\n"
     assert first.login("alice", "pw") == b"1"
     for each in waiting:
         each.close()
+
+
+def test_a_flood_of_refused_connections_from_many_addresses_leaves_a_tls_pair_chatting(
+        start_tls_server):
+    """Attackers from eight addresses (MSS 1460, small receive buffers) hold their share and
+    keep connecting: half shake hands and read why, half leave at once.  Refusals cost a
+    bounded number of handshakes; a TLS pair chats on through it all."""
+    from live_server import attacker_socket
+    server = start_tls_server("--trusted", "none", "--max-per-ip", "2", "--log-level", "info")
+    carol, dave = server.login("carol", "pw"), server.login("dave", "pw")
+    carol.chatwith("dave", b"2")
+    addresses = ["127.0.9.%d" % number for number in range(1, 9)]
+    held = [attacker_socket(server.port, address) for address in addresses for _ in range(2)]
+    heard, running = [], [True]
+
+    def attack(address):
+        leave_at_once = False
+        while running[0]:
+            leave_at_once = not leave_at_once
+            try:
+                sock = attacker_socket(server.port, address)
+                if leave_at_once:
+                    sock.close()
+                    continue
+                heard.append(RawClient(server.port, 10, sock=sock, tls=True).wait_closed())
+            except (OSError, AssertionError):
+                pass
+
+    threads = [threading.Thread(target=attack, args=(address,), daemon=True)
+               for address in addresses]
+    for thread in threads:
+        thread.start()
+    times = []
+    for number in range(100):
+        started = time.perf_counter()
+        carol.send(b"chat/%d\n" % number)
+        dave.expect(b"chat/carol: %d" % number)
+        times.append(time.perf_counter() - started)
+    running[0] = False
+    for thread in threads:
+        thread.join(30)
+    for sock in held:
+        sock.close()
+    print("refusals heard: %d; round trips p50 %.1f ms, p90 %.1f ms" % (
+        len(heard), 1000 * sorted(times)[50], 1000 * sorted(times)[90]))
+    assert sorted(times)[90] < 0.25
+    assert heard and set(heard) == {b"chat/too many connections from your address\n"}
 
 
 def test_out_of_descriptors_a_refusal_on_the_tls_port_is_a_close_without_a_byte(database):
