@@ -189,6 +189,17 @@ class LiveServer(object):
                 if line and ("Traceback" in line or "internal error" in line)]
 
 
+def one_way_times(sender, receiver, sender_id, count):
+    """Sorted seconds each of ``count`` messages took from ``sender`` to ``receiver``."""
+    times = []
+    for number in range(count):
+        started = time.perf_counter()
+        sender.send(b"chat/%d\n" % number)
+        receiver.expect(b"chat/%s: %d" % (sender_id, number))
+        times.append(time.perf_counter() - started)
+    return sorted(times)
+
+
 def attacker_socket(port, source="127.0.0.1", receive_buffer=4096, timeout=5.0):
     """A socket connected the way an attacker on a real network connects.
 
