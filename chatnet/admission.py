@@ -73,7 +73,7 @@ class Admission(object):
     def __init__(self, listeners, limits, loop):
         self.listeners = listeners
         self._limits = limits
-        self._loop = loop              # watch, unwatch, call_at, now, warn, connection_count
+        self._loop = loop              # watch, unwatch, call_at, now, warn, metrics, connection_count
         self._per_host = collections.Counter()
         self._spare_fd = _open_spare_descriptor()
         self._refusing = {}            # TLSRefusal under way -> its deadline, oldest first
@@ -128,10 +128,12 @@ class Admission(object):
         host = host_of(address)
         trusted = is_trusted(host, self._limits.trusted_networks)
         if self._loop.connection_count() >= self._limits.max_connections:
+            self._loop.metrics.limit_reached("connections total")
             self._loop.warn("server full", "connection from %s refused: %d connections, the maximum",
                             format_peer(address), self._loop.connection_count())
             self._refuse(sock, NOTICE_SERVER_FULL, listener)
         elif not trusted and self._per_host[host] >= self._limits.max_per_ip:
+            self._loop.metrics.limit_reached("connections per address")
             self._loop.warn("per-ip " + host, "connection from %s refused: %d connections from %s, "
                             "the maximum per address", format_peer(address), self._per_host[host], host)
             self._refuse(sock, NOTICE_TOO_MANY_FROM_YOU, listener)
@@ -147,6 +149,7 @@ class Admission(object):
         stops being readable, instead of spinning the loop at 100% CPU.
         Returns False when even that failed (then accepting pauses a moment).
         """
+        self._loop.metrics.limit_reached("file descriptors")
         self._loop.warn("descriptors", "out of file descriptors (%s): refusing new connections",
                         error.strerror or error)
         if self._spare_fd is None:

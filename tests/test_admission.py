@@ -15,6 +15,8 @@ class FakeLoop(object):
     """What Admission asks of the loop: watching sockets, timers, the time, warnings."""
 
     def __init__(self):
+        from chatnet.metrics import Metrics
+        self.metrics = Metrics()
         self.now = 100.0
         self.watched = {}
         self.timers = []
@@ -69,6 +71,7 @@ def test_refusals_shaking_hands_are_bounded_and_share_one_timer():
     refusals = [target for target in loop.watched.values() if type(target) is TLSRefusal]
     assert len(refusals) == TLS_REFUSALS_AT_ONCE   # the six past the bound: closed at once
     assert len(loop.timers) == 1
+    assert loop.metrics.limits == {"connections per address": TLS_REFUSALS_AT_ONCE + 6}
     loop.now += 30.0
     loop.run_timers()
     assert [target for target in loop.watched.values() if type(target) is TLSRefusal] == []

@@ -92,6 +92,18 @@ def test_the_endpoint_serves_the_counts_and_refuses_everything_else(start_server
     bob.expect(b"chat/alice: still fine")
 
 
+def test_connections_refused_at_accept_count_as_limits_triggered(start_server):
+    """README: chatnet_limits_triggered_total counts every limit of "Limits and policies" --
+    the connection limits too, though the core never sees those connections."""
+    server = start_server("--metrics", "127.0.0.1:0", "--trusted", "none", "--max-per-ip", "1")
+    held = server.client()
+    for _ in range(2):
+        assert server.client().wait_closed() == b"chat/too many connections from your address\n"
+    body = http(server.metrics_port(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b'chatnet_limits_triggered_total{limit="connections per address"} 2\n' in body
+    assert held.login(b"alice", b"pw") == b"1"
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
