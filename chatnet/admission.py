@@ -145,8 +145,9 @@ class Admission(object):
     def _refuse_with_spare_descriptor(self, listener, error):
         """Out of descriptors: free the spare one, accept and refuse, take it back.
 
-        The waiting client gets a clear "server full" and the listening socket
-        stops being readable, instead of spinning the loop at 100% CPU.
+        The waiting client gets a clear "server full" (on the TLS port a close:
+        see the module docstring) and the listening socket stops being
+        readable, instead of spinning the loop at 100% CPU.
         Returns False when even that failed (then accepting pauses a moment).
         """
         self._loop.metrics.limit_reached("file descriptors")
