@@ -47,7 +47,7 @@ class Departures(object):
     def drop_slow_reader(self, transport, why):
         log.warning("connection %d from %s dropped: it does not read (%s)",
                     transport.conn, transport.peer, why)
-        _last_word(transport, NOTICE_SEND_QUEUE)
+        transport.last_word(NOTICE_SEND_QUEUE)
         self.drop(transport, "slow reader")
 
     def drop(self, transport, reason):
@@ -84,22 +84,3 @@ class Departures(object):
                      transport.conn, transport.peer, len(messages), "" if len(messages) == 1 else "s")
             self._feed(Undelivered(transport.conn, transport.user_id, tuple(messages)))
 
-
-def _last_word(transport, notice):
-    """Send ``notice`` straight to the socket, if it fits: the queue is being thrown away.
-
-    Over TLS it must be a record of its own, after any records still waiting
-    (if some are, it is left out: the client's stream must stay whole).
-    """
-    data = notice
-    if transport.tls is not None:
-        if not transport.tls.handshake_done or transport.cipher_out:
-            return
-        try:
-            data = transport.tls.encrypt(notice)
-        except OSError:
-            return
-    try:
-        transport.sock.send(data)                   # it may just fit; no harm if not
-    except OSError:
-        pass

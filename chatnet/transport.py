@@ -13,7 +13,9 @@ moving bytes through it, in the manner of asyncio's
   Otherwise, or for what the kernel did not take, the bytes go to the
   queue, and ``write_ready()`` sends from it when the socket is writable
   (a login's ``1`` is ``held`` there until its stored messages join it:
-  clients read them as one block).  ``_send`` is the only place bytes leave;
+  clients read them as one block).  ``_send`` is the only place queued
+  bytes leave (``last_word`` sends one notice past a queue being thrown
+  away, when a slow reader is dropped);
 * **water marks**: after each, the bytes waiting for the client are compared
   with the marks, and the *edge* is returned -- ``FULL`` (above the high
   mark), ``DRAINED`` (back below the low one), ``OVERFLOW`` (over the hard
@@ -443,6 +445,24 @@ class Transport(object):
         if self.sent_log is not None:
             self.check_acks()
         return self.sent_log is None or not can_still_ack(self.sock)
+
+    def last_word(self, notice):
+        """Send ``notice`` past the queue, which is about to be thrown away, if it fits.
+
+        Over TLS: a record of its own, left out if records still wait (the stream must stay whole).
+        """
+        data = notice
+        if self.tls is not None:
+            if not self.tls.handshake_done or self.cipher_out:
+                return
+            try:
+                data = self.tls.encrypt(notice)
+            except OSError:
+                return
+        try:
+            self.sock.send(data)                       # it may just fit; no harm if not
+        except OSError:
+            pass
 
     def close(self, clean=False):
         """Close now; ``clean``: a TLS stream ends with ``close_notify`` (best effort)."""
