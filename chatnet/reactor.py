@@ -32,8 +32,8 @@ unless bytes are already queued for that client (then they wait for
 ``EVENT_WRITE``), *or the cork holds it*: a message its client stored is not
 on disk yet, so everything for that client waits until the storage thread
 has committed the batch (then step 5 sends it).  Everyone else's bytes go at
-once.  That is the whole answer; ``Transport._send`` is the one place bytes
-leave, and no step waits for the disk.
+once.  That is the whole answer; ``Transport._send`` is the one place queued
+bytes leave, and no step waits for the disk.
 
 Inputs go through one FIFO (``feed``): an input produced while another is
 being handled (an edge of a send queue, a failed store) waits its turn, so
