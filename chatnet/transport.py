@@ -198,7 +198,6 @@ class Transport(object):
             if sent is None:
                 self.enqueue(data)                     # never sent: counted undelivered
                 return BROKEN
-            self.sent += sent
             if sent == len(data):
                 return None
             data = data[sent:]                         # the kernel took part: queue the rest
@@ -227,7 +226,6 @@ class Transport(object):
                 del self.outgoing[:sent]
                 if not self.outgoing:
                     self.outgoing = NOTHING            # give the buffer back
-                self.sent += sent
                 self.progress_at = self._loop.now
                 if self.stored_marks or self.stream is not None:
                     self._loop.stored.sent(self)
@@ -241,7 +239,7 @@ class Transport(object):
     def _send(self, data):
         """``send`` once: the bytes the kernel took (0 if it would block), or None if it broke.
 
-        None means none of ``data`` reached TCP: the caller keeps it queued,
+        It advances ``sent``, the stream offset of what TCP took.  None means none of ``data`` reached TCP: the caller keeps it queued,
         so it is counted undelivered (``take_undelivered``) when the
         connection is dropped.
 
@@ -258,13 +256,13 @@ class Transport(object):
             self.failure = "send failed: %s" % (error.strerror or error)
             return None
         if sent:
+            self.sent += sent
             # Remember it until the peer's TCP acknowledges it (chatnet.acks):
-            # inline, for this runs once per send.  A plain connection's
-            # stream offset is ``sent`` (the caller adds this send after).
+            # inline, for this runs once per send.
             kept = data if sent == len(data) and type(data) is bytes else bytes(data[:sent])
             log = self.sent_log
             if log is None:
-                self.sent_log = SentLog(self.sent, kept)
+                self.sent_log = SentLog(self.sent - sent, kept)
             else:
                 chunks = log.chunks
                 chunks.append(kept)
@@ -289,7 +287,8 @@ class Transport(object):
         if acked is None:                  # no TCP_INFO here: what the kernel took counts
             self.sent_log = None
             return
-        self.sent_log.acknowledged(acked)
+        # The log's offsets are of what crossed TCP: ciphertext with TLS.
+        self.sent_log.acknowledged(acked, self.sent if self.tls is None else self.wire_sent)
         if not self.sent_log.chunks:
             self.sent_log = None
 
@@ -340,6 +339,7 @@ class Transport(object):
             self.failure = "send failed: %s" % (error.strerror or error)
             return None
         self.wire_sent += len(records)
+        self.sent += len(data)
         self._log_sent(bytes(data), len(records))      # whole records: delivered whole or not
         if sent < len(records):
             self.cipher_out = bytearray(records[sent:])

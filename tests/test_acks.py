@@ -14,11 +14,11 @@ def log_of(*chunks, start=1000, wire_sizes=None):
 
 def test_acknowledged_chunks_are_forgotten_up_to_the_last_line_end():
     log = log_of(b"one\n", b"tw", b"o\n", b"three\n")             # ends 1004, 1006, 1008, 1014
-    log.acknowledged(1006)                                         # mid-line: keep "tw"
+    log.acknowledged(1006, end=1014)                               # mid-line: keep "tw"
     assert log.chunks == [b"tw", b"o\n", b"three\n"] and log.start == 1004
-    log.acknowledged(1008)
+    log.acknowledged(1008, end=1014)
     assert log.chunks == [b"three\n"] and log.start == 1008
-    log.acknowledged(1014)
+    log.acknowledged(1014, end=1014)
     assert log.chunks == [] and log.start == 1014
 
 
@@ -36,5 +36,21 @@ def test_on_tls_offsets_are_of_records_and_a_chunk_half_acknowledged_is_undelive
     log = log_of(b"chat/a: 1\n", b"chat/a: 2\n", wire_sizes=[40, 40])    # ends 1040, 1080
     assert log.unacknowledged(1039) == b"chat/a: 1\nchat/a: 2\n"
     assert log.unacknowledged(1041) == b"chat/a: 2\n"
-    log.acknowledged(1040)
+    log.acknowledged(1040, end=1080)
     assert log.chunks == [b"chat/a: 2\n"] and log.wire_sizes == [40] and log.start == 1040
+
+
+def test_usually_only_the_last_chunk_waits_for_its_acknowledgement():
+    log = log_of(b"chat/a: 1\n", b"chat/a: 2\n", b"chat/a: 3\n")   # ends 1010, 1020, 1030
+    log.acknowledged(1020, end=1030)
+    assert log.chunks == [b"chat/a: 3\n"] and log.start == 1020
+    log.acknowledged(1025, end=1030)                               # half of it: nothing goes
+    assert log.chunks == [b"chat/a: 3\n"] and log.start == 1020
+
+
+def test_on_tls_a_record_half_acknowledged_stays_whole():
+    log = log_of(b"chat/a: 1\n", b"chat/a: 2\n", wire_sizes=[40, 40])    # ends 1040, 1080
+    log.acknowledged(1060, end=1080)
+    assert log.chunks == [b"chat/a: 2\n"] and log.wire_sizes == [40] and log.start == 1040
+    log.acknowledged(1080, end=1080)
+    assert log.chunks == [] and log.wire_sizes == [] and log.start == 1080
