@@ -208,7 +208,7 @@ def relay_chunk(data, prefix, max_line):
         return None                                   # valid as a whole: valid line by line
     relayed = prefix + lines[_CHAT_LENGTH:].replace(_NEWLINE_CHAT, b"\n" + prefix)
     # Each chat/ line grew by len(prefix) - len("chat/"); by less, some line was not one.
-    count = lines.count(b"\n")
+    count = count_newlines(lines)
     if len(relayed) - len(lines) != (len(prefix) - _CHAT_LENGTH) * count:
         return None
     return relayed, rest, count
@@ -216,6 +216,16 @@ def relay_chunk(data, prefix, max_line):
 
 _CHAT_LENGTH = len(CHAT)
 _NEWLINE_CHAT = b"\n" + CHAT
+
+
+def count_newlines(data):
+    """How many ``\\n`` bytes ``data`` holds.
+
+    Not ``data.count(b"\\n")``: CPython counts one byte by looking at every
+    byte, but finds it with ``memchr``, so deleting the newlines and
+    comparing lengths takes about half the time (measured on 3.8 to 3.13).
+    """
+    return len(data) - len(data.replace(b"\n", b""))
 
 
 def longest_line(chunk):

@@ -172,3 +172,8 @@ def test_relay_chunk_keeps_the_unfinished_line_and_multibyte_text():
     relayed, rest, count = wire.relay_chunk("chat/안녕\nchat/🙂\nchat/par".encode(), b"chat/bob: ", 64)
     assert relayed == "chat/bob: 안녕\nchat/bob: 🙂\n".encode() and rest == b"chat/par"
     assert count == 2
+
+
+@pytest.mark.parametrize("data", [b"", b"no newline", b"\n", b"a\nbcd\n", b"\n\n\r\n", b"ab\n" * 1000])
+def test_count_newlines_counts_as_bytes_count_does(data):
+    assert wire.count_newlines(data) == data.count(b"\n")
