@@ -21,7 +21,7 @@ import hashlib
 import os
 import ssl
 
-#: Plaintext taken from the layer per read call: one record's worth at most.
+#: Plaintext taken from the layer per read call: a whole record (2**14 bytes at most).
 READ_CHUNK = 16 * 1024
 
 
@@ -109,13 +109,15 @@ class TLSLayer(object):
     def _read_plaintext(self):
         """Every record's plaintext that complete records hold.
 
-        Records are read one ``read`` each (OpenSSL's rule); the loop stops
-        when no ciphertext is left, so a chunk of whole records costs no
+        Records are read one ``read`` each (OpenSSL's rule), of ``READ_CHUNK``
+        bytes, the most a record holds: so a read takes its record whole and
+        no plaintext stays behind in the ``SSLObject``.  The loop stops when no
+        ciphertext is left, so a chunk of whole records costs no
         ``SSLWantReadError``.
         """
-        chunks = []
+        plaintext = b""
         incoming, ssl_object = self._incoming, self._ssl
-        while incoming.pending or ssl_object.pending():
+        while incoming.pending:
             try:
                 chunk = ssl_object.read(READ_CHUNK)
             except ssl.SSLWantReadError:
@@ -128,7 +130,7 @@ class TLSLayer(object):
             if not chunk:
                 self.ended = True
                 break
-            chunks.append(chunk)
+            plaintext += chunk             # usually one record: b"" + chunk is chunk, no copy
         if incoming.eof and not self.ended:
             try:
                 last = ssl_object.read(1)          # the EOF: close_notify or a bare TCP close
@@ -137,10 +139,10 @@ class TLSLayer(object):
             except ssl.SSLError as error:
                 raise TLSFailed("TLS failed: %s" % _reason(error))
             if last:
-                chunks.append(last)
+                plaintext += last
             else:
                 self.ended = True
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return plaintext
 
 
 def _reason(error):

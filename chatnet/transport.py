@@ -340,7 +340,8 @@ class Transport(object):
             return None
         self.wire_sent += len(records)
         self.sent += len(data)
-        self._log_sent(bytes(data), len(records))      # whole records: delivered whole or not
+        kept = data if type(data) is bytes else bytes(data)       # (the queue changes)
+        self._log_sent(kept, len(records))             # whole records: delivered whole or not
         if sent < len(records):
             self.cipher_out = bytearray(records[sent:])
         return len(data)
