@@ -1,5 +1,9 @@
 """The sent log: what a client's TCP has not acknowledged, worked out from chunk lengths."""
 
+import random
+
+import pytest
+
 from chatnet.acks import SentLog
 
 
@@ -54,3 +58,24 @@ def test_on_tls_a_record_half_acknowledged_stays_whole():
     assert log.chunks == [b"chat/a: 2\n"] and log.wire_sizes == [40] and log.start == 1040
     log.acknowledged(1080, end=1080)
     assert log.chunks == [] and log.wire_sizes == [] and log.start == 1080
+
+
+def random_log(rng, tls):
+    lines = [b"chat/a: %d\n" % number for number in range(rng.randint(1, 12))]
+    stream = b"".join(lines)
+    cuts = sorted(set(rng.randint(1, len(stream) - 1) for _ in range(rng.randint(0, 6)))) if len(stream) > 1 else []
+    chunks = [stream[start:end] for start, end in zip([0] + cuts, cuts + [len(stream)])]
+    sizes = [len(chunk) + 22 for chunk in chunks] if tls else None
+    return log_of(*chunks, start=rng.randint(0, 5000), wire_sizes=sizes)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_forgetting_what_was_acknowledged_never_changes_what_was_not(seed):
+    rng = random.Random(seed)
+    log = random_log(rng, tls=seed % 2 == 1)
+    end = log.start + sum(log.wire_sizes or map(len, log.chunks))
+    for acked in sorted(rng.randint(log.start, end) for _ in range(3)):
+        before = log.unacknowledged(acked)
+        log.acknowledged(acked, end)
+        assert log.unacknowledged(acked) == before
+        assert not log.chunks or log.start <= acked
