@@ -27,9 +27,9 @@ import itertools
 import socket
 import struct
 
-#: Read ``TCP_INFO`` when this many chunks wait to be acknowledged.  Few:
-#: chunks kept longer cost more than the reading (measured: a relay at 64 ran
-#: about 3 % slower than at 8, mostly cache misses on the kept chunks).
+#: Read ``TCP_INFO`` when this many chunks wait to be acknowledged.  Few: a
+#: chunk kept costs cache misses, a reading costs a system call, and at 8 the
+#: two balance (the relay benchmark ran 3-7 % faster than at 64).
 CHECK_EVERY = 8
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
@@ -69,10 +69,11 @@ class SentLog(object):
 
     Recording a send is one ``list.append`` of the bytes object that was
     sent (no copy, no tuple): the transport does it inline, since it runs
-    once per ``send``.  Offsets are worked out only when asked: a running
-    sum of the chunks' lengths from ``start``, and a binary search in it.  On a TLS connection a chunk is plaintext
-    but the offsets are ciphertext: ``wire_sizes`` then holds how many bytes
-    of records each chunk became.  Lists, not deques: most logs hold a
+    once per ``send``.  Offsets are worked out only when asked: forgetting
+    walks back from the log's end, taking the chunks' lengths; at the end of
+    a connection, a running sum from ``start`` and a binary search.  On a
+    TLS connection a chunk is plaintext but the offsets are ciphertext:
+    ``wire_sizes`` then holds how many bytes of records each chunk became.  Lists, not deques: most logs hold a
     chunk or two for a moment (a deque's first block alone is about 600
     bytes, on every connection).
     """

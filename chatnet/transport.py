@@ -239,9 +239,10 @@ class Transport(object):
     def _send(self, data):
         """``send`` once: the bytes the kernel took (0 if it would block), or None if it broke.
 
-        It advances ``sent``, the stream offset of what TCP took.  None means none of ``data`` reached TCP: the caller keeps it queued,
-        so it is counted undelivered (``take_undelivered``) when the
-        connection is dropped.
+        It advances ``sent``, the stream offset of what TCP took.  None means
+        none of ``data`` reached TCP: the caller keeps it queued, so it is
+        counted undelivered (``take_undelivered``) when the connection is
+        dropped.
 
         With TLS: the plaintext bytes encrypted and handed on (all, or 0 while
         records of earlier plaintext still wait in ``cipher_out``).
