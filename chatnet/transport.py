@@ -82,11 +82,10 @@ class Transport(object):
     """A client's socket, send queue and write path; see the module docstring."""
 
     __slots__ = (
-        "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask",
-        "paused", "eof", "closing", "closed", "core_knows", "backlogged", "progress_at",
-        "watched", "read_size", "stored_marks", "stream", "failure", "tls",
-        "cipher_out", "eof_follows", "user_id", "sent_log", "wire_sent", "held", "_loop", "_marks",
-        "_corked",
+        "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
+        "eof", "closing", "closed", "core_knows", "backlogged", "progress_at", "watched",
+        "read_size", "stored_marks", "stream", "failure", "tls", "cipher_out", "eof_follows",
+        "user_id", "sent_log", "wire_sent", "held", "_loop", "_marks", "_corked",
     )
 
     def __init__(self, loop, marks, conn, sock, host, peer, trusted, read_size):
@@ -272,7 +271,7 @@ class Transport(object):
         return sent
 
     def _log_sent(self, data, wire_size):
-        """Remember ``data`` (TLS records' plaintext) until the peer's TCP acknowledges it."""
+        """Remember ``data`` (whole TLS records' plaintext) until the peer's TCP acknowledges it."""
         log = self.sent_log
         if log is None:
             self.sent_log = SentLog(self.wire_sent - wire_size, data, wire_size)
@@ -341,8 +340,7 @@ class Transport(object):
             return None
         self.wire_sent += len(records)
         self.sent += len(data)
-        kept = data if type(data) is bytes else bytes(data)       # (the queue changes)
-        self._log_sent(kept, len(records))             # whole records: delivered whole or not
+        self._log_sent(data if type(data) is bytes else bytes(data), len(records))  # whole records
         if sent < len(records):
             self.cipher_out = bytearray(records[sent:])
         return len(data)
