@@ -21,8 +21,9 @@ import sqlite3
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from . import cli, passwords, wire
-from .storage import Storage, StorageError
+from . import cli, wire
+from .durable import passwords
+from .durable.storage import Storage, StorageError
 
 PROG = cli.program_name("chatnet.accounts", "chatnet-accounts")
 

@@ -39,7 +39,8 @@ import tempfile
 import threading
 import time
 
-from . import cli, tls, wire
+from . import cli, wire
+from .net import tls
 
 PROG = cli.program_name("chatnet.bench", "chatnet-bench")
 SCENARIOS = ("relay", "latency", "conns", "storm")

@@ -13,13 +13,14 @@ import signal
 import ssl
 import sys
 
-from . import cli, passwords, systemd
-from .admission import TLS_REFUSALS_AT_ONCE
-from .core import ChatCore, CoreConfig
-from .reactor import Reactor, ReactorLimits, format_address, open_listener, parse_networks
-from .storage import MEMORY, Storage, StorageError
-from .metrics import parse_address
-from .tls import TLSContext
+from . import cli, systemd
+from .durable import passwords
+from .loop.admission import TLS_REFUSALS_AT_ONCE
+from .core.machine import ChatCore, CoreConfig
+from .loop.reactor import Reactor, ReactorLimits, format_address, open_listener, parse_networks
+from .durable.storage import MEMORY, Storage, StorageError
+from .loop.metrics import parse_address
+from .net.tls import TLSContext
 
 log = logging.getLogger("chatnet.server")
 

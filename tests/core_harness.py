@@ -14,8 +14,8 @@ fake clock.  Tests then read like seeds/PROTOCOL.md's tables::
 from collections import defaultdict, deque
 
 from chatnet import wire
-from chatnet.core import ChatCore, CoreConfig
-from chatnet.events import (
+from chatnet.core.machine import ChatCore, CoreConfig
+from chatnet.core.events import (
     AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
     LoginSucceeded, LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send,

@@ -20,8 +20,10 @@ import sys
 import threading
 import time
 
-from chatnet import passwords, wire
-from chatnet.storage import Storage
+from chatnet.durable import passwords
+
+from chatnet import wire
+from chatnet.durable.storage import Storage
 from core_harness import NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, frame  # noqa: F401 (shared)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,7 +301,7 @@ def private_key_copy(db):
 
 def trusting_context():
     """A client context that trusts the test certificate (and checks 127.0.0.1 against it)."""
-    from chatnet import tls
+    from chatnet.net import tls
     return tls.client_context(ca_file=TLS_CERT)
 
 
@@ -311,7 +313,7 @@ class TLSSocket(object):
     """
 
     def __init__(self, sock, context, server_hostname="127.0.0.1"):
-        from chatnet.tls import TLSLayer
+        from chatnet.net.tls import TLSLayer
         self.raw = sock
         self.layer = TLSLayer(context, server_side=False, server_hostname=server_hostname)
         self.plaintext = b""

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from chatnet.acks import SentLog
+from chatnet.net.acks import SentLog
 
 
 def log_of(*chunks, start=1000, wire_sizes=None):

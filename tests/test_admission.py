@@ -5,9 +5,9 @@
 
 import socket
 
-from chatnet.admission import TLS_REFUSALS_AT_ONCE, Admission, Listener, TLSRefusal
-from chatnet.reactor import ReactorLimits
-from chatnet.tls import TLSContext
+from chatnet.loop.admission import TLS_REFUSALS_AT_ONCE, Admission, Listener, TLSRefusal
+from chatnet.loop.reactor import ReactorLimits
+from chatnet.net.tls import TLSContext
 from live_server import TLS_CERT, TLS_KEY
 
 
@@ -15,7 +15,7 @@ class FakeLoop(object):
     """What Admission asks of the loop: watching sockets, timers, the time, warnings."""
 
     def __init__(self):
-        from chatnet.metrics import Metrics
+        from chatnet.loop.metrics import Metrics
         self.metrics = Metrics()
         self.now = 100.0
         self.watched = {}

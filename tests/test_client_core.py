@@ -3,7 +3,7 @@
 import pytest
 
 from chatnet import wire
-from chatnet.client_core import (
+from chatnet.client.protocol import (
     ClientCore, Info, LoggedIn, LoginRefused, Message, PartnerChanged, PartnerState, Phase,
     NoSuchUser, Problem, QuitRequested, Replaced, SendBytes, ServerLine, ServerNotice, Unread,
     split_text,

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from chatnet.core import ChatCore, CoreConfig
-from chatnet.events import (
+from chatnet.core.machine import ChatCore, CoreConfig
+from chatnet.core.events import (
     AccountLookedUp,
     Connected, DataReceived, LoginChecked, SendQueueDrained, SendQueueFull,
 )

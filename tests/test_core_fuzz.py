@@ -32,8 +32,8 @@ import random
 import pytest
 
 from chatnet import wire
-from chatnet.core import LOGIN_PHASES, Phase
-from chatnet.events import SendQueueDrained, SendQueueFull, ServerStopping
+from chatnet.core.machine import LOGIN_PHASES, Phase
+from chatnet.core.events import SendQueueDrained, SendQueueFull, ServerStopping
 from core_harness import CoreHarness, frame
 
 USERS = [b"ann", b"ben", b"cat", b"dan", b"eve"]

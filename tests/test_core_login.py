@@ -3,8 +3,8 @@
 import pytest
 
 from chatnet import wire
-from chatnet.core import CoreConfig, Phase
-from chatnet.events import (
+from chatnet.core.machine import CoreConfig, Phase
+from chatnet.core.events import (
     CheckLogin, Close, DeliverStored, LoggedOut, LoginFailed, LoginSucceeded, Send,
 )
 from core_harness import NOTICE_DESTROYED, CoreHarness, frame

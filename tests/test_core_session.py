@@ -3,7 +3,7 @@
 import pytest
 
 from chatnet import wire
-from chatnet.events import LookUpAccount, Send, StoreMessage
+from chatnet.core.events import LookUpAccount, Send, StoreMessage
 from core_harness import NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, CoreHarness, frame
 from live_server import is_notice
 
@@ -409,7 +409,7 @@ def test_an_unfinished_line_at_eof_is_dropped(h):
 
 
 def test_server_stopping_says_goodbye_to_sessions_and_closes_everyone(h):
-    from chatnet.events import ServerStopping
+    from chatnet.core.events import ServerStopping
     alice, bob = h.login(b"alice"), h.login(b"bob")
     waiting = h.connect()
     chatwith(h, alice, b"bob")
@@ -436,7 +436,7 @@ def test_a_lookup_made_stale_by_a_login_is_asked_again(h):
 
 
 def test_accounts_removed_while_online_are_closed_with_a_notice(h):
-    from chatnet.events import AccountsRemoved
+    from chatnet.core.events import AccountsRemoved
     alice, bob, carol = h.login(b"alice"), h.login(b"bob"), h.login(b"carol")
     chatwith(h, carol, b"bob")
     h.feed(AccountsRemoved((b"bob", b"nobody-online")))
@@ -449,7 +449,7 @@ def test_accounts_removed_while_online_are_closed_with_a_notice(h):
 # ---------------------------------------------------------------- undelivered (seeds/PROTOCOL.md 6, 1.1)
 
 def test_undelivered_messages_go_back_into_the_store_in_order_past_the_limit(h):
-    from chatnet.events import Undelivered
+    from chatnet.core.events import Undelivered
     bob = h.login(b"bob")
     h.drop(bob)
     lost = tuple((b"alice", b"m%d" % number) for number in range(5))   # the limit is 3
@@ -464,7 +464,7 @@ def test_undelivered_messages_go_back_into_the_store_in_order_past_the_limit(h):
 
 
 def test_undelivered_messages_come_ahead_of_messages_stored_later():
-    from chatnet.events import Undelivered
+    from chatnet.core.events import Undelivered
     h = CoreHarness(accounts=ACCOUNTS, store_limit=100)
     bob, carol = h.login(b"bob"), h.login(b"carol")
     h.drop(bob)
@@ -475,7 +475,7 @@ def test_undelivered_messages_come_ahead_of_messages_stored_later():
 
 
 def test_undelivered_messages_go_to_the_account_online_again_at_once(h):
-    from chatnet.events import Undelivered
+    from chatnet.core.events import Undelivered
     alice = h.login(b"alice")
     first = h.login(b"bob")
     second = h.login(b"bob")                                   # replaces the first
@@ -492,7 +492,7 @@ def test_relay_messages_reads_back_what_a_stream_carried():
 
 
 def test_undelivered_from_the_connection_that_is_ending_are_never_sent_back_to_it(h):
-    from chatnet.events import Undelivered
+    from chatnet.core.events import Undelivered
     bob = h.login(b"bob")
     h.feed(Undelivered(bob, b"bob", ((b"alice", b"lost"),)))    # before its ConnectionLost
     assert h.lines(bob) == [] and h.stores[b"bob"] == [(b"alice", b"lost")]

@@ -3,7 +3,7 @@
 import heapq
 import itertools
 
-from chatnet.housekeeping import ACK_SLICE, CHECK_INTERVAL, Housekeeping
+from chatnet.loop.housekeeping import ACK_SLICE, CHECK_INTERVAL, Housekeeping
 
 
 class FakeTransport(object):

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from chatnet.metrics import Metrics
+from chatnet.loop.metrics import Metrics
 from live_server import NOTICE_ONLINE  # noqa: F401
 
 PROMTOOL = shutil.which("promtool")

@@ -13,12 +13,14 @@ import time
 
 import pytest
 
-from chatnet import passwords, wire
-from chatnet.core import ChatCore
-from chatnet.events import DataReceived
-from chatnet.reactor import Reactor, open_listener
-from chatnet.transport import Transport
-from chatnet.storage import MEMORY, Storage
+from chatnet.durable import passwords
+
+from chatnet import wire
+from chatnet.core.machine import ChatCore
+from chatnet.core.events import DataReceived
+from chatnet.loop.reactor import Reactor, open_listener
+from chatnet.loop.transport import Transport
+from chatnet.durable.storage import MEMORY, Storage
 from live_server import RawClient
 
 NOT_STORED = wire.NOTICE_NOT_STORED.rstrip(b"\n")

@@ -2,12 +2,12 @@
 
 import io
 
-from chatnet.client_core import Info, Message, PartnerChanged, Problem, ServerNotice, Unread
-from chatnet.screen import (
+from chatnet.client.protocol import Info, Message, PartnerChanged, Problem, ServerNotice, Unread
+from chatnet.client.screen import (
     BELL_IDLE, MESSAGE, MINE, NOTICE, EscapeSequence, LineEditor, PlainScreen, Presenter, StatusLine, ascii_only,
     clean, format_effect, hanging_indent, rings, status_text, text_width, wrap,
 )
-from chatnet.session import Status
+from chatnet.client.lifecycle import Status
 
 
 def test_control_characters_from_the_network_are_made_visible():

@@ -5,8 +5,8 @@ import random
 import pytest
 
 from chatnet import wire
-from chatnet.client_core import Info, LoggedIn, Message, NoSuchUser, PartnerChanged, Problem, SendBytes
-from chatnet.session import (
+from chatnet.client.protocol import Info, LoggedIn, Message, NoSuchUser, PartnerChanged, Problem, SendBytes
+from chatnet.client.lifecycle import (
     CONNECT_TIMEOUT, FIRST_RETRY, LAST_RETRY, LINGER, ClientSession, Connect, Disconnect, Exit,
     ExitStatus, HalfClose, Link, RetryAt, Status,
 )

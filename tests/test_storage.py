@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from chatnet.storage import MEMORY, AccountExists, NoSuchAccount, Storage, StorageError
+from chatnet.durable.storage import MEMORY, AccountExists, NoSuchAccount, Storage, StorageError
 
 
 @pytest.fixture

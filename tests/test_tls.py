@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from chatnet import tls
+from chatnet.net import tls
 from conftest import server_starter
 from live_server import (
     TLS_CERT, TLS_DIR, TLS_KEY, RawClient, frame, one_way_times, trusting_context,
@@ -63,8 +63,8 @@ def test_a_handshake_then_data_both_ways():
 def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
     """Every limit applies to TLS as to plaintext: the last notice to a client dropped for not
     reading is a TLS record, not plaintext bytes that would break its stream."""
-    from chatnet.departures import NOTICE_SEND_QUEUE, Departures
-    from chatnet.transport import Transport
+    from chatnet.loop.departures import NOTICE_SEND_QUEUE, Departures
+    from chatnet.loop.transport import Transport
 
     class Sock(object):
         sent = b""
@@ -281,7 +281,7 @@ def test_a_refused_connection_that_never_shakes_hands_gets_no_byte_and_is_closed
 
 def test_refusals_waiting_for_a_handshake_are_bounded_and_past_the_bound_just_closed(
         start_tls_server):
-    from chatnet.admission import TLS_REFUSALS_AT_ONCE
+    from chatnet.loop.admission import TLS_REFUSALS_AT_ONCE
     server = start_tls_server("--trusted", "none", "--max-per-ip", "1", "--login-timeout", "60")
     first = server.client()
     waiting = [socket.create_connection(("127.0.0.1", server.port), timeout=5)

@@ -10,7 +10,7 @@ import collections
 
 import pytest
 
-from chatnet.transport import (
+from chatnet.loop.transport import (
     BROKEN, DRAINED, FULL, NOTHING, OVERFLOW, READ, WRITE, Transport, WaterMarks,
 )
 

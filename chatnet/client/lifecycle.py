@@ -39,12 +39,12 @@ interactive use, keep the screen until the person leaves.
 
 from typing import NamedTuple, Optional
 
-from . import client_core
-from .client_core import (
+from . import protocol
+from .protocol import (
     ClientCore, Info, LoggedIn, LoginRefused, NoSuchUser, PartnerChanged, Problem,
     QuitRequested, Replaced, SendBytes,
 )
-from .events import compared_by_type
+from ..core.events import compared_by_type
 
 CONNECT_TIMEOUT = 10.0        # TCP connect and TLS handshake together
 FIRST_RETRY = 1.0             # reconnect back-off: 1 s, doubling ...

@@ -18,7 +18,7 @@ place a phase changes), ``_close`` and ``_carry_on``.
 
 import heapq
 
-from . import wire
+from .. import wire
 from .events import CheckLogin, DeliverStored, LimitReached, LoginFailed, LoginSucceeded
 from .phases import LOGIN_PHASES, Phase
 

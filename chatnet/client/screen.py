@@ -29,10 +29,10 @@ import time
 import unicodedata
 from typing import NamedTuple
 
-from .client_core import (
+from .protocol import (
     Info, LoggedIn, Message, NoSuchUser, PartnerChanged, Problem, ServerLine, ServerNotice, Unread,
 )
-from .session import RetryAt, Status
+from .lifecycle import RetryAt, Status
 
 SCROLLBACK_LINES = 5000
 HISTORY_SIZE = 100

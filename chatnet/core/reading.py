@@ -35,7 +35,7 @@ and are let read again as room frees.
 like the core: it emits actions through the function it is given.
 """
 
-from . import wire
+from .. import wire
 from .events import LimitReached, PauseReading, ReadAtMost, ResumeReading
 from .phases import LOGIN_PHASES, Phase
 

@@ -53,26 +53,27 @@ import socket
 import time
 from typing import NamedTuple
 
-from . import passwords, tcp
+from ..durable import passwords
+from ..net import tcp
 from .admission import (  # noqa: F401 (format_address, open_listener, parse_networks: for server.py)
     LOOPBACK, Admission, Listener, TLSRefusal, format_address, format_peer, open_listener,
     parse_networks,
 )
-from .events import (
+from ..core.events import (
     Connected, ConnectionLost, HungUp, InputEnded, ServerStopping, TimePassed, data_received,
 )
 from .actions import ActionRunner
 from .connections import Connections
 from .departures import Departures
 from .housekeeping import Housekeeping, Warnings
-from .ledger import DurabilityCork
+from ..durable.cork import DurabilityCork
 from .metrics import Metrics, MetricsEndpoint
-from .stored import StoredDeliveries
+from ..durable.deliveries import StoredDeliveries
 from .timers import Timers
-from .tls import TLSFailed, TLSLayer
+from ..net.tls import TLSFailed, TLSLayer
 from .wakeup import WakeUp
 from .transport import READ, WRITE, Transport, WaterMarks
-from .workers import Lookups, PasswordChecks, StorageWriter, StoredCount
+from ..durable.workers import Lookups, PasswordChecks, StorageWriter, StoredCount
 
 log = logging.getLogger("chatnet.server")
 

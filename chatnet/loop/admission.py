@@ -36,8 +36,8 @@ import ipaddress
 import os
 import socket
 
-from . import wire
-from .tls import TLSLayer
+from .. import wire
+from ..net.tls import TLSLayer
 
 ACCEPTS_PER_PASS = 64          # fairness: accepting must not starve chatting
 ACCEPT_RETRY_DELAY = 1.0       # pause accepting this long when even refusing fails

@@ -16,8 +16,8 @@ send queue's edge goes to ``chatnet.departures``.
 
 import logging
 
-from . import wire
-from .events import (
+from .. import wire
+from ..core.events import (
     CheckLogin, Close, DeliverStored, LimitReached, LoggedOut, LoginFailed, LoginSucceeded,
     LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send, StoreMessage,
 )

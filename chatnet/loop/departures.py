@@ -15,8 +15,8 @@ transport closes its socket; the loop (``feed``) carries inputs.
 
 import logging
 
-from . import wire
-from .events import ConnectionLost, SendQueueDrained, SendQueueFull, Undelivered
+from .. import wire
+from ..core.events import ConnectionLost, SendQueueDrained, SendQueueFull, Undelivered
 from .transport import BROKEN, DRAINED, FULL, OVERFLOW
 
 log = logging.getLogger("chatnet.server")

@@ -51,8 +51,9 @@ import selectors
 import socket
 import struct
 
-from . import tcp, wire
-from .acks import CHECK_EVERY, SentLog, bytes_acked, can_still_ack
+from ..net import tcp
+from .. import wire
+from ..net.acks import CHECK_EVERY, SentLog, bytes_acked, can_still_ack
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 

@@ -46,7 +46,7 @@ import threading
 from typing import NamedTuple
 
 from . import passwords
-from .events import AccountLookedUp, AccountsRemoved, LoginChecked
+from ..core.events import AccountLookedUp, AccountsRemoved, LoginChecked
 
 log = logging.getLogger("chatnet.server")
 

@@ -44,11 +44,12 @@ import ssl
 import sys
 import time
 
-from . import cli, tcp, tls, wire
-from .acks import bytes_acked
-from .client_core import Info, SendBytes
+from .. import cli, wire
+from ..net import tcp, tls
+from ..net.acks import bytes_acked
+from .protocol import Info, SendBytes
 from .screen import BELL_IDLE, EscapeSequence, Presenter, PlainScreen
-from .session import (
+from .lifecycle import (
     ClientSession, Connect, Disconnect, Exit, ExitStatus, HalfClose,
 )
 

@@ -32,8 +32,8 @@ character boundaries when it is longer than one line may be.
 import re
 from typing import NamedTuple, Optional
 
-from . import wire
-from .events import compared_by_type
+from .. import wire
+from ..core.events import compared_by_type
 
 STORED_WINDOW = 1.0
 RELAY_LINE = re.compile(rb"chat/(" + wire.ID_CHARACTERS + rb"): (.*)", re.S)

@@ -38,7 +38,7 @@ The rules it keeps
 import collections
 import sqlite3
 
-from . import wire
+from .. import wire
 
 #: Rows read from the database per batch.
 BATCH_ROWS = 32

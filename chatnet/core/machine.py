@@ -99,13 +99,13 @@ give the same actions.
 import heapq
 from typing import NamedTuple
 
-from . import wire
+from .. import wire
 from .login_gate import TRACKED_ACCOUNTS, LoginGate  # noqa: F401 (TRACKED_ACCOUNTS: for tests)
 from .phases import LOGIN_PHASES, TRANSITIONS, WAITING_PHASES, Phase  # noqa: F401 (for tests)
 from .store_view import StoreView
 from .reading import HELD_INPUT, OWN_QUEUE, PARTNER_QUEUE, ReadingGate  # noqa: F401 (for tests)
-from .core_login import LoginRules
-from .core_partners import PartnerRules
+from .login import LoginRules
+from .partners import PartnerRules
 from .events import (
     AccountLookedUp, AccountsRemoved, Close, Connected, ConnectionLost, DataReceived, HungUp,
     InputEnded, LimitReached, LoggedOut, LoginChecked, SendQueueDrained, SendQueueFull,

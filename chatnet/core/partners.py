@@ -14,7 +14,7 @@ It uses ``ChatCore``'s output (``_send``, ``_emit``), ``_enter``, ``_close``
 and ``_carry_on``.
 """
 
-from . import wire
+from .. import wire
 from .events import LimitReached, LookUpAccount
 from .phases import Phase
 

@@ -36,7 +36,7 @@ what happened.
 import collections
 import logging
 
-from .events import StoreFailed
+from ..core.events import StoreFailed
 from .workers import Batch
 
 log = logging.getLogger("chatnet.server")

@@ -1,0 +1,6 @@
+"""``python -m chatnet.client``: the terminal client (see ``chatnet.client.shell``)."""
+
+from .shell import entry_point
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,1 @@
+"""The server's pure rules: events in, actions out; no sockets, clocks or database."""

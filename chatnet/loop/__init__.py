@@ -1,0 +1,1 @@
+"""The server's ``selectors`` loop and everything it owns: connections, transports, timers."""

@@ -1,0 +1,1 @@
+"""Socket-level helpers both ends use: the TLS layer, TCP options, acknowledgements."""
