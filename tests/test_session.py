@@ -316,3 +316,11 @@ def test_without_a_count_from_the_kernel_nothing_is_sent_twice():
     logged_in(s)
     s.typed("one", 1.0)
     assert not of(Info, s.lost("reset", 2.0))      # acked unknown: written counts as taken
+
+
+def test_help_while_not_logged_in_says_what_the_commands_are():
+    s = session()
+    s.start(0.0)
+    effects = s.typed("/help", 0.1)
+    assert any("/connect reconnects at once" in effect.text for effect in of(Info, effects))
+    assert s.waiting == []                     # a command is not a line to send later

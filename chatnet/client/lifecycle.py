@@ -229,7 +229,7 @@ class ClientSession(object):
         elif self.link is Link.CHATTING:
             self._send_typed(line, now)
         elif command == "/help":
-            self._effects.append(Info(client_core.HELP + " /connect reconnects at once."))
+            self._effects.append(Info(protocol.HELP + " /connect reconnects at once."))
         else:
             self.waiting.append(line)
             if self.interactive:
