@@ -15,9 +15,9 @@ import sys
 
 from . import cli, systemd
 from .durable import passwords
-from .loop.admission import TLS_REFUSALS_AT_ONCE
+from .loop.admission import TLS_REFUSALS_AT_ONCE, format_address, open_listener, parse_networks
 from .core.machine import ChatCore, CoreConfig
-from .loop.reactor import Reactor, ReactorLimits, format_address, open_listener, parse_networks
+from .loop.reactor import Reactor, ReactorLimits
 from .durable.storage import MEMORY, Storage, StorageError
 from .loop.metrics import parse_address
 from .net.tls import TLSContext

@@ -18,7 +18,8 @@ from chatnet.durable import passwords
 from chatnet import wire
 from chatnet.core.machine import ChatCore
 from chatnet.core.events import DataReceived
-from chatnet.loop.reactor import Reactor, open_listener
+from chatnet.loop.admission import open_listener
+from chatnet.loop.reactor import Reactor
 from chatnet.loop.transport import Transport
 from chatnet.durable.storage import MEMORY, Storage
 from live_server import RawClient

@@ -55,10 +55,7 @@ from typing import NamedTuple
 
 from ..durable import passwords
 from ..net import tcp
-from .admission import (  # noqa: F401 (format_address, open_listener, parse_networks: for server.py)
-    LOOPBACK, Admission, Listener, TLSRefusal, format_address, format_peer, open_listener,
-    parse_networks,
-)
+from .admission import LOOPBACK, Admission, Listener, TLSRefusal, format_peer
 from ..core.events import (
     Connected, ConnectionLost, HungUp, InputEnded, ServerStopping, TimePassed, data_received,
 )
