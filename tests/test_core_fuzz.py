@@ -32,7 +32,7 @@ import random
 import pytest
 
 from chatnet import wire
-from chatnet.core.machine import LOGIN_PHASES, Phase
+from chatnet.core.phases import LOGIN_PHASES, Phase
 from chatnet.core.events import SendQueueDrained, SendQueueFull, ServerStopping
 from core_harness import CoreHarness, frame
 

@@ -196,7 +196,7 @@ def test_each_limit_names_itself_for_the_log():
 
 def test_junk_failures_cannot_flush_an_account_at_the_limit():
     """10,100 failures with fresh IDs once evicted bob's entry from an LRU (issue 8, item 4)."""
-    from chatnet.core.machine import TRACKED_ACCOUNTS
+    from chatnet.core.login_gate import TRACKED_ACCOUNTS
     h = throttled_harness(account_failure_limit=10)
     fail_from(h, "198.51.100.7", user=b"bob", times=10)
     for number in range(TRACKED_ACCOUNTS + 100):
@@ -209,7 +209,7 @@ def test_junk_failures_cannot_flush_an_account_at_the_limit():
 
 
 def test_the_accounts_tracked_below_the_limit_stay_bounded():
-    from chatnet.core.machine import TRACKED_ACCOUNTS
+    from chatnet.core.login_gate import TRACKED_ACCOUNTS
     h = throttled_harness(account_failure_limit=10)
     for number in range(TRACKED_ACCOUNTS + 100):
         conn = h.connect(peer="198.51.100.1", trusted=False)

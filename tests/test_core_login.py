@@ -3,7 +3,8 @@
 import pytest
 
 from chatnet import wire
-from chatnet.core.machine import CoreConfig, Phase
+from chatnet.core.machine import CoreConfig
+from chatnet.core.phases import Phase
 from chatnet.core.events import (
     CheckLogin, Close, DeliverStored, LoggedOut, LoginFailed, LoginSucceeded, Send,
 )

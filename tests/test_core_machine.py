@@ -8,7 +8,7 @@ import os
 import pytest
 
 import chatnet.core.machine
-from chatnet.core.machine import Phase
+from chatnet.core.phases import Phase
 from chatnet.core.events import (
     AccountLookedUp, Connected, ConnectionLost, DataReceived, InputEnded,
     LoginChecked, ServerStopping, StoreFailed, TimePassed,
@@ -118,7 +118,8 @@ def test_the_core_and_its_vocabulary_import_no_io_module(module):
 
 def test_every_transition_in_the_table_happens_and_no_other():
     """Drive sessions through every arrow of core.TRANSITIONS, recording each change."""
-    from chatnet.core.machine import TRANSITIONS, ChatCore
+    from chatnet.core.machine import ChatCore
+    from chatnet.core.phases import TRANSITIONS
     from core_harness import CoreHarness, frame
     seen = set()
     original = ChatCore._enter

@@ -1,17 +1,24 @@
 """The chat core: every routing rule of chatnet, and nothing else.
 
-Rule 1: every decision the protocol makes lives in this file and the two
-``ChatCore`` is made of -- ``chatnet.core_login`` (section 2: frames,
-checks, delays, timeouts) and ``chatnet.core_partners`` (section 3's
-``chatwith/``: lookups, watchers) -- who is online, who chats with whom,
-what each line means, what is relayed, stored, refused or pushed, when a
-connection is closed, and who must wait for whom.
+Rule 1: every decision the protocol makes lives in ``chatnet/core/``: who is
+online, who chats with whom, what each line means, what is relayed, stored,
+refused or pushed, when a connection is closed, and who must wait for whom.
+``ChatCore`` (this file) owns the sessions and the lines; it *holds* the
+objects that own the other rules, as h11's ``Connection`` holds its
+``ConnectionState``: ``LoginRules`` (``login.py``, section 2: frames, checks,
+delays, timeouts), ``PartnerRules`` (``partners.py``, section 3's
+``chatwith/``: lookups, watchers), ``ReadingGate`` (``reading.py``: who is
+read) and ``LoginGate`` (``login_gate.py``: the failure throttle).  They get
+the few tables they share (``Registry``) and the core's own steps
+(``CoreSteps``), never the core itself, so each changes only its own state
+and the session records it is handed.
 
-Rule 2: this file knows nothing about sockets, clocks or the database.  It sees
-connection ids, bytes and the time it is given.  It imports no ``socket``,
-``selectors``, ``sqlite3``, ``time``, ``threading`` or ``random``; a test
-enforces that.  So every rule can be tested with plain data, and the reactor
-(``chatnet.reactor``) stays a thin shell that moves bytes.
+Rule 2: the core knows nothing about sockets, clocks or the database.  It
+sees connection ids, bytes and the time it is given.  No module in
+``chatnet/core/`` imports ``socket``, ``selectors``, ``sqlite3``, ``time``,
+``threading`` or ``random``; a test globs the folder and enforces that.  So
+every rule can be tested with plain data, and the loop
+(``chatnet.loop.reactor``) stays a thin shell that moves bytes.
 
 Theory of operation
 -------------------
@@ -46,8 +53,8 @@ only along the arrows: ``chatnet.phases.TRANSITIONS`` is this listing as data, a
 
 Who is online, and who watches whom::
 
-    _online:    account ID -> the conn it is logged in on
-    _watchers:  account ID -> conns whose partner is that account
+    online:     account ID -> the conn it is logged in on     (Registry)
+    watchers:   account ID -> conns whose partner is that account (PartnerRules)
 
 When an account logs in, its offline watchers get ``2`` and switch to live
 relay; when it logs out, its watchers get ``chat/connection is destroyed`` and
@@ -55,7 +62,7 @@ lose their partner.  A second login of the same account replaces the first
 connection and changes nothing for the watchers.
 
 The view of the stores is a count per account, enough to refuse a message
-to a full store: ``chatnet.store_view.StoreView``.  The messages themselves
+to a full store: ``chatnet.core.store_view.StoreView``.  The messages themselves
 live in the database, which the reactor reads and writes for
 ``StoreMessage`` and ``DeliverStored``.
 
@@ -64,7 +71,7 @@ Waiting: who stops being read, and why
 Reading a connection pauses while its held input is at its limit, while its
 own send queue is full, or while it relays to a slow reader; a read before
 login brings only what fits the session and the budget for all sessions
-before login.  Those rules and their state are ``chatnet.reading.ReadingGate``,
+before login.  Those rules and their state are ``chatnet.core.reading.ReadingGate``,
 which the core consults.
 
 Failed logins
@@ -74,7 +81,7 @@ Each failure on a connection holds back its ``0`` a little longer, and
 addresses are counted over ``account_failure_window``; past
 ``account_failure_limit`` of them, attempts on that account from untrusted
 addresses are answered ``0`` without checking the password.  Those rules and
-their memory are ``chatnet.login_gate.LoginGate``, which the core consults.
+their memory are ``chatnet.core.login_gate.LoginGate``, which the login rules consult.
 
 Bytes for the same connection produced while handling one input are joined
 into one ``Send``, placed so that the order of everything a connection
@@ -96,16 +103,15 @@ partner that is offline or congested) takes the line-by-line path, which stays t
 give the same actions.
 """
 
-import heapq
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from .. import wire
-from .login_gate import TRACKED_ACCOUNTS, LoginGate  # noqa: F401 (TRACKED_ACCOUNTS: for tests)
-from .phases import LOGIN_PHASES, TRANSITIONS, WAITING_PHASES, Phase  # noqa: F401 (for tests)
-from .store_view import StoreView
-from .reading import HELD_INPUT, OWN_QUEUE, PARTNER_QUEUE, ReadingGate  # noqa: F401 (for tests)
 from .login import LoginRules
+from .login_gate import LoginGate
 from .partners import PartnerRules
+from .phases import LOGGED_IN_PHASES, TRANSITIONS, WAITING_PHASES, Phase
+from .reading import OWN_QUEUE, ReadingGate
+from .store_view import StoreView
 from .events import (
     AccountLookedUp, AccountsRemoved, Close, Connected, ConnectionLost, DataReceived, HungUp,
     InputEnded, LimitReached, LoggedOut, LoginChecked, SendQueueDrained, SendQueueFull,
@@ -148,7 +154,25 @@ class CoreConfig(NamedTuple):
     relay_whole_chunks: bool = True
 
 
-# Reasons to stop reading a connection: see ``chatnet.reading``.
+class Registry(NamedTuple):
+    """The tables the core shares with the rule objects it holds (each is mutated in place)."""
+
+    sessions: dict          # conn -> Session; the core adds and removes them
+    online: dict            # account ID -> conn; LoginRules adds, the core removes
+    stores: StoreView       # a count per account (``chatnet.core.store_view``)
+
+
+class CoreSteps(NamedTuple):
+    """The core's own moves, handed to its rule objects instead of the core itself."""
+
+    send: Callable          # send(conn, data): bytes for a connection, joined per input
+    emit: Callable          # emit(action): an action, after the bytes produced before it
+    enter: Callable         # enter(session, cause): the one place a phase changes
+    close: Callable         # close(session, reason, notice=None)
+    carry_on: Callable      # carry_on(session): handle whatever input it can handle now
+    now: Callable           # now(): the time of the input being handled
+    count: Callable         # count(what): one more of ``ChatCore.counts[what]``
+
 
 class Session(object):
     """What the core knows about one connection."""
@@ -191,27 +215,32 @@ class Session(object):
             "" if self.partner is None else (" live" if self.partner_online else " store"))
 
 
-class ChatCore(LoginRules, PartnerRules):
+class ChatCore(object):
     """The session state machine of a chatnet server.  See the module docstring."""
 
     def __init__(self, config=CoreConfig()):
         self.config = config
         self._sessions = {}          # conn -> Session
         self._online = {}            # account ID -> conn
-        self._watchers = {}          # account ID -> set of conns whose partner it is
-        self._stores = StoreView(config.store_limit)   # a count per account (chatnet.store_view)
+        self._stores = StoreView(config.store_limit)   # a count per account
         #: What the rules did, counted (for the operator's metrics; read, do not modify).
         self.counts = dict(relayed=0, stored=0, refused_store_full=0, refused_no_partner=0,
                            logins_succeeded=0, logins_failed=0)
-        self._lookups = {}           # account ID -> conns waiting for its lookup
-        #: Pause reasons, hold-backs, the before-login budget (``chatnet.reading``).
+        self._now = 0.0
+        registry = Registry(self._sessions, self._online, self._stores)
+        steps = CoreSteps(self._send, self._emit, self._enter, self._close, self._carry_on,
+                          self._given_time, self._count)
+        #: Pause reasons, hold-backs, the before-login budget (``chatnet.core.reading``).
         self.reading = ReadingGate(config.hold_limit, config.unauthenticated_budget,
                                    self._sessions, self._emit)
+        #: Section 3: chatwith/, lookups, who watches whom.
+        self.partners = PartnerRules(registry, steps)
         #: Failure delays, the per-account throttle, known addresses.
         self.login_gate = LoginGate(config.failure_delays, config.account_failure_limit,
                                     config.account_failure_window)
-        self._deadlines = []         # heap of (when, conn): login timeouts and delays
-        self._now = 0.0
+        #: Section 2: frames, checks, delays, the login timeout.
+        self.login = LoginRules(registry, steps, self.login_gate, config.max_failures,
+                                self.partners.logged_in)
         self._actions = []           # actions produced by the current input
         self._outgoing = {}          # conn -> byte chunks not yet turned into a Send
         self._notice_too_long = wire.notice_line_too_long(config.max_line)
@@ -222,15 +251,15 @@ class ChatCore(LoginRules, PartnerRules):
             DataReceived: self._on_data_received,
             InputEnded: self._on_input_ended,
             ConnectionLost: self._on_connection_lost,
-            LoginChecked: self._on_login_checked,
-            AccountLookedUp: self._on_account_looked_up,
+            LoginChecked: self.login.checked,
+            AccountLookedUp: self.partners.looked_up,
             StoreFailed: self._on_store_failed,
             SendQueueFull: self._on_send_queue_full,
             SendQueueDrained: self._on_send_queue_drained,
             HungUp: self._on_hung_up,
-            AccountsRemoved: self._on_accounts_removed,
+            AccountsRemoved: self.partners.accounts_removed,
             Undelivered: self._on_undelivered,
-            TimePassed: self._on_time_passed,
+            TimePassed: self.login.time_passed,
             ServerStopping: self._on_server_stopping,
         }
 
@@ -251,6 +280,10 @@ class ChatCore(LoginRules, PartnerRules):
         actions, self._actions = self._actions, []
         return actions
 
+    def next_deadline(self):
+        """When the core next needs ``TimePassed`` (a ``now`` value), or None."""
+        return self.login.next_deadline()
+
     # Read-only views, for the reactor's logs and for tests.
 
     def session(self, conn):
@@ -267,7 +300,7 @@ class ChatCore(LoginRules, PartnerRules):
 
     def watchers(self, user_id):
         """The conns whose partner is ``user_id`` (a copy)."""
-        return set(self._watchers.get(user_id, ()))
+        return self.partners.watchers(user_id)
 
     def unauthenticated_bytes(self):
         """Input bytes held for connections that have not logged in, together."""
@@ -277,7 +310,13 @@ class ChatCore(LoginRules, PartnerRules):
         """The core's count of ``user_id``'s stored messages, or None if unknown."""
         return self._stores.count(user_id)
 
-    # ================================================================ output
+    # ================================================================ the steps rules take
+
+    def _given_time(self):
+        return self._now
+
+    def _count(self, what):
+        self.counts[what] += 1
 
     def _send(self, conn, data):
         chunks = self._outgoing.get(conn)
@@ -303,11 +342,11 @@ class ChatCore(LoginRules, PartnerRules):
     def _on_connected(self, event):
         if event.conn in self._sessions:
             raise ValueError("connection %d is already known" % event.conn)
-        deadline = self._now + self.config.login_timeout
-        self._sessions[event.conn] = Session(event.conn, event.peer, event.trusted,
-                                             self.config.max_line, deadline)
-        heapq.heappush(self._deadlines, (deadline, event.conn))
-        self.reading.limit(self._sessions[event.conn])
+        session = Session(event.conn, event.peer, event.trusted, self.config.max_line,
+                          self._now + self.config.login_timeout)
+        self._sessions[event.conn] = session
+        self.login.started(session)
+        self.reading.limit(session)
 
     def _on_data_received(self, event):
         session = self._sessions.get(event.conn)
@@ -380,12 +419,10 @@ class ChatCore(LoginRules, PartnerRules):
     def _on_server_stopping(self, event):
         # Everyone leaves at once: no "connection is destroyed" for partners
         # who are about to be told the server is going away.
-        for session in self._sessions.values():
-            session.partner = None
-        self._watchers.clear()
+        self.partners.forget_everyone()
         self.reading.forget_hold_backs()
         for session in list(self._sessions.values()):
-            logged_in = session.phase in (Phase.CHATTING, Phase.LOOKING_UP)
+            logged_in = session.phase in LOGGED_IN_PHASES
             self._close(session, "shutdown", wire.NOTICE_SHUTDOWN if logged_in else None)
 
     # ================================================================ input flow
@@ -408,7 +445,7 @@ class ChatCore(LoginRules, PartnerRules):
             phase = session.phase
             if phase is Phase.LOGIN and len(session.held) >= wire.FRAME_SIZE:
                 frame, session.held = session.held[:wire.FRAME_SIZE], session.held[wire.FRAME_SIZE:]
-                self._read_login_frame(session, frame)
+                self.login.read_frame(session, frame)
             elif phase is Phase.CHATTING and session.backlog is not None:
                 lines, session.backlog = session.backlog, None
                 self._handle_lines(session, lines)
@@ -474,7 +511,7 @@ class ChatCore(LoginRules, PartnerRules):
         elif line.startswith(wire.CHAT):
             self._chat(session, line[len(wire.CHAT):])
         elif line.startswith(wire.CHATWITH):
-            self._chatwith(session, line[len(wire.CHATWITH):].strip())
+            self.partners.chatwith(session, line[len(wire.CHATWITH):].strip())
         elif line.strip():
             self._send(session.conn, wire.NOTICE_UNKNOWN)
         # A blank line is ignored silently: people press Enter in nc.
@@ -514,20 +551,14 @@ class ChatCore(LoginRules, PartnerRules):
         self._emit(Close(session.conn, reason))
 
     def _end_session(self, session, reason):
-        if session.looking_up is not None:
-            self._forget_lookup(session)
+        self.partners.leaving(session)
         self._enter(session, "closed")
         del self._sessions[session.conn]
-        self._set_partner(session, None)
         self.reading.forget(session)
         user_id = session.user_id
         if user_id is None:
             return
         if self._online.get(user_id) == session.conn:
             del self._online[user_id]
-            for conn in self._watchers.pop(user_id, ()):
-                watcher = self._sessions[conn]
-                watcher.partner = None
-                watcher.partner_online = False
-                self._send(conn, wire.NOTICE_DESTROYED)
+            self.partners.logged_out(user_id)
         self._emit(LoggedOut(session.conn, user_id, reason))

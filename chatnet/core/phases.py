@@ -38,3 +38,5 @@ TRANSITIONS.update({(phase, "closed"): Phase.CLOSED for phase in Phase if phase 
 LOGIN_PHASES = frozenset((Phase.LOGIN, Phase.CHECKING, Phase.DELAYED))
 #: Phases that wait for something outside the connection's own input.
 WAITING_PHASES = frozenset((Phase.CHECKING, Phase.DELAYED, Phase.LOOKING_UP))
+#: Phases after a successful login: the account is online.
+LOGGED_IN_PHASES = frozenset((Phase.CHATTING, Phase.LOOKING_UP))
