@@ -80,6 +80,9 @@ def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
         def live_bytes_waiting(self):
             return 2 * 1024 * 1024
 
+        def core_lets_go(self):
+            return False
+
         def close(self):
             self.closed = True
 

@@ -30,8 +30,7 @@ CLOSE_LINGER = 5.0             # time a closing connection gets to take its last
 class ActionRunner(object):
     """Carry out the core's actions on the loop's transports and workers."""
 
-    def __init__(self, loop, connections, cork, stored, checks, lookups, metrics, read_size,
-                 departures):
+    def __init__(self, loop, connections, cork, stored, checks, lookups, metrics, departures):
         self._loop = loop
         self._transports = connections.by_conn    # conn id -> Transport (the loop's, read only)
         self._peer = connections.peer
@@ -41,7 +40,6 @@ class ActionRunner(object):
         self._checks = checks
         self._lookups = lookups
         self._metrics = metrics
-        self._read_size = read_size        # the most one recv may take
         self._queue_edge = departures.edge  # what a water mark said
         self._give_back = departures.give_back  # relays a connection that ended never delivered
         self.table = {
@@ -84,7 +82,7 @@ class ActionRunner(object):
             return
         # The operator's line for this is the core's LoggedOut or LimitReached: one per event.
         log.debug("connection %d from %s closed: %s", transport.conn, transport.peer, action.reason)
-        transport.core_knows = False
+        transport.core_lets_go()
         self._stored.stop(transport)
         if not transport.close_when_drained():
             self._loop.writable(transport)
@@ -117,9 +115,7 @@ class ActionRunner(object):
     def _deliver_stored(self, action):
         transport = self._transports.get(action.conn)
         if transport is not None:
-            transport.held = False
-            if not transport.outgoing:
-                transport.progress_at = self._loop.now
+            transport.stored_may_follow()
             self._cork.deliver(transport, action.user_id)
             self._loop.writable(transport)
 
@@ -138,17 +134,16 @@ class ActionRunner(object):
     def _read_at_most(self, action):
         transport = self._transports.get(action.conn)
         if transport is not None:
-            transport.read_size = min(self._read_size, action.size) if action.size else self._read_size
+            transport.read_at_most(action.size)
 
     # ---------------------------------------------------------------- what the operator reads
 
     def _login_succeeded(self, action):
         transport = self._transports.get(action.conn)
         if transport is not None:
-            transport.user_id = action.user_id      # for the accounts check (once a second)
             # Its "1" and its stored messages leave in one send (DeliverStored
             # follows in the same input): clients read them as one block.
-            transport.held = True
+            transport.logged_in(action.user_id)
         self._log_event(action)
 
     def _log_event(self, action):

@@ -56,7 +56,6 @@ class Connections(object):
     def set_interest(self, transport, mask, paused):
         """Register exactly ``mask`` for ``transport``; watch a paused one for its hang-up."""
         if paused != transport.watched:
-            transport.watched = paused
             if paused:
                 self.hangups.watch(transport.sock.fileno(), transport)
             else:
@@ -73,16 +72,15 @@ class Connections(object):
             self._selector.unregister(transport.sock)
         else:
             self._selector.modify(transport.sock, mask, transport)
-        transport.mask = mask
+        transport.registered(mask, paused)
 
     def forget(self, transport):
         """``transport`` is closing: unregister it everywhere, before its descriptor is reused."""
         if transport.mask:
             self._selector.unregister(transport.sock)
-            transport.mask = 0
         if transport.watched:
             self.hangups.unwatch(transport.sock.fileno())
-            transport.watched = False
+        transport.registered(0, False)
         self.writing.discard(transport)
         del self.by_conn[transport.conn]
         self._departed[transport.conn] = transport

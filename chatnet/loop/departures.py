@@ -53,9 +53,7 @@ class Departures(object):
     def drop(self, transport, reason):
         """Close a connection the core still thinks is open, and tell the core."""
         log.debug("connection %d from %s: %s", transport.conn, transport.peer, reason)
-        knew = transport.core_knows
-        transport.core_knows = False
-        if knew:
+        if transport.core_lets_go():
             self._feed(ConnectionLost(transport.conn))  # first: what it never got goes elsewhere
         transport.close()
 

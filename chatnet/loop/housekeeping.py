@@ -74,7 +74,7 @@ class Housekeeping(object):
             away = now - before - timeout - LOOP_STALL_GRACE
             if away > 0:
                 for transport in writing:
-                    transport.progress_at += away
+                    transport.credit_stall(away)
 
     # ---------------------------------------------------------------- once a second
 

@@ -133,7 +133,7 @@ class Reactor(object):
                                           self._departures.drop_slow_reader)
         self._housekeeping.start()
         self._actions = ActionRunner(self, self._connections, self.cork, self.stored, self._checks,
-                                     self._lookups, self.metrics, RECV_SIZE, self._departures)
+                                     self._lookups, self.metrics, self._departures)
 
     def _start_workers(self, storage, workers):
         """The threads that block so the loop does not: the KDF, lookups, the database writer."""
@@ -267,10 +267,10 @@ class Reactor(object):
     def _add_transport(self, sock, address, host, trusted, listener):
         sock.setblocking(False)
         _tune_socket(sock, self._limits.keepalive)
+        # With TLS, the handshake counts as login time.
+        tls = TLSLayer(listener.tls.context) if listener.tls is not None else None
         transport = Transport(self, self._marks, next(self._conn_ids), sock, host,
-                              format_peer(address), trusted, RECV_SIZE)
-        if listener.tls is not None:
-            transport.tls = TLSLayer(listener.tls.context)     # the handshake counts as login time
+                              format_peer(address), trusted, RECV_SIZE, tls)
         self._connections.add(transport)
         log.debug("connection %d from %s", transport.conn, transport.peer)
         self.feed(Connected(transport.conn, host, trusted))
@@ -287,8 +287,7 @@ class Reactor(object):
             return
         if data:
             self.feed(data_received(transport.conn, data))
-            if transport.eof_follows and not transport.closed:     # TLS: the stream ended too
-                transport.eof_follows = False
+            if transport.eof_after_data():             # TLS: the stream ended too
                 transport.input_ended()
                 self.feed(InputEnded(transport.conn))
         elif data is not None:
@@ -311,7 +310,7 @@ class Reactor(object):
     def _hangups_ready(self):
         """A paused client left: a reset drops it now; a FIN lets the core decide."""
         for transport, reset in self._connections.hangups.hung_up():
-            transport.watched = False
+            transport.registered(transport.mask, False)     # the watch is one-shot
             if transport.closed:
                 continue
             if reset:
@@ -355,7 +354,7 @@ class Reactor(object):
                       type(event).__name__, conn)
         transport = self._connections.get(conn)
         if transport is not None:
-            transport.core_knows = False
+            transport.core_lets_go()
             transport.close()
         try:
             for action in self._core.handle(ConnectionLost(conn), self.now):

@@ -86,10 +86,10 @@ class Transport(object):
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
         "eof", "closing", "closed", "core_knows", "backlogged", "progress_at", "watched",
         "read_size", "stored_marks", "stream", "failure", "tls", "cipher_out", "eof_follows",
-        "user_id", "sent_log", "wire_sent", "held", "_loop", "_marks", "_corked",
+        "user_id", "sent_log", "wire_sent", "held", "_loop", "_marks", "_corked", "_max_read",
     )
 
-    def __init__(self, loop, marks, conn, sock, host, peer, trusted, read_size):
+    def __init__(self, loop, marks, conn, sock, host, peer, trusted, read_size, tls=None):
         self._loop = loop
         self._marks = marks
         self._corked = loop.cork.corked   # conns whose output waits for a commit (chatnet.ledger)
@@ -111,10 +111,11 @@ class Transport(object):
         self.progress_at = 0.0         # when the kernel last took bytes (or the queue began)
         self.watched = False           # paused, and in the hang-up watch
         self.read_size = read_size     # the most one recv may bring (the core may lower it)
+        self._max_read = read_size
         self.stored_marks = None       # deque of (end offset, stored row id) (chatnet.stored)
         self.stream = None             # a StoredStream while stored messages are on their way
         self.failure = None            # why the socket failed
-        self.tls = None                # a TLSLayer on a TLS listener's connections
+        self.tls = tls                 # a TLSLayer on a TLS listener's connections
         self.cipher_out = None         # TLS records the kernel has not taken yet
         self.eof_follows = False       # TLS: the stream ended right after the data just read
         self.user_id = None            # the account logged in on it (from LoginSucceeded)
@@ -163,6 +164,17 @@ class Transport(object):
             return b""
         return plaintext or None
 
+    def eof_after_data(self):
+        """TLS: did the stream end right after the data ``read`` just returned?  (Asked once.)"""
+        if self.eof_follows and not self.closed:
+            self.eof_follows = False
+            return True
+        return False
+
+    def read_at_most(self, size):
+        """The core's ``ReadAtMost``: ``size`` bytes a read at most (0: the loop's own size)."""
+        self.read_size = min(self._max_read, size) if size else self._max_read
+
     def input_ended(self):
         """EOF: stop watching for input, or select would report it again and again."""
         self.eof = True
@@ -205,6 +217,21 @@ class Transport(object):
         self.progress_at = self._loop.now              # the queue begins
         self.update_interest()
         return self._edge()
+
+    def logged_in(self, user_id):
+        """``LoginSucceeded``: its ``1`` waits to leave with its stored messages (one block)."""
+        self.user_id = user_id         # for the accounts check (once a second)
+        self.held = True
+
+    def stored_may_follow(self):
+        """``DeliverStored``: the ``1`` waits no more; its stored messages are queued behind it."""
+        self.held = False
+        if not self.outgoing:
+            self.progress_at = self._loop.now          # the queue begins now
+
+    def credit_stall(self, seconds):
+        """The loop was away for ``seconds``: no client could read meanwhile, so none pays."""
+        self.progress_at += seconds
 
     def enqueue(self, data):
         """Append ``data`` to the send queue, made on demand."""
@@ -413,6 +440,17 @@ class Transport(object):
                 for end, row_id in self.stored_marks)
 
     # ---------------------------------------------------------------- interest and closing
+
+    def registered(self, mask, watched):
+        """The loop registered ``mask`` for it (``watched``: a paused socket in the hang-up watch)."""
+        self.mask = mask
+        self.watched = watched
+
+    def core_lets_go(self):
+        """The core asked for its close, or is about to hear it was lost: True if it knew of it until now."""
+        knew = self.core_knows
+        self.core_knows = False
+        return knew
 
     def update_interest(self):
         """Hand the loop exactly the events this transport needs now, if they changed."""
