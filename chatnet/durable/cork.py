@@ -138,7 +138,7 @@ class DurabilityCork(object):
         if not self._recipients[recipient]:
             del self._recipients[recipient]
             for transport in self._deliveries.pop(recipient, ()):
-                if not transport.closed and transport.stream is not None:
+                if not transport.closed and self._stored.streaming(transport):
                     self._stored.refill(transport)
                     self._loop.writable(transport)
 

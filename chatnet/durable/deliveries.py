@@ -1,10 +1,12 @@
 """Delivering stored messages: streamed as a socket drains, each row to one connection, deleted once.
 
 It owns which stored rows are on their way to which connection and which
-were delivered but are not yet deleted from the database.  It writes into a
-connection's send queue (``outgoing``) and reads and deletes rows through
-``chatnet.storage``; it must not send, close or decide anything about a
-session -- the reactor calls it at the right moments.
+were delivered but are not yet deleted from the database.  It asks a
+connection's transport to queue rows (``queue_stored``) and to drop the ones
+not started (``drop_unsent_stored``) -- the queue, its offsets and the row
+marks are the transport's -- and reads and deletes rows through
+``chatnet.durable.storage``; it must not send, close or decide anything about
+a session -- the loop calls it at the right moments.
 
 The rules it keeps
 ------------------
@@ -35,7 +37,6 @@ The rules it keeps
   read_now=False)``, then ``refill``), so they come in order.
 """
 
-import collections
 import sqlite3
 
 from .. import wire
@@ -47,25 +48,29 @@ REFILL_BELOW = 64 * 1024
 
 
 class StoredStream(object):
-    """One connection's stored messages on their way."""
+    """One connection's stored messages on their way: which account, and how far read."""
 
-    __slots__ = ("user_id", "after_row", "behind", "readable")
+    __slots__ = ("user_id", "after_row", "readable")
 
     def __init__(self, user_id, readable):
         self.user_id = user_id
         self.after_row = 0             # rows up to this id have been read
-        self.behind = bytearray()      # output that waits until every stored row is queued
         #: False while stores for the account are on their way to the disk: reading now
         #: would miss them (the reader sees only what is committed).
         self.readable = readable
 
 
 class StoredDeliveries(object):
-    """The reactor's ledger of stored rows in delivery; see the module docstring."""
+    """Stored rows in delivery, and delivered rows waiting to be deleted; see the module docstring.
+
+    It asks each connection's transport to queue rows, and learns from it
+    which were sent or dropped: the queue and its offsets are the transport's.
+    """
 
     def __init__(self, reader, warn):
         self._reader = reader          # a read-only connection of the loop's own
         self._warn = warn
+        self._streams = {}             # conn -> StoredStream, while its rows are read
         self._in_delivery = set()      # row ids queued on some connection
         self._delivered = set()        # row ids delivered, not yet deleted by a commit
         self._deleting = set()         # ... of which deletes are in a batch on its way
@@ -79,9 +84,14 @@ class StoredDeliveries(object):
         ``read_now=False``: stores for it are not committed yet; everything
         else for the connection waits behind until ``refill`` is called.
         """
-        connection.stream = StoredStream(user_id, readable=read_now)
+        self._streams[connection.conn] = StoredStream(user_id, readable=read_now)
+        connection.begin_stored()
         if read_now:
             self.refill(connection)
+
+    def streaming(self, connection):
+        """True while ``connection``'s stored rows are still being read."""
+        return connection.conn in self._streams
 
     def refill(self, connection):
         """Queue rows until the queue holds ``REFILL_BELOW`` bytes or the store is done.
@@ -89,10 +99,10 @@ class StoredDeliveries(object):
         Called with ``read_now=False`` pending, this is the commit's word that
         the store may be read now.
         """
-        stream = connection.stream
+        stream = self._streams.get(connection.conn)
         if stream is not None:
             stream.readable = True
-        while stream is not None and len(connection.outgoing) < REFILL_BELOW:
+        while stream is not None and connection.queue_size() < REFILL_BELOW:
             try:
                 rows = self._reader.stored_messages(stream.user_id, stream.after_row, BATCH_ROWS)
             except sqlite3.Error as error:
@@ -103,79 +113,47 @@ class StoredDeliveries(object):
                 if row_id in self._in_delivery or row_id in self._delivered:
                     continue
                 self._in_delivery.add(row_id)
-                if connection.stored_marks is None:    # made only when needed: most logins have none
-                    connection.stored_marks = collections.deque()
-                line = wire.relay_line(sender.encode("ascii"), text)
-                connection.enqueue(line)
-                connection.queued += len(line)
-                connection.stored_marks.append((connection.queued, row_id))
+                connection.queue_stored(wire.relay_line(sender.encode("ascii"), text), row_id)
             if len(rows) < BATCH_ROWS:
                 self._finish(connection)
                 stream = None
 
     def _finish(self, connection):
         """Every stored row is queued: what waited behind them follows."""
-        behind = connection.stream.behind
-        connection.stream = None
-        if behind:
-            connection.enqueue(behind)
-            connection.queued += len(behind)
+        del self._streams[connection.conn]
+        connection.end_stored()
 
     # ---------------------------------------------------------------- progress
 
     def sent(self, connection):
         """The kernel took bytes: rows whose last byte it took are delivered."""
-        marks = connection.stored_marks
-        while marks and marks[0][0] <= connection.sent:
-            row_id = marks.popleft()[1]
+        for row_id in connection.rows_sent():
             self._in_delivery.discard(row_id)
             self._delivered.add(row_id)
             self.delivered_total += 1
-        stream = connection.stream
-        if stream is not None and stream.readable and len(connection.outgoing) < REFILL_BELOW:
+        stream = self._streams.get(connection.conn)
+        if stream is not None and stream.readable and connection.queue_size() < REFILL_BELOW:
             self.refill(connection)
 
     def stop(self, connection):
-        """The session ended (replaced, shut down): unsent rows leave the queue, stay stored.
-
-        The row being sent, if one is, is kept whole: a line cut in the
-        middle would garble the stream.
-        """
-        if connection.stream is not None:
+        """The session ended (replaced, shut down): unsent rows leave the queue, stay stored."""
+        if connection.conn in self._streams:
             self._finish(connection)
-        marks = connection.stored_marks
-        if not marks or marks[-1][0] <= connection.sent:
-            return
-        keep_until = connection.sent
-        for end, _ in marks:
-            if end > connection.sent:
-                keep_until = end
-                break
-        unsent_from = connection.queued - len(connection.outgoing)
-        cut_from, cut_to = keep_until - unsent_from, marks[-1][0] - unsent_from
-        if cut_to > cut_from:
-            del connection.outgoing[cut_from:cut_to]
-            connection.queued -= cut_to - cut_from
-        while marks and marks[-1][0] > keep_until:
-            self._in_delivery.discard(marks.pop()[1])
+        for row_id in connection.drop_unsent_stored():
+            self._in_delivery.discard(row_id)
 
     def settle_half_sent(self, connection):
         """A row half sent when its connection ended goes back as an undelivered message:
         its stored copy is deleted, or it would come twice."""
-        marks = connection.stored_marks
-        while marks and marks[-1][0] > connection.sent:
-            row_id = marks.pop()[1]
+        for row_id in connection.take_half_sent_rows():
             self._in_delivery.discard(row_id)
             self._delivered.add(row_id)
 
     def forget(self, connection):
         """The socket is closed: rows not delivered stay stored."""
-        marks = connection.stored_marks
-        if marks:
-            for _, row_id in marks:
-                self._in_delivery.discard(row_id)
-            marks.clear()
-        connection.stream = None
+        for row_id in connection.forget_stored():
+            self._in_delivery.discard(row_id)
+        self._streams.pop(connection.conn, None)
 
     # ---------------------------------------------------------------- deleting
 

@@ -47,6 +47,7 @@ delivered to this client
 output behind them.
 """
 
+import collections
 import selectors
 import socket
 import struct
@@ -85,7 +86,7 @@ class Transport(object):
     __slots__ = (
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
         "eof", "closing", "closed", "core_knows", "backlogged", "progress_at", "watched",
-        "read_size", "stored_marks", "stream", "failure", "tls", "cipher_out", "eof_follows",
+        "read_size", "stored_marks", "behind", "failure", "tls", "cipher_out", "eof_follows",
         "user_id", "sent_log", "wire_sent", "held", "_loop", "_marks", "_corked", "_max_read",
     )
 
@@ -112,8 +113,8 @@ class Transport(object):
         self.watched = False           # paused, and in the hang-up watch
         self.read_size = read_size     # the most one recv may bring (the core may lower it)
         self._max_read = read_size
-        self.stored_marks = None       # deque of (end offset, stored row id) (chatnet.stored)
-        self.stream = None             # a StoredStream while stored messages are on their way
+        self.stored_marks = None       # deque of (end offset, stored row id) of stored rows queued
+        self.behind = None             # output waiting behind stored rows still streaming (bytearray)
         self.failure = None            # why the socket failed
         self.tls = tls                 # a TLSLayer on a TLS listener's connections
         self.cipher_out = None         # TLS records the kernel has not taken yet
@@ -198,8 +199,8 @@ class Transport(object):
         """
         if self.closed:
             return None
-        if self.stream is not None:                    # stored messages go first
-            self.stream.behind += data
+        if self.behind is not None:                    # stored messages go first
+            self.behind += data
             return self._edge()
         self.queued += len(data)
         if self.outgoing:
@@ -254,7 +255,7 @@ class Transport(object):
                 if not self.outgoing:
                     self.outgoing = NOTHING            # give the buffer back
                 self.progress_at = self._loop.now
-                if self.stored_marks or self.stream is not None:
+                if self.stored_marks or self.behind is not None:
                     self._loop.stored.sent(self)
                 edge = self._edge()
         if self.closing and self.drained():
@@ -387,7 +388,7 @@ class Transport(object):
 
     def _edge(self):
         """Compare the bytes waiting with the water marks; the edge crossed, or None."""
-        if not self.backlogged and len(self.outgoing) <= self._marks.high and self.stream is None:
+        if not self.backlogged and len(self.outgoing) <= self._marks.high and self.behind is None:
             return None                                # far below every mark
         waiting = self.live_bytes_waiting()
         marks = self._marks
@@ -412,21 +413,19 @@ class Transport(object):
         marks = self.stored_marks
         if marks:
             waiting -= max(0, marks[-1][0] - self.sent)
-        if self.stream is not None:
-            waiting += len(self.stream.behind)
+        if self.behind is not None:
+            waiting += len(self.behind)
         return waiting
 
     def stream_end(self):
         """The stream offset after everything queued for the client so far."""
-        stream = self.stream
-        return self.queued + (len(stream.behind) if stream is not None else 0)
+        return self.queued + (len(self.behind) if self.behind is not None else 0)
 
     def insert_at(self, position, data):
         """Put ``data`` into the unsent bytes at stream offset ``position`` (a failure notice)."""
-        stream = self.stream
-        if stream is not None and position >= self.queued:
+        if self.behind is not None and position >= self.queued:
             index = position - self.queued             # in what waits behind the stored rows
-            stream.behind[index:index] = data
+            self.behind[index:index] = data
             return
         unsent_from = self.queued - len(self.outgoing)
         index = max(0, position - unsent_from)
@@ -438,6 +437,86 @@ class Transport(object):
             self.stored_marks = type(self.stored_marks)(
                 (end + len(data) if end > position else end, row_id)
                 for end, row_id in self.stored_marks)
+
+    # ---------------------------------------------------------------- stored rows
+    # ``chatnet.durable.deliveries`` decides which rows to stream and when;
+    # it asks these, and the queue, the offsets and the marks stay the transport's.
+
+    def begin_stored(self):
+        """Stored rows come first: until ``end_stored``, other output waits behind them."""
+        self.behind = bytearray()
+
+    def streaming_stored(self):
+        return self.behind is not None
+
+    def queue_size(self):
+        """Bytes queued, not yet taken by the kernel."""
+        return len(self.outgoing)
+
+    def queue_stored(self, line, row_id):
+        """Queue one stored row's relay line, remembering where it ends."""
+        self.enqueue(line)
+        self.queued += len(line)
+        if self.stored_marks is None:          # made only when needed: most logins have none
+            self.stored_marks = collections.deque()
+        self.stored_marks.append((self.queued, row_id))
+
+    def end_stored(self):
+        """Every stored row is queued: what waited behind them follows."""
+        behind, self.behind = self.behind, None
+        if behind:
+            self.enqueue(behind)
+            self.queued += len(behind)
+
+    def rows_sent(self):
+        """The stored rows whose last byte the kernel took since the last call, in order."""
+        marks, rows = self.stored_marks, []
+        while marks and marks[0][0] <= self.sent:
+            rows.append(marks.popleft()[1])
+        return rows
+
+    def drop_unsent_stored(self):
+        """The session ended: stored rows not yet started leave the queue; their ids.
+
+        The row being sent, if one is, is kept whole: a line cut in the
+        middle would garble the stream.
+        """
+        if self.behind is not None:
+            self.end_stored()
+        marks = self.stored_marks
+        if not marks or marks[-1][0] <= self.sent:
+            return []
+        keep_until = self.sent
+        for end, _ in marks:
+            if end > self.sent:
+                keep_until = end
+                break
+        unsent_from = self.queued - len(self.outgoing)
+        cut_from, cut_to = keep_until - unsent_from, marks[-1][0] - unsent_from
+        if cut_to > cut_from:
+            del self.outgoing[cut_from:cut_to]
+            self.queued -= cut_to - cut_from
+        dropped = []
+        while marks and marks[-1][0] > keep_until:
+            dropped.append(marks.pop()[1])
+        return dropped
+
+    def take_half_sent_rows(self):
+        """Closing: the stored rows not wholly taken by the kernel (they go back as undelivered)."""
+        marks, rows = self.stored_marks, []
+        while marks and marks[-1][0] > self.sent:
+            rows.append(marks.pop()[1])
+        return rows
+
+    def forget_stored(self):
+        """The socket is closed: every stored row still marked (they stay stored)."""
+        self.behind = None
+        marks = self.stored_marks
+        if not marks:
+            return []
+        rows = [row_id for _, row_id in marks]
+        marks.clear()
+        return rows
 
     # ---------------------------------------------------------------- interest and closing
 
