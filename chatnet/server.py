@@ -274,7 +274,7 @@ def serve(args, storage, log_handler):
 def tell_systemd(reactor, notifier):
     """READY=1 now, STOPPING=1 at shutdown, WATCHDOG=1 from the loop's own timer."""
     notifier.ready()
-    reactor.on_stopping = notifier.stopping
+    reactor.when_stopping(notifier.stopping)
     interval = notifier.watchdog_interval
     if interval:
         def beat(_):

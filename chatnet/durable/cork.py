@@ -109,7 +109,7 @@ class DurabilityCork(object):
         if self._metrics is not None:
             self._metrics.commit_latency.observe(max(0.0, self._loop.clock() - submitted_at))
             if batch.error is not None:
-                self._metrics.database_failures += 1
+                self._metrics.database_failed()
         if batch.error is not None:
             self._loop.warn("database write", "cannot %s in the database (%s); stored messages "
                             "are refused for %.0f s, live chat goes on",

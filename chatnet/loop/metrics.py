@@ -66,6 +66,18 @@ class Metrics(object):
     def limit_reached(self, name):
         self.limits[name] = self.limits.get(name, 0) + 1
 
+    def database_failed(self):
+        """A batch of database writes failed."""
+        self.database_failures += 1
+
+    def counted_stored_rows(self, rows):
+        """The stored-message count, as the lookup thread last read it."""
+        self.stored_rows = rows
+
+    def counted_deliveries(self, total):
+        """Rows delivered from the store since the start (``StoredDeliveries`` counts them)."""
+        self.delivered_from_store = total
+
     def render_for(self, core, transports, tls_listening):
         """The page for a core and the open transports: connections by listener, bytes queued."""
         listeners = {"plain": 0, "tls": 0} if tls_listening else {"plain": 0}

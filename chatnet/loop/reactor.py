@@ -123,7 +123,7 @@ class Reactor(object):
         self._wakeup = WakeUp()
         self._on_hangup = None
         self._core_deadline = None
-        self.on_stopping = None          # called when shutting down begins (systemd's STOPPING=1)
+        self._on_stopping = None         # called when shutting down begins (systemd's STOPPING=1)
         self.metrics = Metrics()
         self._departures = Departures(self.feed, self._marks.hard, strict)
         self._start_workers(storage, workers or passwords.usable_cpus())
@@ -301,7 +301,7 @@ class Reactor(object):
             self.feed(result)
         for result in self._lookups.results():
             if type(result) is StoredCount:
-                self.metrics.stored_rows = result.rows
+                self.metrics.counted_stored_rows(result.rows)
             else:
                 self.feed(result)
         for batch in self._writer.results():
@@ -392,6 +392,10 @@ class Reactor(object):
         """The open transport of ``conn``, or None."""
         return self._connections.get(conn)
 
+    def when_stopping(self, function):
+        """Call ``function()`` when shutting down begins (systemd's ``STOPPING=1``)."""
+        self._on_stopping = function
+
     def connection_count(self):
         return len(self._connections)
 
@@ -425,7 +429,7 @@ class Reactor(object):
 
     def render_metrics(self):
         """The metrics page (``chatnet.metrics``): counts of the core, the loop and the stores."""
-        self.metrics.delivered_from_store = self.stored.delivered_total
+        self.metrics.counted_deliveries(self.stored.delivered_total)
         tls_listening = any(listener.tls is not None for listener in self._admission.listeners)
         return self.metrics.render_for(self._core, self._connections.all(), tls_listening)
 
@@ -437,8 +441,8 @@ class Reactor(object):
     def _shut_down(self):
         """Stop accepting, say goodbye, flush for a moment, commit."""
         log.info("shutting down")
-        if self.on_stopping is not None:
-            self.on_stopping()
+        if self._on_stopping is not None:
+            self._on_stopping()
         self._admission.close()                # no more accepts, no refusals under way
         self.now = self._clock()
         self._read_what_arrived()
