@@ -181,6 +181,7 @@ def test_a_login_resets_the_back_off():
     s = session()
     s.start(0.0)
     s.connect_failed("refused", 0.0)
+    s.timer(s.deadline())                      # the back-off ran out: connecting again
     s.connect_failed("refused", 1.0)
     logged_in(s, now=10.0)
     retry = of(RetryAt, s.lost("reset", 20.0))[0]
@@ -324,3 +325,58 @@ def test_help_while_not_logged_in_says_what_the_commands_are():
     effects = s.typed("/help", 0.1)
     assert any("/connect reconnects at once" in effect.text for effect in of(Info, effects))
     assert s.waiting == []                     # a command is not a line to send later
+
+
+# ---------------------------------------------------------------- the link's transition table
+
+def test_every_link_transition_in_the_table_happens_and_no_other():
+    """Random walks of what the shell can report, in the states it can report them:
+    every arrow of LINK_TRANSITIONS is taken, and _enter refuses any other."""
+    from chatnet.client.lifecycle import LINK_TRANSITIONS
+    taken = set()
+    r = random.Random(7)
+    inputs = {
+        Link.CONNECTING: ["connected", "connect_failed", "tls_refused", "timer"],
+        Link.LOGGING_IN: ["ok", "refused", "lost"],
+        Link.CHATTING: ["lost", "line"],
+        Link.RETRYING: ["timer", "/connect"],
+        Link.DOWN: ["/connect"],
+    }
+    for walk in range(3000):
+        s = session(interactive=r.random() < 0.5, reconnect=r.random() < 0.5)
+        original = s._enter
+
+        def enter(cause, s=s, original=original):
+            taken.add((s.link, cause))
+            original(cause)
+        s._enter = enter
+        now = 0.0
+        s.start(now)
+        for step in range(16):
+            now += 1.0
+            if s.link is Link.ENDED:
+                break
+            if r.random() < 0.05:
+                s.typed("/quit", now)
+                continue
+            what = r.choice(inputs[s.link])
+            if what == "connected":
+                s.connected(now)
+                s.flushed(now)
+            elif what == "connect_failed":
+                s.connect_failed("refused", now)
+            elif what == "tls_refused":
+                s.tls_refused("untrusted")
+            elif what == "timer":
+                s.timer(s.deadline() if s.deadline() is not None else now)
+            elif what == "ok":
+                s.received(b"1\n", now)
+            elif what == "refused":
+                s.received(b"0\n", now)
+            elif what == "lost":
+                s.lost("reset", now)
+            elif what == "line":
+                s.typed("hello", now)
+            elif what == "/connect":
+                s.typed("/connect", now)
+    assert taken == set(LINK_TRANSITIONS)

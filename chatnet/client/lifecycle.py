@@ -37,6 +37,7 @@ refused password after a successful login stop the retrying but, in
 interactive use, keep the screen until the person leaves.
 """
 
+import enum
 from typing import NamedTuple, Optional
 
 from . import protocol
@@ -64,14 +65,37 @@ class ExitStatus(object):
     INTERRUPTED = 130
 
 
-class Link(object):
-    START = "start"
-    CONNECTING = "connecting"
-    LOGGING_IN = "logging in"
-    CHATTING = "chatting"
-    RETRYING = "retrying"
-    DOWN = "down"
-    ENDED = "ended"
+class Link(enum.Enum):
+    """How the session stands with the server (the value: its words on the status line)."""
+
+    START = "start"              #: nothing tried yet
+    CONNECTING = "connecting"    #: a connection (and TLS handshake) under way
+    LOGGING_IN = "logging in"    #: connected, the login frame sent, waiting for its answer
+    CHATTING = "chatting"        #: logged in
+    RETRYING = "retrying"        #: down; the next try is at a set time
+    DOWN = "down"                #: down; no try until the person types /connect
+    ENDED = "ended"              #: the client is leaving; nothing more happens
+
+
+#: Every change of link: (link, cause) -> the next link, written as the
+#: server's ``chatnet.core.phases.TRANSITIONS``.  ``ClientSession._enter`` is the
+#: one place the link changes and refuses anything else; a test walks the table.
+LINK_TRANSITIONS = {
+    (Link.START, "connect"): Link.CONNECTING,
+    (Link.RETRYING, "connect"): Link.CONNECTING,       # the back-off ran out
+    (Link.DOWN, "connect"): Link.CONNECTING,           # /connect
+    (Link.CONNECTING, "connected"): Link.LOGGING_IN,   # the frame goes out
+    (Link.LOGGING_IN, "logged in"): Link.CHATTING,     # the server answered 1
+    (Link.CONNECTING, "dropped"): Link.DOWN,           # timed out, or the certificate refused
+    (Link.LOGGING_IN, "dropped"): Link.DOWN,           # lost, or the password refused
+    (Link.CHATTING, "dropped"): Link.DOWN,             # lost
+    (Link.CONNECTING, "retry"): Link.RETRYING,         # could not connect; reconnecting
+    (Link.DOWN, "retry"): Link.RETRYING,               # lost; reconnecting
+    (Link.CONNECTING, "stop"): Link.DOWN,              # could not connect; not reconnecting
+    (Link.DOWN, "stop"): Link.DOWN,                    # lost; not reconnecting (the screen stays)
+}
+LINK_TRANSITIONS.update({(link, "exit"): Link.ENDED
+                         for link in Link if link not in (Link.START, Link.ENDED)})
 
 
 # ---------------------------------------------------------------- effects
@@ -131,7 +155,7 @@ class ClientSession(object):
         self.partner_wanted = partner            # str ID: picked again after every login
         self.secure = secure
         self._rng = rng                          # random.Random(): the back-off's jitter
-        self.link = Link.START
+        self.link = Link.START                   # changed only by _enter (LINK_TRANSITIONS)
         self.core = None                         # the ClientCore of the open connection
         self.logins = 0
         self.waiting = []                        # lines typed while not logged in, in order
@@ -147,6 +171,15 @@ class ClientSession(object):
         self._connect_deadline = self._retry_at = self._linger_until = None
         self._shown = ("", None)                 # the status line's words, and the next try
         self._effects = []
+        self._just_logged_in = False             # a LoggedIn among the effects being applied
+        #: What the lifecycle does with the protocol core's effects, by type (the
+        #: server's ``ChatCore._handlers`` idiom); each says whether to pass it on.
+        self._on_effect = {
+            SendBytes: self._on_send_bytes, LoggedIn: self._on_logged_in,
+            LoginRefused: self._on_login_refused, Replaced: self._on_replaced,
+            QuitRequested: self._on_quit_requested, PartnerChanged: self._on_partner_changed,
+            Problem: self._on_not_delivered, NoSuchUser: self._on_not_delivered,
+        }
 
     # ---------------------------------------------------------------- the connection
 
@@ -160,7 +193,7 @@ class ClientSession(object):
         self._stream_end = 0
         self.core = ClientCore(self.user_id, self._password,
                                bare_line_picks_partner=self.interactive)
-        self.link = Link.LOGGING_IN
+        self._enter("connected")
         self._status()
         self._apply(self.core.start(), now)
         return self._take()
@@ -294,7 +327,7 @@ class ClientSession(object):
         delay = self._retry_delay * self._rng.uniform(0.8, 1.2)
         self._retry_delay = min(self._retry_delay * 2, LAST_RETRY)
         self._retry_at = now + delay
-        self.link = Link.RETRYING
+        self._enter("retry")
         self._effects.append(RetryAt(self._retry_at, delay, reason))
         self._status("disconnected", retry_at=self._retry_at)
 
@@ -303,7 +336,7 @@ class ClientSession(object):
         if not self.interactive:
             self._exit(status, reason)
             return
-        self.link = Link.DOWN
+        self._enter("stop")
         self.verdict = status
         self._effects.append(Info(words))
         self._status("disconnected")
@@ -319,12 +352,12 @@ class ClientSession(object):
     def _connect(self, now):
         self._retry_at = None
         self._connect_deadline = now + CONNECT_TIMEOUT
-        self.link = Link.CONNECTING
+        self._enter("connect")
         self._status()
         self._effects.append(Connect())
 
     def _drop_connection(self):
-        self.link = Link.DOWN
+        self._enter("dropped")
         if self.core is not None:
             self.core.closed()
             if self.core.partner is not None:         # whether they are online is unknown now
@@ -334,7 +367,7 @@ class ClientSession(object):
 
     def _exit(self, status, reason=None):
         if self.link is not Link.ENDED:
-            self.link = Link.ENDED
+            self._enter("exit")
             self._retry_at = self._connect_deadline = self._linger_until = None
             self._effects.append(Exit(status, reason))
 
@@ -357,32 +390,54 @@ class ClientSession(object):
 
     def _apply(self, effects, now):
         """Pass the core's effects on, acting on those that concern the lifecycle."""
-        logged_in = False
+        on_effect = self._on_effect
         for effect in effects:
-            kind = type(effect)
-            if kind is SendBytes:
-                self._unflushed = True
-                self._stream_end += len(effect.data)
-            elif kind is LoggedIn:
-                logged_in = True
-            elif kind is LoginRefused:
-                self._refused()
-                continue
-            elif kind is Replaced:
-                self.replaced = True
-            elif kind is QuitRequested:
-                self._exit(self.verdict)
-                continue
-            elif kind is PartnerChanged and effect.partner is not None:
-                self.partner_wanted = effect.partner
-            elif kind is Problem or kind is NoSuchUser:
-                self.not_delivered += 1
-            self._effects.append(effect)
-        if logged_in:
+            handler = on_effect.get(type(effect))
+            if handler is None or handler(effect):
+                self._effects.append(effect)
+        if self._just_logged_in:
+            self._just_logged_in = False
             self._after_login(now)             # after the stored messages that came with the "1"
 
+    def _on_send_bytes(self, effect):
+        self._unflushed = True
+        self._stream_end += len(effect.data)
+        return True
+
+    def _on_logged_in(self, effect):
+        self._just_logged_in = True
+        return True
+
+    def _on_login_refused(self, effect):
+        self._refused()
+        return False
+
+    def _on_replaced(self, effect):
+        self.replaced = True
+        return True
+
+    def _on_quit_requested(self, effect):
+        self._exit(self.verdict)
+        return False
+
+    def _on_partner_changed(self, effect):
+        if effect.partner is not None:
+            self.partner_wanted = effect.partner
+        return True
+
+    def _on_not_delivered(self, effect):
+        self.not_delivered += 1
+        return True
+
+    def _enter(self, cause):
+        """The one place the link changes: to where ``LINK_TRANSITIONS`` says ``cause`` leads."""
+        try:
+            self.link = LINK_TRANSITIONS[(self.link, cause)]
+        except KeyError:
+            raise AssertionError("no link transition from %s on %r" % (self.link, cause))
+
     def _after_login(self, now):
-        self.link = Link.CHATTING
+        self._enter("logged in")
         self.logins += 1
         self._retry_delay = FIRST_RETRY
         if self.partner_wanted:
@@ -437,7 +492,7 @@ class ClientSession(object):
     def _words(self):
         if self.link is Link.CHATTING:
             return "connected (TLS)" if self.secure else "connected"
-        return self.link
+        return self.link.value
 
     def _status(self, words=None, retry_at=None):
         """Tell the status line; while down, the words that said why stay."""

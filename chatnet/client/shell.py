@@ -344,6 +344,11 @@ class ChatLoop(object):
                                        options.keepalive)
         self.selector = selectors.DefaultSelector()
         self.exit = None                         # the session's Exit, once it comes
+        #: The session's effects that are I/O, by type; any other is shown.
+        self._carry_out = {
+            SendBytes: self._write, Connect: self._open_for, Disconnect: self._close_for,
+            HalfClose: self._half_close, Exit: self._exit_with,
+        }
         self._registered_mask = None
         self._typed_early = []                   # a regular file on stdin, read whole
         if keyboard is not None:
@@ -510,25 +515,30 @@ class ChatLoop(object):
     def _apply(self, effects):
         """Carry out the session's effects, in order: the one place they become I/O."""
         wrote = False
+        carry_out, show = self._carry_out, self.presenter.show
         for effect in effects:
             kind = type(effect)
-            if kind is SendBytes:
-                self.server.write(effect.data)
-                wrote = True
-            elif kind is Connect:
-                self._open()
-            elif kind is Disconnect:
-                self._close()
-            elif kind is HalfClose:
-                self.server.half_close()
-            elif kind is Exit:
-                self.exit = effect
-            else:
-                self.presenter.show(effect)
+            carry_out.get(kind, show)(effect)
+            wrote = wrote or kind is SendBytes
         # Written once all of an input's effects are in: a long line is
         # several SendBytes, and "all written" must not come between them.
         if wrote and self.server.state is ServerConnection.OPEN:
             self._flush()
+
+    def _write(self, effect):
+        self.server.write(effect.data)
+
+    def _open_for(self, effect):
+        self._open()
+
+    def _close_for(self, effect):
+        self._close()
+
+    def _half_close(self, effect):
+        self.server.half_close()
+
+    def _exit_with(self, effect):
+        self.exit = effect
 
 
 def read_whole(source):
