@@ -28,6 +28,8 @@ class FakeConnections(object):
 
 
 class FakeLoop(object):
+    """The loop's timers and its pass time: all housekeeping is handed of it."""
+
     def __init__(self):
         self.now = 0.0
         self._timers = []
@@ -67,8 +69,9 @@ class Recorder(object):
 def housekeeping_for(transports):
     loop, recorder = FakeLoop(), Recorder()
     metrics = type("Metrics", (), {"loop_lag": recorder})()
-    chores = Housekeeping(loop, FakeConnections(transports), recorder, recorder, metrics,
-                          write_timeout=60.0, count_stored=False, drop_slow_reader=None)
+    chores = Housekeeping(lambda: loop.now, loop.call_at, FakeConnections(transports), recorder,
+                          recorder, metrics, write_timeout=60.0, count_stored=False,
+                          drop_slow_reader=None, close=None)
     chores.start()
     return loop, recorder
 

@@ -74,7 +74,7 @@ def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
             return len(data)
 
     class Gone(object):                    # the transport, as far as a drop needs it
-        conn, peer, core_knows, cipher_out, closed = 7, "127.0.0.1:5555", False, None, False
+        conn, peer, core_knows, cipher_out, closed, user_id = 7, "127.0.0.1:5555", False, None, False, None
         last_word = Transport.last_word    # the transport's own send past its queue
 
         def live_bytes_waiting(self):
@@ -83,14 +83,14 @@ def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
         def core_lets_go(self):
             return False
 
-        def close(self):
+        def close(self, clean=False):
             self.closed = True
 
     client, transport = client_layer(), Gone()
     transport.tls, transport.sock = server_layer(), Sock()
     shake_hands(client, transport.tls)
-    Departures(feed=lambda event: None, hard_limit=1024 * 1024, strict=True).drop_slow_reader(
-        transport, "over the limit")
+    Departures(feed=lambda event: None, hard_limit=1024 * 1024, strict=True, stored=None,
+               forget=lambda transport: None).drop_slow_reader(transport, "over the limit")
     plaintext, _ = client.receive(transport.sock.sent)
     assert plaintext == NOTICE_SEND_QUEUE and transport.closed
 

@@ -11,7 +11,8 @@ import collections
 import pytest
 
 from chatnet.loop.transport import (
-    BROKEN, DRAINED, FULL, NOTHING, OVERFLOW, READ, WRITE, Transport, WaterMarks,
+    BROKEN, DRAINED, FINISHED, FULL, NOTHING, OVERFLOW, READ, WRITE, Transport, TransportHooks,
+    WaterMarks,
 )
 
 
@@ -43,20 +44,19 @@ class FakeSocket(object):
 
 
 class FakeLoop(object):
-    """What a transport asks of its loop: the time, interest changes, the cork, closing."""
+    """What a transport asks of its loop (``TransportHooks``): the time, interest changes, the cork."""
 
     def __init__(self):
         self.now = 100.0
-        self.cork = type("Cork", (), {"corked": collections.Counter()})()
-        self.interest = []                      # (mask, paused) in the order asked
-        self.closed_transports = []
+        self.corked = collections.Counter()
+        self.interest = []                      # masks in the order asked
+        self.stored_sent = []
+        self.hooks = TransportHooks(lambda: self.now, self.set_interest, self.stored_sent.append,
+                                    self.corked)
 
     def set_interest(self, transport, mask, paused):
         self.interest.append(mask)
-        transport.mask = mask
-
-    def closed(self, transport):
-        self.closed_transports.append(transport)
+        transport.registered(mask, paused)
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def loop():
 
 
 def make_transport(loop, limit=1024 * 1024):
-    transport = Transport(loop, WaterMarks(limit), 7, FakeSocket(), "127.0.0.1", "127.0.0.1:5555",
+    transport = Transport(loop.hooks, WaterMarks(limit), 7, FakeSocket(), "127.0.0.1", "127.0.0.1:5555",
                           True, 65536)
     transport.update_interest()                 # as the loop does when it adds one
     return transport
@@ -117,12 +117,12 @@ def test_a_write_behind_waiting_bytes_joins_the_queue_without_a_send(loop):
 
 def test_the_cork_holds_every_byte_and_the_write_interest_until_the_commit(loop):
     transport = make_transport(loop)
-    loop.cork.corked[transport.conn] += 1       # a message this client stored waits for its commit
+    loop.corked[transport.conn] += 1       # a message this client stored waits for its commit
     assert transport.write(b"1\n") is None
     assert transport.sock.sends == 0 and transport.mask == READ
     assert transport.write_ready() is None      # writable or not: nothing leaves while corked
     assert transport.sock.sends == 0
-    del loop.cork.corked[transport.conn]        # committed: the loop writes it in its write step
+    del loop.corked[transport.conn]        # committed: the loop writes it in its write step
     transport.write_ready()
     assert transport.sock.taken == b"1\n"
 
@@ -168,8 +168,8 @@ def test_close_when_drained_waits_for_the_queue_then_closes(loop):
     assert transport.close_when_drained() is False
     assert transport.mask == WRITE                          # closing: no more reading
     transport.sock.room = None
-    transport.write_ready()
-    assert transport.closed and transport.sock.closed and loop.closed_transports == [transport]
+    assert transport.write_ready() is FINISHED              # for Departures.close: nothing waits
+    assert transport.sock.taken == b"bye\n" and not transport.closed
 
 
 def test_nothing_is_written_after_close(loop):

@@ -30,8 +30,12 @@ CLOSE_LINGER = 5.0             # time a closing connection gets to take its last
 class ActionRunner(object):
     """Carry out the core's actions on the loop's transports and workers."""
 
-    def __init__(self, loop, connections, cork, stored, checks, lookups, metrics, departures):
-        self._loop = loop
+    def __init__(self, now, call_at, writable, connections, cork, stored, checks, lookups, metrics,
+                 departures):
+        self._now = now                    # the time of this pass
+        self._call_at = call_at            # the loop's timers
+        self._writable = writable          # write this transport in this pass's write step
+        self._close_now = departures.close
         self._transports = connections.by_conn    # conn id -> Transport (the loop's, read only)
         self._peer = connections.peer
         self._departed = connections.departed
@@ -84,15 +88,17 @@ class ActionRunner(object):
         log.debug("connection %d from %s closed: %s", transport.conn, transport.peer, action.reason)
         transport.core_lets_go()
         self._stored.stop(transport)
-        if not transport.close_when_drained():
-            self._loop.writable(transport)
-            self._loop.call_at(self._loop.now + CLOSE_LINGER, self._abort_closing, transport)
+        if transport.close_when_drained():
+            self._close_now(transport, clean=True)
+        else:
+            self._writable(transport)
+            self._call_at(self._now() + CLOSE_LINGER, self._abort_closing, transport)
 
     def _abort_closing(self, transport):
         if not transport.closed:
             log.info("connection %d from %s: dropped %d unsent bytes at close",
                      transport.conn, transport.peer, len(transport.outgoing))
-            transport.close()
+            self._close_now(transport)
 
     # ---------------------------------------------------------------- work elsewhere
 
@@ -117,7 +123,7 @@ class ActionRunner(object):
         if transport is not None:
             transport.stored_may_follow()
             self._cork.deliver(transport, action.user_id)
-            self._loop.writable(transport)
+            self._writable(transport)
 
     # ---------------------------------------------------------------- reading
 

@@ -1,13 +1,20 @@
 """How connections leave the loop: water-mark edges, drops, contained bugs, undelivered messages.
 
-``Departures`` holds the loop's answers to "this connection went wrong":
-what a transport's water marks said (tell the core its queue is full or
-drained, or drop a client over the hard limit, or one whose socket broke),
-dropping a slow reader (with a last notice if it fits), dropping any
-connection the core still thinks is open (telling the core first, so what it
-never got goes elsewhere), containing an unexpected exception to the one
-connection it happened on, and handing the core what a closing connection
-never delivered (``Undelivered``).
+``Departures`` holds the loop's answers to "this connection went wrong or
+ends": what a transport's water marks said (tell the core its queue is full
+or drained, drop a client over the hard limit or one whose socket broke,
+close one that finished), dropping a slow reader (with a last notice if it
+fits), dropping any connection the core still thinks is open (telling the
+core first), and containing an unexpected exception to the one connection it
+happened on.
+
+Every connection ends through ``close``, and closing flows one way, as
+asyncio's ``_force_close`` -> ``_call_connection_lost`` does::
+
+    take what it never delivered  (the stored deliveries, then the transport)
+    -> give it back to the core   (``Undelivered``, through ``feed``)
+    -> the loop forgets it        (unregistered before its descriptor is reused)
+    -> the transport closes its socket
 
 It owns those rules and nothing else: the core decides what follows; the
 transport closes its socket; the loop (``feed``) carries inputs.
@@ -17,7 +24,7 @@ import logging
 
 from .. import wire
 from ..core.events import ConnectionLost, SendQueueDrained, SendQueueFull, Undelivered
-from .transport import BROKEN, DRAINED, FULL, OVERFLOW
+from .transport import BROKEN, DRAINED, FINISHED, FULL, OVERFLOW
 
 log = logging.getLogger("chatnet.server")
 
@@ -27,10 +34,12 @@ NOTICE_SEND_QUEUE = wire.notice("you are not reading your messages, closing the 
 class Departures(object):
     """The loop's rules for connections that go wrong or end; see the module docstring."""
 
-    def __init__(self, feed, hard_limit, strict):
+    def __init__(self, feed, hard_limit, strict, stored, forget):
         self._feed = feed
         self._hard_limit = hard_limit      # send queue bytes over which a client is dropped
         self._strict = strict              # tests: a bug is raised, not contained
+        self._stored = stored              # StoredDeliveries: which stored rows it had
+        self._forget = forget              # the loop forgets a closing transport everywhere
 
     def edge(self, transport, edge):
         """What a transport's water marks said: tell the core, or drop the client."""
@@ -43,6 +52,8 @@ class Departures(object):
                 transport.live_bytes_waiting(), self._hard_limit))
         elif edge is BROKEN:
             self.drop(transport, transport.failure)
+        elif edge is FINISHED:
+            self.close(transport, clean=True)
 
     def drop_slow_reader(self, transport, why):
         log.warning("connection %d from %s dropped: it does not read (%s)",
@@ -54,26 +65,32 @@ class Departures(object):
         """Close a connection the core still thinks is open, and tell the core."""
         log.debug("connection %d from %s: %s", transport.conn, transport.peer, reason)
         if transport.core_lets_go():
-            self._feed(ConnectionLost(transport.conn))  # first: what it never got goes elsewhere
-        transport.close()
+            self._feed(ConnectionLost(transport.conn))  # first: the session ends, then ...
+        self.close(transport)                           # ... what it never got goes elsewhere
 
-    def failed(self, transport):
-        """Reading or writing ``transport`` raised something unexpected: drop it alone.
+    def close(self, transport, clean=False):
+        """The one way a connection ends (see the module docstring); ``clean``: a TLS
+        stream ends with ``close_notify``."""
+        if transport.closed:
+            return
+        if transport.user_id is not None:
+            self._stored.stop(transport)
+            if transport.acknowledgements_known():
+                self._stored.settle_half_sent(transport)
+            self.give_back(transport, transport.take_undelivered())
+        self._forget(transport)
+        transport.close(clean)
 
-        Called from the ``except`` that caught it (so ``strict`` re-raises that).
-        """
+    def failed(self, transport, error):
+        """Reading or writing ``transport`` raised ``error`` unexpectedly: drop it alone."""
         if self._strict:
-            raise
-        log.exception("internal error on connection %d from %s; closing it",
-                      transport.conn, transport.peer)
+            raise error
+        log.error("internal error on connection %d from %s; closing it",
+                  transport.conn, transport.peer, exc_info=error)
         try:
             self.drop(transport, "internal error")
         except Exception:
             log.exception("internal error while closing connection %d", transport.conn)
-
-    def keep_undelivered(self, transport):
-        """What the peer's TCP never acknowledged, or that never left: back to the core."""
-        self.give_back(transport, transport.take_undelivered())
 
     def give_back(self, transport, messages):
         """Relay messages the closed ``transport`` never delivered, ``(sender, text)``: to the core."""

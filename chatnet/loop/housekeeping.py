@@ -26,9 +26,11 @@ SLICE_GAP = 0.001              # the next slice waits for the next pass (its rea
 class Housekeeping(object):
     """The loop's clocked checks; see the module docstring."""
 
-    def __init__(self, loop, connections, cork, lookups, metrics, write_timeout, count_stored,
-                 drop_slow_reader):
-        self._loop = loop
+    def __init__(self, now, call_at, connections, cork, lookups, metrics, write_timeout,
+                 count_stored, drop_slow_reader, close):
+        self._now = now                        # the time of this pass
+        self._call_at = call_at                # the loop's timers
+        self._close = close                    # Departures.close
         self._connections = connections
         self._cork = cork
         self._lookups = lookups
@@ -41,8 +43,8 @@ class Housekeeping(object):
         self._logged_in = []                   # ... and the accounts it found logged in
 
     def start(self):
-        first = self._loop.now + CHECK_INTERVAL
-        self._loop.call_at(first, self._every_second, first)
+        first = self._now() + CHECK_INTERVAL
+        self._call_at(first, self._every_second, first)
 
     # ---------------------------------------------------------------- slow readers
 
@@ -50,16 +52,16 @@ class Housekeeping(object):
         """A transport began waiting to write: sweep for stalls until none waits."""
         if not self._sweeping:
             self._sweeping = True
-            self._loop.call_at(self._loop.now + STALL_SWEEP, self._sweep_stalled_writers)
+            self._call_at(self._now() + STALL_SWEEP, self._sweep_stalled_writers)
 
     def _sweep_stalled_writers(self, _):
         """Drop clients that have taken no byte for ``write_timeout`` seconds."""
-        stalled_before = self._loop.now - self._write_timeout
+        stalled_before = self._now() - self._write_timeout
         for transport in list(self._connections.writing):
             if transport.outgoing and transport.progress_at < stalled_before:
                 self._drop_slow_reader(transport, "no byte taken for %.0f s" % self._write_timeout)
         if self._connections.writing:
-            self._loop.call_at(self._loop.now + STALL_SWEEP, self._sweep_stalled_writers)
+            self._call_at(self._now() + STALL_SWEEP, self._sweep_stalled_writers)
         else:
             self._sweeping = False
 
@@ -87,7 +89,7 @@ class Housekeeping(object):
         another program committed something.  How late this runs is the
         loop's lag, for the metrics.
         """
-        now = self._loop.now
+        now = self._now()
         self._metrics.loop_lag.observe(max(0.0, now - due))
         self._cork.check_file()
         if self._walk is None:                 # (10,000 connections: 79 slices, 0.1 s)
@@ -95,7 +97,7 @@ class Housekeeping(object):
             self._walk_slice()
         if self._count_stored:
             self._lookups.count_stored()
-        self._loop.call_at(now + CHECK_INTERVAL, self._every_second, now + CHECK_INTERVAL)
+        self._call_at(now + CHECK_INTERVAL, self._every_second, now + CHECK_INTERVAL)
 
     def _walk_slice(self, _=None):
         """The next ``ACK_SLICE`` connections of the walk; the accounts check at its end."""
@@ -104,7 +106,7 @@ class Housekeeping(object):
         at += ACK_SLICE
         if at < len(transports):
             self._walk = (transports, at)
-            self._loop.call_at(self._loop.now + SLICE_GAP, self._walk_slice)
+            self._call_at(self._now() + SLICE_GAP, self._walk_slice)
             return
         self._walk = None
         logged_in, self._logged_in = self._logged_in, []
@@ -125,7 +127,7 @@ class Housekeeping(object):
             if transport.sent_log is not None:
                 if transport.closing:
                     if transport.drained():
-                        transport.close(clean=True)
+                        self._close(transport, clean=True)
                 else:
                     transport.check_acks()
         return logged_in

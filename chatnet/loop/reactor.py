@@ -69,7 +69,7 @@ from ..durable.deliveries import StoredDeliveries
 from .timers import Timers
 from ..net.tls import TLSFailed, TLSLayer
 from .wakeup import WakeUp
-from .transport import READ, WRITE, Transport, WaterMarks
+from .transport import READ, WRITE, Transport, TransportHooks, WaterMarks
 from ..durable.workers import Lookups, PasswordChecks, StorageWriter, StoredCount
 
 log = logging.getLogger("chatnet.server")
@@ -125,14 +125,19 @@ class Reactor(object):
         self._core_deadline = None
         self._on_stopping = None         # called when shutting down begins (systemd's STOPPING=1)
         self.metrics = Metrics()
-        self._departures = Departures(self.feed, self._marks.hard, strict)
         self._start_workers(storage, workers or passwords.usable_cpus())
+        self._departures = Departures(self.feed, self._marks.hard, strict, self.stored,
+                                      self._forget)
+        self._hooks = TransportHooks(self._pass_time, self._connections.set_interest,
+                                     self.stored.sent, self.cork.corked)
         self._watch(listener, tls, metrics)
-        self._housekeeping = Housekeeping(self, self._connections, self.cork, self._lookups,
-                                          self.metrics, limits.write_timeout, metrics is not None,
-                                          self._departures.drop_slow_reader)
+        self._housekeeping = Housekeeping(self._pass_time, self.call_at, self._connections,
+                                          self.cork, self._lookups, self.metrics,
+                                          limits.write_timeout, metrics is not None,
+                                          self._departures.drop_slow_reader, self._departures.close)
         self._housekeeping.start()
-        self._actions = ActionRunner(self, self._connections, self.cork, self.stored, self._checks,
+        self._actions = ActionRunner(self._pass_time, self.call_at, self.writable,
+                                     self._connections, self.cork, self.stored, self._checks,
                                      self._lookups, self.metrics, self._departures)
 
     def _start_workers(self, storage, workers):
@@ -248,8 +253,8 @@ class Reactor(object):
                     self._read_ready(target)
                 if mask & WRITE and not target.closed:
                     self._writable.append(target)
-            except Exception:
-                self._departures.failed(target)
+            except Exception as error:
+                self._departures.failed(target, error)
         elif type(target) is Listener:
             for admitted in self._admission.accept_ready(target):
                 self._add_transport(*admitted)
@@ -269,7 +274,7 @@ class Reactor(object):
         _tune_socket(sock, self._limits.keepalive)
         # With TLS, the handshake counts as login time.
         tls = TLSLayer(listener.tls.context) if listener.tls is not None else None
-        transport = Transport(self, self._marks, next(self._conn_ids), sock, host,
+        transport = Transport(self._hooks, self._marks, next(self._conn_ids), sock, host,
                               format_peer(address), trusted, RECV_SIZE, tls)
         self._connections.add(transport)
         log.debug("connection %d from %s", transport.conn, transport.peer)
@@ -355,7 +360,7 @@ class Reactor(object):
         transport = self._connections.get(conn)
         if transport is not None:
             transport.core_lets_go()
-            transport.close()
+            self._departures.close(transport)
         try:
             for action in self._core.handle(ConnectionLost(conn), self.now):
                 self._actions.run(action)
@@ -376,8 +381,8 @@ class Reactor(object):
                     edge = transport.write_ready()
                     if edge is not None:
                         self._departures.edge(transport, edge)
-                except Exception:
-                    self._departures.failed(transport)
+                except Exception as error:
+                    self._departures.failed(transport, error)
 
     # ================================================================ for transports, admission, the cork
 
@@ -387,6 +392,10 @@ class Reactor(object):
     def clock(self):
         """The time now (the loop's clock), not just as of this pass."""
         return self._clock()
+
+    def _pass_time(self):
+        """The time of this pass (``now``), for the transports' stall clock."""
+        return self.now
 
     def transport(self, conn):
         """The open transport of ``conn``, or None."""
@@ -402,10 +411,8 @@ class Reactor(object):
     def set_interest(self, transport, mask, paused):
         self._connections.set_interest(transport, mask, paused)
 
-    def closed(self, transport):
-        """``transport`` is closing its socket: keep what it never delivered, then forget it."""
-        if transport.user_id is not None:
-            self._departures.keep_undelivered(transport)
+    def _forget(self, transport):
+        """``transport`` is closing (``Departures.close``): unregister it everywhere."""
         self._connections.forget(transport)
         self._checks.cancel(transport.conn)
         self.stored.forget(transport)
@@ -457,7 +464,7 @@ class Reactor(object):
             self.now = self._clock()
             self._wakeup_ready()
         for transport in self._connections.all():
-            transport.close()
+            self._departures.close(transport)
         self.cork.release()                   # what the last writes delivered
 
     def _read_what_arrived(self):
@@ -471,8 +478,8 @@ class Reactor(object):
             if type(key.data) is Transport and mask & READ and not key.data.closed:
                 try:
                     self._read_ready(key.data)
-                except Exception:
-                    self._departures.failed(key.data)
+                except Exception as error:
+                    self._departures.failed(key.data, error)
 
     def _release(self):
         if not self._writer.stop(WRITER_GRACE):
@@ -480,7 +487,7 @@ class Reactor(object):
         self._checks.shutdown()
         self._lookups.shutdown()
         for transport in self._connections.all():
-            transport.close()
+            self._departures.close(transport)
         self._selector.close()
         self._connections.close()
         self._admission.close()

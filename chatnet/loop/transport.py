@@ -51,6 +51,7 @@ import collections
 import selectors
 import socket
 import struct
+from typing import Callable, Container, NamedTuple
 
 from ..net import tcp
 from .. import wire
@@ -63,10 +64,20 @@ FULL = "full"            # the bytes waiting passed the high-water mark
 DRAINED = "drained"      # ... and fell back below the low-water mark
 OVERFLOW = "overflow"    # ... and passed the hard cap: drop the client
 BROKEN = "broken"        # the socket failed (``failure`` says how)
+FINISHED = "finished"    # closing, and everything was sent and acknowledged: close it now
 
 #: The send queue of a connection with nothing queued: one shared empty value,
 #: so an idle connection holds no buffer (``enqueue`` makes one on demand).
 NOTHING = b""
+
+
+class TransportHooks(NamedTuple):
+    """What a transport asks of its loop -- the whole of that contract.  One is shared by all."""
+
+    now: Callable            # now(): the time of this pass (the stall clock)
+    set_interest: Callable   # set_interest(transport, mask, paused): register exactly ``mask``
+    stored_sent: Callable    # stored_sent(transport): the kernel took bytes while stored rows wait
+    corked: Container        # conns whose output waits for a commit (``chatnet.durable.cork``)
 
 
 class WaterMarks(object):
@@ -87,13 +98,13 @@ class Transport(object):
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
         "eof", "closing", "closed", "core_knows", "backlogged", "progress_at", "watched",
         "read_size", "stored_marks", "behind", "failure", "tls", "cipher_out", "eof_follows",
-        "user_id", "sent_log", "wire_sent", "held", "_loop", "_marks", "_corked", "_max_read",
+        "user_id", "sent_log", "wire_sent", "held", "_hooks", "_marks", "_corked", "_max_read",
     )
 
-    def __init__(self, loop, marks, conn, sock, host, peer, trusted, read_size, tls=None):
-        self._loop = loop
+    def __init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size, tls=None):
+        self._hooks = hooks            # TransportHooks: the loop, as far as a transport needs it
         self._marks = marks
-        self._corked = loop.cork.corked   # conns whose output waits for a commit (chatnet.ledger)
+        self._corked = hooks.corked    # conns whose output waits for a commit
         self.conn = conn
         self.sock = sock
         self.host = host               # the client's address, for per-address limits
@@ -215,7 +226,7 @@ class Transport(object):
                 return None
             data = data[sent:]                         # the kernel took part: queue the rest
         self.enqueue(data)
-        self.progress_at = self._loop.now              # the queue begins
+        self.progress_at = self._hooks.now()           # the queue begins
         self.update_interest()
         return self._edge()
 
@@ -228,7 +239,7 @@ class Transport(object):
         """``DeliverStored``: the ``1`` waits no more; its stored messages are queued behind it."""
         self.held = False
         if not self.outgoing:
-            self.progress_at = self._loop.now          # the queue begins now
+            self.progress_at = self._hooks.now()       # the queue begins now
 
     def credit_stall(self, seconds):
         """The loop was away for ``seconds``: no client could read meanwhile, so none pays."""
@@ -254,13 +265,13 @@ class Transport(object):
                 del self.outgoing[:sent]
                 if not self.outgoing:
                     self.outgoing = NOTHING            # give the buffer back
-                self.progress_at = self._loop.now
+                self.progress_at = self._hooks.now()
                 if self.stored_marks or self.behind is not None:
-                    self._loop.stored.sent(self)
+                    self._hooks.stored_sent(self)
                 edge = self._edge()
         if self.closing and self.drained():
-            self.close(clean=True)
-        elif not self.closed and (self.outgoing or self.cipher_out or self.mask != READ):
+            return FINISHED
+        if not self.closed and (self.outgoing or self.cipher_out or self.mask != READ):
             self.update_interest()
         return edge
 
@@ -321,19 +332,19 @@ class Transport(object):
         if not self.sent_log.chunks:
             self.sent_log = None
 
+    def acknowledgements_known(self):
+        """True where the kernel tells what the peer acknowledged (TCP_INFO)."""
+        return bytes_acked(self.sock) is not None
+
     def take_undelivered(self):
         """Closing: the relay messages the peer may not have, ``(sender, text)`` in order.
 
-        Stored rows not yet sent leave the queue and stay stored; a row half
-        sent goes back with the rest (its stored copy is then deleted) --
-        where TCP_INFO tells what was acknowledged.  With messages to keep
-        the socket will close with a reset, not a FIN: the kernel must not
+        The caller has asked the stored deliveries first: stored rows not yet
+        sent left the queue (they stay stored), and a row half sent is among
+        these (its stored copy is then deleted).  With messages to keep the
+        socket will close with a reset, not a FIN: the kernel must not
         deliver what goes elsewhere now.
         """
-        stored = self._loop.stored
-        stored.stop(self)
-        if bytes_acked(self.sock) is not None:
-            stored.settle_half_sent(self)
         messages = wire.relay_messages(self.undelivered())
         if messages:
             tcp.set_option(self.sock, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -538,11 +549,12 @@ class Transport(object):
                                       and not self.conn in self._corked)
         mask = (READ if reading else 0) | (WRITE if writing else 0)
         if mask != self.mask:
-            self._loop.set_interest(self, mask, not reading and not (self.eof or self.closing))
+            self._hooks.set_interest(self, mask, not reading and not (self.eof or self.closing))
 
     def close_when_drained(self):
-        """Close once everything was sent and acknowledged; True if it closed at once.
+        """Stop reading; close once everything was sent and acknowledged.  True: that is now.
 
+        ``write_ready`` reports ``FINISHED`` when the rest has drained.
         Waiting for the acknowledgements too means that what the client
         received in the last instant is not counted undelivered (and then
         delivered twice); the loop's linger bounds the wait.
@@ -553,7 +565,6 @@ class Transport(object):
         if not self.drained():
             self.update_interest()
             return False
-        self.close(clean=True)
         return True
 
     def drained(self):
@@ -583,11 +594,14 @@ class Transport(object):
             pass
 
     def close(self, clean=False):
-        """Close now; ``clean``: a TLS stream ends with ``close_notify`` (best effort)."""
+        """Close the socket now; ``clean``: a TLS stream ends with ``close_notify`` (best effort).
+
+        Only ``Departures.close`` calls this, after the loop has taken what it
+        never delivered and unregistered it (before its descriptor can be reused).
+        """
         if self.closed:
             return
         self.closed = True
-        self._loop.closed(self)        # unregisters it, before the descriptor can be reused
         if clean and self.tls is not None and self.tls.handshake_done:
             try:
                 self.sock.send(self.tls.close_notify())
