@@ -6,12 +6,11 @@ socket, what the selector is asked to watch, and which water-mark edges come
 back.
 """
 
-import collections
 
 import pytest
 
 from chatnet.loop.transport import (
-    BROKEN, DRAINED, FINISHED, FULL, NOTHING, OVERFLOW, READ, WRITE, Transport, TransportHooks,
+    BROKEN, CORK, DRAINED, FINISHED, FULL, NOTHING, OVERFLOW, READ, WRITE, Transport, TransportHooks,
     WaterMarks,
 )
 
@@ -48,11 +47,9 @@ class FakeLoop(object):
 
     def __init__(self):
         self.now = 100.0
-        self.corked = collections.Counter()
         self.interest = []                      # masks in the order asked
         self.stored_sent = []
-        self.hooks = TransportHooks(lambda: self.now, self.set_interest, self.stored_sent.append,
-                                    self.corked)
+        self.hooks = TransportHooks(lambda: self.now, self.set_interest, self.stored_sent.append)
 
     def set_interest(self, transport, mask, paused):
         self.interest.append(mask)
@@ -117,12 +114,12 @@ def test_a_write_behind_waiting_bytes_joins_the_queue_without_a_send(loop):
 
 def test_the_cork_holds_every_byte_and_the_write_interest_until_the_commit(loop):
     transport = make_transport(loop)
-    loop.corked[transport.conn] += 1       # a message this client stored waits for its commit
+    transport.hold(CORK)                  # a message this client stored waits for its commit
     assert transport.write(b"1\n") is None
     assert transport.sock.sends == 0 and transport.mask == READ
     assert transport.write_ready() is None      # writable or not: nothing leaves while corked
     assert transport.sock.sends == 0
-    del loop.corked[transport.conn]        # committed: the loop writes it in its write step
+    transport.release(CORK)                # committed: the loop writes it in its write step
     transport.write_ready()
     assert transport.sock.taken == b"1\n"
 

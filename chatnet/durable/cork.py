@@ -5,7 +5,7 @@ The guarantee (seeds/PROTOCOL.md section 6)
 *A message accepted into a store is on disk before its sender can see any
 reply to a later line.*  ``DurabilityCork`` enforces it: when a session
 stores a message, its sender's transport is **corked** -- everything for it
-waits in its queue (``holds``) -- until the batch holding that message has
+waits in its queue (``Transport.hold(CORK)``) -- until the batch holding that message has
 been committed by the storage thread (``chatnet.workers.StorageWriter``).
 Each loop pass hands the thread one batch, the pass's stores and the
 delivered rows to delete, committed as one transaction (group commit).
@@ -28,9 +28,11 @@ replaced under the running server: stores are refused from then on, since
 they would be lost at the stop.
 
 It owns the batches in flight, the corks, the positions of stores not yet
-committed and the back-off.  It must not send or decide anything itself: it
-tells its loop (``transport``, ``writable``, ``feed``, ``warn``, ``now``)
-what happened.
+committed and the back-off.  It *pushes* a cork to the sender's transport
+(``hold(CORK)``, ``release(CORK)``): the transport never reads the cork.  It
+must not send or decide anything itself: it is handed the few things of the
+loop it uses (``now``, ``clock``, ``warn``, ``feed``, ``writable``,
+``transport``) and tells them what happened.
 """
 
 import collections
@@ -48,17 +50,23 @@ BACKOFF = 1.0
 class DurabilityCork(object):
     """Group commit on the storage thread, and the cork that makes it a guarantee."""
 
-    def __init__(self, writer, stored, storage, loop, metrics=None):
+    def __init__(self, writer, stored, storage, metrics, now, clock, warn, feed, writable,
+                 transport):
         self._writer = writer
         self._stored = stored
         self._storage = storage        # for the file check only: it writes nothing here
-        self._loop = loop
+        self._now = now                # the time of this pass
+        self._clock = clock            # the time now (commit latency)
+        self._warn = warn              # a rate-limited warning
+        self._feed = feed              # an input for the core
+        self._writable = writable      # write this transport in this pass's write step
+        self._transport = transport    # conn -> its open Transport, or None
         self._metrics = metrics        # commit latency and failures, when measured
         self._submitted_at = {}        # batch number -> when it was handed over
         self._pass_stores = []         # (StoreMessage, position) stored in this pass
         self._in_flight = {}           # batch number -> Batch the thread is writing
         self._next_number = 1
-        #: conn -> its stores not yet committed: the transports held (read by them directly).
+        #: conn -> its stores not yet committed (its transport is held while there are any).
         self.corked = collections.Counter()
         self._recipients = collections.Counter()   # account -> stores for it not yet committed
         self._deliveries = {}          # account -> transports waiting to read its store
@@ -77,20 +85,22 @@ class DurabilityCork(object):
 
     def store(self, action):
         """A ``StoreMessage``: into this pass's batch (or failed in place, while backing off)."""
-        sender = self._loop.transport(action.sender_conn)
+        sender = self._transport(action.sender_conn)
         position = sender.stream_end() if sender is not None else 0
-        if self._loop.now < self._down_until or self.file_lost:
+        if self._now() < self._down_until or self.file_lost:
             self._fail([(action, position)])
             return
         self._pass_stores.append((action, position))
         if action.sender_conn is not None:          # None: an undelivered message going back
             self.corked[action.sender_conn] += 1
+            if self.corked[action.sender_conn] == 1 and sender is not None:
+                sender.hold(sender.CORK)
         self._recipients[action.recipient] += 1
 
     def release(self):
         """The pass's commit step: hand this pass's stores and deletes to the storage thread."""
         deletes = []
-        if self._stored.has_deletes() and self._loop.now >= self._down_until:
+        if self._stored.has_deletes() and self._now() >= self._down_until:
             deletes = self._stored.take_deletes()
         if not self._pass_stores and not deletes:       # most passes: nothing to commit
             self._run_after()
@@ -99,7 +109,7 @@ class DurabilityCork(object):
         self._next_number += 1
         self._pass_stores = []
         self._in_flight[batch.number] = batch
-        self._submitted_at[batch.number] = self._loop.now
+        self._submitted_at[batch.number] = self._now()
         self._writer.submit(batch)
 
     def finished(self, batch):
@@ -107,15 +117,15 @@ class DurabilityCork(object):
         del self._in_flight[batch.number]
         submitted_at = self._submitted_at.pop(batch.number)
         if self._metrics is not None:
-            self._metrics.commit_latency.observe(max(0.0, self._loop.clock() - submitted_at))
+            self._metrics.commit_latency.observe(max(0.0, self._clock() - submitted_at))
             if batch.error is not None:
                 self._metrics.database_failed()
         if batch.error is not None:
-            self._loop.warn("database write", "cannot %s in the database (%s); stored messages "
+            self._warn("database write", "cannot %s in the database (%s); stored messages "
                             "are refused for %.0f s, live chat goes on",
                             "store messages" if batch.stores else "delete delivered messages",
                             batch.error, BACKOFF)
-            self._down_until = self._loop.now + BACKOFF
+            self._down_until = self._now() + BACKOFF
             self._stored.not_deleted(batch.deletes)
             failed = batch.stores
         else:
@@ -127,7 +137,7 @@ class DurabilityCork(object):
         for action, _ in batch.stores:
             self._uncork(action)
         for action, _ in failed:
-            self._loop.feed(StoreFailed(action.sender_conn, action.recipient))
+            self._feed(StoreFailed(action.sender_conn, action.recipient))
         self._run_after()
 
     def _uncork(self, action):
@@ -140,21 +150,22 @@ class DurabilityCork(object):
             for transport in self._deliveries.pop(recipient, ()):
                 if not transport.closed and self._stored.streaming(transport):
                     self._stored.refill(transport)
-                    self._loop.writable(transport)
+                    self._writable(transport)
 
     def _uncork_sender(self, conn):
         self.corked[conn] -= 1
         if not self.corked[conn]:
             del self.corked[conn]
-            transport = self._loop.transport(conn)
+            transport = self._transport(conn)
             if transport is not None:
-                self._loop.writable(transport)
+                transport.release(transport.CORK)
+                self._writable(transport)
 
     def _fail(self, failed):
         """Stores that failed before reaching a batch: notices in place, the core told."""
         self._splice(failed)
         for action, _ in failed:
-            self._loop.feed(StoreFailed(action.sender_conn, action.recipient))
+            self._feed(StoreFailed(action.sender_conn, action.recipient))
 
     def _splice(self, failed):
         """Put each failure notice where its message was in the sender's stream.
@@ -167,10 +178,10 @@ class DurabilityCork(object):
                 log.warning("a message for %r that its connection never delivered could not "
                             "be stored again: it is lost", action.recipient)
                 continue
-            sender = self._loop.transport(action.sender_conn)
+            sender = self._transport(action.sender_conn)
             if sender is not None:
                 sender.insert_at(position, action.failure_notice)
-                self._loop.writable(sender)
+                self._writable(sender)
 
     # ---------------------------------------------------------------- what waits for commits
 

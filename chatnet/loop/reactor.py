@@ -129,7 +129,7 @@ class Reactor(object):
         self._departures = Departures(self.feed, self._marks.hard, strict, self.stored,
                                       self._forget)
         self._hooks = TransportHooks(self._pass_time, self._connections.set_interest,
-                                     self.stored.sent, self.cork.corked)
+                                     self.stored.sent)
         self._watch(listener, tls, metrics)
         self._housekeeping = Housekeeping(self._pass_time, self.call_at, self._connections,
                                           self.cork, self._lookups, self.metrics,
@@ -144,7 +144,10 @@ class Reactor(object):
         """The threads that block so the loop does not: the KDF, lookups, the database writer."""
         self.stored = StoredDeliveries(storage.open_reader(), self.warn)
         self._writer = StorageWriter(storage, self.wake)
-        self.cork = DurabilityCork(self._writer, self.stored, storage, self, self.metrics)
+        self.cork = DurabilityCork(self._writer, self.stored, storage, self.metrics,
+                                   now=self._pass_time, clock=self.clock, warn=self.warn,
+                                   feed=self.feed, writable=self.writable,
+                                   transport=self.transport)
         self._checks = PasswordChecks(storage.open_reader, self.wake, workers)
         self._lookups = Lookups(storage.open_reader, self.wake)
 

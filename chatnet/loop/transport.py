@@ -51,7 +51,7 @@ import collections
 import selectors
 import socket
 import struct
-from typing import Callable, Container, NamedTuple
+from typing import Callable, NamedTuple
 
 from ..net import tcp
 from .. import wire
@@ -66,6 +66,10 @@ OVERFLOW = "overflow"    # ... and passed the hard cap: drop the client
 BROKEN = "broken"        # the socket failed (``failure`` says how)
 FINISHED = "finished"    # closing, and everything was sent and acknowledged: close it now
 
+# Reasons to hold output in the queue (``hold``/``release``; bits of ``holds``).
+LOGIN = 1                # a login's "1" waits to leave with its stored messages (one block)
+CORK = 2                 # a message this client stored waits for its commit (the durability cork)
+
 #: The send queue of a connection with nothing queued: one shared empty value,
 #: so an idle connection holds no buffer (``enqueue`` makes one on demand).
 NOTHING = b""
@@ -77,7 +81,6 @@ class TransportHooks(NamedTuple):
     now: Callable            # now(): the time of this pass (the stall clock)
     set_interest: Callable   # set_interest(transport, mask, paused): register exactly ``mask``
     stored_sent: Callable    # stored_sent(transport): the kernel took bytes while stored rows wait
-    corked: Container        # conns whose output waits for a commit (``chatnet.durable.cork``)
 
 
 class WaterMarks(object):
@@ -98,13 +101,15 @@ class Transport(object):
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
         "eof", "closing", "closed", "core_knows", "backlogged", "progress_at", "watched",
         "read_size", "stored_marks", "behind", "failure", "tls", "cipher_out", "eof_follows",
-        "user_id", "sent_log", "wire_sent", "held", "_hooks", "_marks", "_corked", "_max_read",
+        "user_id", "sent_log", "wire_sent", "holds", "_hooks", "_marks", "_max_read",
     )
+
+    #: The reasons to hold output, for those who push them without importing this module.
+    LOGIN, CORK = LOGIN, CORK
 
     def __init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size, tls=None):
         self._hooks = hooks            # TransportHooks: the loop, as far as a transport needs it
         self._marks = marks
-        self._corked = hooks.corked    # conns whose output waits for a commit
         self.conn = conn
         self.sock = sock
         self.host = host               # the client's address, for per-address limits
@@ -133,7 +138,7 @@ class Transport(object):
         self.user_id = None            # the account logged in on it (from LoginSucceeded)
         self.sent_log = None           # chunks the kernel took, not yet acknowledged (chatnet.acks)
         self.wire_sent = 0             # bytes given to TCP (ciphertext with TLS)
-        self.held = False              # a login's "1" waits to leave with its stored messages
+        self.holds = 0                 # reasons output waits in the queue (LOGIN | CORK)
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.
@@ -217,7 +222,7 @@ class Transport(object):
         if self.outgoing:
             self.enqueue(data)                         # behind bytes already waiting
             return self._edge()
-        if not (self.held or self.conn in self._corked):
+        if not self.holds:
             sent = self._send(data)
             if sent is None:
                 self.enqueue(data)                     # never sent: counted undelivered
@@ -230,14 +235,26 @@ class Transport(object):
         self.update_interest()
         return self._edge()
 
+    def hold(self, reason):
+        """Keep output in the queue for ``reason`` (``LOGIN``, ``CORK``) until it is released.
+
+        The owners of the reasons push them (the loop at login, the cork at a
+        store); the transport never asks anyone whether it may send.
+        """
+        self.holds |= reason
+
+    def release(self, reason):
+        """``reason`` no longer holds output; the loop writes it in its write step."""
+        self.holds &= ~reason
+
     def logged_in(self, user_id):
         """``LoginSucceeded``: its ``1`` waits to leave with its stored messages (one block)."""
         self.user_id = user_id         # for the accounts check (once a second)
-        self.held = True
+        self.hold(LOGIN)
 
     def stored_may_follow(self):
         """``DeliverStored``: the ``1`` waits no more; its stored messages are queued behind it."""
-        self.held = False
+        self.release(LOGIN)
         if not self.outgoing:
             self.progress_at = self._hooks.now()       # the queue begins now
 
@@ -257,7 +274,7 @@ class Transport(object):
         edge = None
         if self.cipher_out and not self._flush_cipher():
             return BROKEN
-        if self.outgoing and not self.conn in self._corked:
+        if self.outgoing and not self.holds:
             sent = self._send(self.outgoing)
             if sent is None:
                 return BROKEN
@@ -546,7 +563,7 @@ class Transport(object):
         """Hand the loop exactly the events this transport needs now, if they changed."""
         reading = not (self.paused or self.eof or self.closing)
         writing = self.cipher_out or (self.outgoing and (self.tls is None or self.tls.handshake_done)
-                                      and not self.conn in self._corked)
+                                      and not self.holds)
         mask = (READ if reading else 0) | (WRITE if writing else 0)
         if mask != self.mask:
             self._hooks.set_interest(self, mask, not reading and not (self.eof or self.closing))
