@@ -5,7 +5,9 @@
 
 import socket
 
-from chatnet.loop.admission import TLS_REFUSALS_AT_ONCE, Admission, Listener, TLSRefusal
+from chatnet.loop.admission import (
+    TLS_REFUSALS_AT_ONCE, Admission, AdmissionHooks, Listener, TLSRefusal,
+)
 from chatnet.loop.reactor import ReactorLimits
 from chatnet.net.tls import TLSContext
 from live_server import TLS_CERT, TLS_KEY
@@ -49,7 +51,9 @@ def refusing_admission(loop):
     sock.setblocking(False)
     listener = Listener(sock, TLSContext(TLS_CERT, TLS_KEY))
     limits = ReactorLimits(max_per_ip=0, trusted_networks=(), refusal_timeout=30.0)
-    return Admission([listener], limits, loop), listener
+    return Admission([listener], limits, AdmissionHooks(
+        loop.watch, loop.unwatch, loop.call_at, lambda: loop.now, loop.warn,
+        loop.metrics.limit_reached, loop.connection_count)), listener
 
 
 def connect(listener, count):

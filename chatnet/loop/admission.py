@@ -35,6 +35,7 @@ import errno
 import ipaddress
 import os
 import socket
+from typing import Callable, NamedTuple
 
 from .. import wire
 from ..net.tls import TLSLayer
@@ -67,13 +68,25 @@ class Listener(object):
         return self.sock.getsockname()[:2]
 
 
+class AdmissionHooks(NamedTuple):
+    """What admission asks of its loop -- the whole of that contract."""
+
+    watch: Callable              # watch(sock, target): its input events go to ``target``
+    unwatch: Callable            # unwatch(sock) -> whether it was watched
+    call_at: Callable            # call_at(when, function, argument)
+    now: Callable                # now(): the time of this pass
+    warn: Callable               # warn(kind, message, *args): rate-limited
+    limit_reached: Callable      # limit_reached(name): counted for the metrics
+    connection_count: Callable   # connection_count(): open connections
+
+
 class Admission(object):
     """The accept side of the listening sockets; see the module docstring."""
 
-    def __init__(self, listeners, limits, loop):
+    def __init__(self, listeners, limits, hooks):
         self.listeners = listeners
         self._limits = limits
-        self._loop = loop              # watch, unwatch, call_at, now, warn, metrics, connection_count
+        self._hooks = hooks            # AdmissionHooks: the loop, as far as admission needs it
         self._per_host = collections.Counter()
         self._spare_fd = _open_spare_descriptor()
         self._refusing = {}            # TLSRefusal under way -> its deadline, oldest first
@@ -94,7 +107,7 @@ class Admission(object):
                 if error.errno in _OUT_OF_MEMORY:
                     self._pause(listener, error)
                     return
-                self._loop.warn("accept", "accept failed: %s", error)   # e.g. ECONNABORTED: go on
+                self._hooks.warn("accept", "accept failed: %s", error)   # e.g. ECONNABORTED: go on
                 continue
             admitted = self._admit(sock, address, listener)
             if admitted is not None:
@@ -116,7 +129,7 @@ class Admission(object):
     def close(self):
         """Stop accepting and end the refusals under way (again: nothing more happens)."""
         for listener in self.listeners:
-            self._loop.unwatch(listener.sock)
+            self._hooks.unwatch(listener.sock)
             listener.sock.close()
         for refusal in list(self._refusing):
             self._refusal_over(refusal)
@@ -127,14 +140,14 @@ class Admission(object):
     def _admit(self, sock, address, listener):
         host = host_of(address)
         trusted = is_trusted(host, self._limits.trusted_networks)
-        if self._loop.connection_count() >= self._limits.max_connections:
-            self._loop.metrics.limit_reached("connections total")
-            self._loop.warn("server full", "connection from %s refused: %d connections, the maximum",
-                            format_peer(address), self._loop.connection_count())
+        if self._hooks.connection_count() >= self._limits.max_connections:
+            self._hooks.limit_reached("connections total")
+            self._hooks.warn("server full", "connection from %s refused: %d connections, the maximum",
+                            format_peer(address), self._hooks.connection_count())
             self._refuse(sock, NOTICE_SERVER_FULL, listener)
         elif not trusted and self._per_host[host] >= self._limits.max_per_ip:
-            self._loop.metrics.limit_reached("connections per address")
-            self._loop.warn("per-ip " + host, "connection from %s refused: %d connections from %s, "
+            self._hooks.limit_reached("connections per address")
+            self._hooks.warn("per-ip " + host, "connection from %s refused: %d connections from %s, "
                             "the maximum per address", format_peer(address), self._per_host[host], host)
             self._refuse(sock, NOTICE_TOO_MANY_FROM_YOU, listener)
         else:
@@ -150,8 +163,8 @@ class Admission(object):
         readable, instead of spinning the loop at 100% CPU.
         Returns False when even that failed (then accepting pauses a moment).
         """
-        self._loop.metrics.limit_reached("file descriptors")
-        self._loop.warn("descriptors", "out of file descriptors (%s): refusing new connections",
+        self._hooks.limit_reached("file descriptors")
+        self._hooks.warn("descriptors", "out of file descriptors (%s): refusing new connections",
                         error.strerror or error)
         if self._spare_fd is None:
             self._pause(listener, error)
@@ -178,36 +191,36 @@ class Admission(object):
             sock.close()
         else:
             refusal = TLSRefusal(sock, notice, listener.tls.context)
-            self._refusing[refusal] = self._loop.now + self._limits.refusal_timeout
-            self._loop.watch(sock, refusal)
+            self._refusing[refusal] = self._hooks.now() + self._limits.refusal_timeout
+            self._hooks.watch(sock, refusal)
             if not self._sweep_due:
                 self._sweep_due = True
-                self._loop.call_at(self._refusing[refusal], self._end_late_refusals)
+                self._hooks.call_at(self._refusing[refusal], self._end_late_refusals)
 
     def _end_late_refusals(self, _=None):
         """End the refusals past their deadline; come back at the next one's."""
         for refusal, deadline in list(self._refusing.items()):
-            if deadline > self._loop.now:
-                self._loop.call_at(deadline, self._end_late_refusals)
+            if deadline > self._hooks.now():
+                self._hooks.call_at(deadline, self._end_late_refusals)
                 return
             self._refusal_over(refusal)
         self._sweep_due = False
 
     def _refusal_over(self, refusal):
         self._refusing.pop(refusal, None)
-        self._loop.unwatch(refusal.sock)
+        self._hooks.unwatch(refusal.sock)
         refusal.sock.close()
 
     def _pause(self, listener, error):
-        self._loop.warn("accept pause", "cannot accept connections (%s); pausing accepts for %.0f s",
+        self._hooks.warn("accept pause", "cannot accept connections (%s); pausing accepts for %.0f s",
                         error.strerror or error, ACCEPT_RETRY_DELAY)
-        if self._loop.unwatch(listener.sock):
-            self._loop.call_at(self._loop.now + ACCEPT_RETRY_DELAY, self._resume, listener)
+        if self._hooks.unwatch(listener.sock):
+            self._hooks.call_at(self._hooks.now() + ACCEPT_RETRY_DELAY, self._resume, listener)
 
     def _resume(self, listener):
         if self._spare_fd is None:
             self._spare_fd = _open_spare_descriptor()
-        self._loop.watch(listener.sock, listener)
+        self._hooks.watch(listener.sock, listener)
 
 
 def refuse(sock, notice):

@@ -175,11 +175,12 @@ class MetricsEndpoint(object):
 
     MAX_SCRAPERS = 16
 
-    def __init__(self, sock, selector, render, loop):
+    def __init__(self, sock, selector, render, now, call_at):
         self.sock = sock
         self._selector = selector
         self._render = render
-        self._loop = loop                  # now, call_at
+        self._now = now                    # the time of this pass
+        self._call_at = call_at            # the loop's timers
         self._requests = set()
         selector.register(sock, selectors.EVENT_READ, self)
 
@@ -215,10 +216,10 @@ class MetricsEndpoint(object):
                 sock.close()
                 continue
             sock.setblocking(False)
-            request = MetricsRequest(sock, self._loop.now + REQUEST_TIMEOUT)
+            request = MetricsRequest(sock, self._now() + REQUEST_TIMEOUT)
             self._requests.add(request)
             self._selector.register(sock, selectors.EVENT_READ, request)
-            self._loop.call_at(request.deadline, self._expire, request)
+            self._call_at(request.deadline, self._expire, request)
 
     def _expire(self, request):
         if request in self._requests:

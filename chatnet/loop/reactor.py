@@ -55,7 +55,7 @@ from typing import NamedTuple
 
 from ..durable import passwords
 from ..net import tcp
-from .admission import LOOPBACK, Admission, Listener, TLSRefusal, format_peer
+from .admission import LOOPBACK, Admission, AdmissionHooks, Listener, TLSRefusal, format_peer
 from ..core.events import (
     Connected, ConnectionLost, HungUp, InputEnded, ServerStopping, TimePassed, data_received,
 )
@@ -156,7 +156,9 @@ class Reactor(object):
         listeners = [Listener(listener)] if listener is not None else []
         if tls is not None:
             listeners.append(Listener(tls[0], tls[1]))
-        self._admission = Admission(listeners, self._limits, self)
+        self._admission = Admission(listeners, self._limits, AdmissionHooks(
+            self.watch, self.unwatch, self.call_at, self._pass_time, self.warn,
+            self.metrics.limit_reached, self.connection_count))
         for each in listeners:
             each.sock.setblocking(False)
             self.watch(each.sock, each)
@@ -166,7 +168,8 @@ class Reactor(object):
             self._selector.register(hangups.fileno(), READ, _HANGUPS)
         self._metrics_endpoint = None
         if metrics is not None:
-            self._metrics_endpoint = MetricsEndpoint(metrics, self._selector, self.render_metrics, self)
+            self._metrics_endpoint = MetricsEndpoint(metrics, self._selector, self.render_metrics,
+                                                     self._pass_time, self.call_at)
 
     # ================================================================ running
 
