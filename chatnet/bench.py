@@ -227,7 +227,7 @@ class Worker(object):
             self.queue(client, b"chatwith/" + partner.user_id + b"\n")
 
         def on_line(client, line, now):
-            if client.state == "pairing" and line == NOTICE_ONLINE.rstrip(b"\n"):
+            if client.state == "pairing" and line == wire.body(NOTICE_ONLINE):
                 client.state = "paired"
                 answered["n"] += 1
         self.pump(time.perf_counter() + timeout, on_line, lambda: answered["n"] == len(clients))

@@ -298,6 +298,20 @@ def notice(text):
     return line
 
 
+def body(line):
+    """A line as a reader gets it from ``LineSplitter``: without its newline.
+
+    >>> body(NOTICE_DESTROYED)
+    b'chat/connection is destroyed'
+    """
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def is_notice(line):
+    """A server notice (``chat/`` but not a relay), given without its newline."""
+    return line.startswith(CHAT) and not RELAY_PATTERN.match(line + b"\n")
+
+
 # The two notices whose exact text seeds/PROTOCOL.md fixes (seed step 8, 9-a).
 NOTICE_OFFLINE = notice("this user is not in the chat program now, "
                         "your message will be stored in the user's message store")

@@ -22,9 +22,9 @@ from chatnet.core.events import (
     StoreFailed, StoreMessage, TimePassed,
 )
 
-NOTICE_ONLINE = wire.NOTICE_ONLINE.rstrip(b"\n")
-NOTICE_OFFLINE = wire.NOTICE_OFFLINE.rstrip(b"\n")
-NOTICE_DESTROYED = wire.NOTICE_DESTROYED.rstrip(b"\n")
+NOTICE_ONLINE = wire.body(wire.NOTICE_ONLINE)
+NOTICE_OFFLINE = wire.body(wire.NOTICE_OFFLINE)
+NOTICE_DESTROYED = wire.body(wire.NOTICE_DESTROYED)
 
 
 def frame(user_id, password):

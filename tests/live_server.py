@@ -31,11 +31,7 @@ TLS_DIR = os.path.join(REPO, "tests", "tls")
 TLS_CERT = os.path.join(TLS_DIR, "server-cert.pem")
 TLS_KEY = os.path.join(TLS_DIR, "server-key.pem")
 SYNC_LINE = b"sync\n"
-SYNC_REPLY = wire.NOTICE_UNKNOWN.rstrip(b"\n")
-
-def is_notice(line):
-    """A server notice (``chat/`` but not a relay), given without its newline."""
-    return line.startswith(b"chat/") and not wire.RELAY_PATTERN.match(line + b"\n")
+SYNC_REPLY = wire.body(wire.NOTICE_UNKNOWN)
 
 
 def open_descriptors(pid):
@@ -425,7 +421,7 @@ class RawClient(object):
         elif code == b"1":
             self.expect(NOTICE_OFFLINE)
         else:
-            assert self.line() == wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
+            assert self.line() == wire.body(wire.NOTICE_NO_SUCH_USER)
 
     def wait_for_line(self, wanted, timeout=20.0):
         """Read lines until ``wanted`` comes (others are skipped); fail after ``timeout``."""

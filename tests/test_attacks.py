@@ -23,7 +23,7 @@ from live_server import (
 )
 
 UNTRUSTED = ("--trusted", "none", "--log-level", "info")
-NOT_STORED = wire.NOTICE_NOT_STORED.rstrip(b"\n")
+NOT_STORED = wire.body(wire.NOTICE_NOT_STORED)
 
 
 class Attack(object):
@@ -144,7 +144,7 @@ def test_a_flood_of_chatwith_to_nobody_does_not_slow_a_chatting_pair(start_serve
 
 # ---------------------------------------------------------------- item 3: ghosts
 
-def flood_until_congested(server, sender, reader_id):
+def flood_until_queue_full(server, sender, reader_id):
     """``sender`` floods ``reader_id`` (who never reads) until the server reports its queue full."""
     line = b"chat/" + b"f" * 1000 + b"\n"
 
@@ -167,7 +167,7 @@ def test_a_client_that_leaves_while_held_back_is_offline_at_once(start_server, l
     assert mal.login("bob", "secret") == b"1"               # ... and never reads again
     flooder = server.login("erin", "pw")
     flooder.chatwith("bob", b"2")
-    flood_until_congested(server, flooder, "bob")
+    flood_until_queue_full(server, flooder, "bob")
     vic = RawClient(server.port, source="127.0.4.2")
     assert vic.login("alice", "pw") == b"1"
     vic.chatwith("bob", b"2")

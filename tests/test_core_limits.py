@@ -140,7 +140,7 @@ def test_a_hang_up_does_not_lift_a_pause_for_held_input():
     assert conn in h.paused
 
 
-def test_someone_who_starts_relaying_to_a_congested_reader_waits_too():
+def test_someone_who_starts_relaying_to_a_reader_whose_queue_is_full_waits_too():
     h = CoreHarness(accounts=ACCOUNTS)
     alice, bob, carol = paired(h)
     h.feed(SendQueueFull(bob))
@@ -157,7 +157,7 @@ def test_when_the_slow_reader_leaves_its_senders_are_released():
     h.feed(SendQueueFull(bob))
     h.drop(bob)
     assert h.paused - {bob} == set()
-    assert h.lines(alice)[-1] == wire.NOTICE_DESTROYED.rstrip(b"\n")
+    assert h.lines(alice)[-1] == wire.body(wire.NOTICE_DESTROYED)
 
 
 def test_pause_reasons_stack_and_reading_resumes_only_when_all_are_gone():

@@ -100,7 +100,7 @@ def test_pipelined_attempts_and_lines_are_handled_in_order(h):
     """Bytes after a frame wait for its verdict, then count as what they are."""
     conn = h.connect()
     h.send(conn, frame(b"alice", b"bad") + frame(b"alice", b"pw") + b"chatwith/bob\n")
-    assert h.lines(conn) == [b"0", b"1", b"1", wire.NOTICE_OFFLINE.rstrip(b"\n")]
+    assert h.lines(conn) == [b"0", b"1", b"1", wire.body(wire.NOTICE_OFFLINE)]
 
 
 def test_input_waits_untouched_while_the_password_is_checked(h):
@@ -110,7 +110,7 @@ def test_input_waits_untouched_while_the_password_is_checked(h):
     h.send(conn, b"bob\nchat/one\n")
     assert h.lines(conn) == []
     h.answer_check()
-    assert h.lines(conn) == [b"1", b"1", wire.NOTICE_OFFLINE.rstrip(b"\n")]
+    assert h.lines(conn) == [b"1", b"1", wire.body(wire.NOTICE_OFFLINE)]
     assert h.stores[b"bob"] == [(b"alice", b"one")]
 
 
@@ -220,7 +220,7 @@ def test_a_delay_on_one_connection_never_delays_another():
     h.send(slow, frame(b"alice", b"bad"))
     fast = h.login(b"bob")
     h.send(fast, b"chatwith/bob\n")
-    assert h.lines(fast) == [b"2", wire.NOTICE_ONLINE.rstrip(b"\n")]
+    assert h.lines(fast) == [b"2", wire.body(wire.NOTICE_ONLINE)]
     assert h.lines(slow) == []
 
 
@@ -316,7 +316,7 @@ def test_eof_after_a_frame_still_gets_the_verdict_and_pipelined_lines(h):
     h.hang_up(conn)
     assert conn not in h.closed
     h.answer_check()
-    assert h.lines(conn) == [b"1", b"1", wire.NOTICE_OFFLINE.rstrip(b"\n")]
+    assert h.lines(conn) == [b"1", b"1", wire.body(wire.NOTICE_OFFLINE)]
     assert h.stores[b"bob"] == [(b"alice", b"offline note")]
     assert h.closed[conn] == "input ended"
     assert h.core.online() == {}

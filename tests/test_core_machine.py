@@ -92,7 +92,7 @@ FORBIDDEN = {"socket", "selectors", "select", "sqlite3", "time", "threading", "r
 PACKAGE = os.path.dirname(os.path.dirname(chatnet.core.machine.__file__))
 PURE_MODULES = sorted(
     [os.path.relpath(path, PACKAGE) for path in glob.glob(os.path.join(PACKAGE, "core", "*.py"))]
-    + ["wire.py", "client/protocol.py", "client/lifecycle.py"])
+    + ["wire.py", "values.py", "client/protocol.py", "client/lifecycle.py"])
 
 
 @pytest.mark.parametrize("module", PURE_MODULES)
@@ -165,3 +165,17 @@ def test_every_transition_in_the_table_happens_and_no_other():
     finally:
         ChatCore._enter = original
     assert seen == {(before, cause, after) for (before, cause), after in TRANSITIONS.items()}
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_the_pure_modules_import_only_the_pure_floor(module):
+    """No arrow up: ``core/`` and the client's pure modules import nothing of ``loop/``,
+    ``durable/`` or ``net/`` (the folders' layers, checked the way imports are written)."""
+    path = os.path.join(PACKAGE, module)
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            target = (node.module or "").split(".")[0]
+            assert target not in ("loop", "durable", "net", "server", "accounts", "bench"), \
+                "%s imports %s%s" % (module, "." * node.level, node.module)

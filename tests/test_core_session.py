@@ -5,13 +5,12 @@ import pytest
 from chatnet import wire
 from chatnet.core.events import LookUpAccount, Send, StoreMessage
 from core_harness import NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, CoreHarness, frame
-from live_server import is_notice
 
 ACCOUNTS = {b"alice": b"pw", b"bob": b"pw", b"carol": b"pw", b"dave": b"pw"}
-NO_SUCH_USER = wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
-REMOVED = wire.NOTICE_REMOVED.rstrip(b"\n")
-FULL = wire.NOTICE_STORE_FULL.rstrip(b"\n")
-UNKNOWN = wire.NOTICE_UNKNOWN.rstrip(b"\n")
+NO_SUCH_USER = wire.body(wire.NOTICE_NO_SUCH_USER)
+REMOVED = wire.body(wire.NOTICE_REMOVED)
+FULL = wire.body(wire.NOTICE_STORE_FULL)
+UNKNOWN = wire.body(wire.NOTICE_UNKNOWN)
 
 
 @pytest.fixture
@@ -124,7 +123,7 @@ def test_after_a_0_the_session_has_no_partner(h):
     chatwith(h, alice, b"bob")
     chatwith(h, alice, b"nobody")
     h.send(alice, b"chat/lost?\n")
-    assert h.lines(alice) == [wire.NOTICE_NO_PARTNER.rstrip(b"\n")]
+    assert h.lines(alice) == [wire.body(wire.NOTICE_NO_PARTNER)]
 
 
 def test_chatwith_from_storing_back_to_an_online_partner_relays_live(h):
@@ -141,7 +140,7 @@ def test_chatwith_from_storing_back_to_an_online_partner_relays_live(h):
 def test_chat_with_no_partner_is_neither_delivered_nor_stored_but_noticed(h):
     alice = h.login(b"alice")
     h.send(alice, b"chat/anyone?\n")
-    assert h.lines(alice) == [wire.NOTICE_NO_PARTNER.rstrip(b"\n")]
+    assert h.lines(alice) == [wire.body(wire.NOTICE_NO_PARTNER)]
     assert h.actions_of(StoreMessage) == []
 
 
@@ -195,7 +194,7 @@ def test_a_full_store_refuses_with_a_notice_containing_full(h):
     h.send(alice, b"chat/1\nchat/2\nchat/3\nchat/4\n")
     assert len(h.stores[b"bob"]) == 3
     (notice,) = h.lines(alice)
-    assert is_notice(notice) and b"full" in notice
+    assert wire.is_notice(notice) and b"full" in notice
 
 
 def test_the_store_limit_counts_messages_already_in_the_database(h):
@@ -222,7 +221,7 @@ def test_a_store_that_fails_to_write_is_answered_with_a_notice(h):
     chatwith(h, alice, b"bob")
     h.fail_stores = True
     h.send(alice, b"chat/lost?\n")
-    assert h.lines(alice) == [wire.NOTICE_NOT_STORED.rstrip(b"\n")]
+    assert h.lines(alice) == [wire.body(wire.NOTICE_NOT_STORED)]
     assert h.core.store_count(b"bob") == 0
 
 
@@ -234,7 +233,7 @@ def test_any_other_line_is_ignored_with_one_notice(h, junk):
     h.login(b"bob")
     chatwith(h, alice, b"bob")
     h.send(alice, junk + b"\n")
-    assert h.lines(alice) == [wire.NOTICE_UNKNOWN.rstrip(b"\n")]
+    assert h.lines(alice) == [wire.body(wire.NOTICE_UNKNOWN)]
     h.send(alice, b"chat/still paired\n")
     assert h.lines(h.core.online()[b"bob"]) == [b"chat/alice: still paired"]
 
@@ -268,7 +267,7 @@ def test_the_cr_of_a_crlf_counts_toward_the_limit(h):
     chatwith(h, alice, b"bob")
     text = b"y" * (64 - len(b"chat/") - 1)
     h.send(alice, b"chat/" + text + b"\r\n")
-    assert h.lines(alice) == [wire.notice_line_too_long(64).rstrip(b"\n")]
+    assert h.lines(alice) == [wire.body(wire.notice_line_too_long(64))]
     assert h.lines(bob) == []
 
 
@@ -277,7 +276,7 @@ def test_an_over_long_line_is_dropped_with_one_notice_and_later_lines_work(h, ex
     alice, bob = h.login(b"alice"), h.login(b"bob")
     chatwith(h, alice, b"bob")
     h.send(alice, b"chat/" + b"x" * (64 - 5 + extra) + b"\nchat/after\n")
-    assert h.lines(alice) == [wire.notice_line_too_long(64).rstrip(b"\n")]
+    assert h.lines(alice) == [wire.body(wire.notice_line_too_long(64))]
     assert h.lines(bob) == [b"chat/alice: after"]
 
 
@@ -298,7 +297,7 @@ def test_a_line_that_is_not_utf8_is_dropped_with_a_notice(h, bad):
     alice, bob = h.login(b"alice"), h.login(b"bob")
     chatwith(h, alice, b"bob")
     h.send(alice, b"chat/" + bad + b"\nchat/ok\n")
-    assert h.lines(alice) == [wire.NOTICE_NOT_UTF8.rstrip(b"\n")]
+    assert h.lines(alice) == [wire.body(wire.NOTICE_NOT_UTF8)]
     assert h.lines(bob) == [b"chat/alice: ok"]
 
 
@@ -319,7 +318,7 @@ def test_my_online_partner_disconnecting_sends_destroyed_and_clears_the_partner(
     h.drop(bob)
     assert h.lines(alice) == [NOTICE_DESTROYED]
     h.send(alice, b"chat/after\n")
-    assert h.lines(alice) == [wire.NOTICE_NO_PARTNER.rstrip(b"\n")]
+    assert h.lines(alice) == [wire.body(wire.NOTICE_NO_PARTNER)]
     assert h.stores.get(b"bob", []) == []
 
 
@@ -414,8 +413,8 @@ def test_server_stopping_says_goodbye_to_sessions_and_closes_everyone(h):
     waiting = h.connect()
     chatwith(h, alice, b"bob")
     h.feed(ServerStopping())
-    assert h.lines(alice) == [wire.NOTICE_SHUTDOWN.rstrip(b"\n")]
-    assert h.lines(bob) == [wire.NOTICE_SHUTDOWN.rstrip(b"\n")]
+    assert h.lines(alice) == [wire.body(wire.NOTICE_SHUTDOWN)]
+    assert h.lines(bob) == [wire.body(wire.NOTICE_SHUTDOWN)]
     assert h.lines(waiting) == []
     assert set(h.closed) == {alice, bob, waiting}
     assert h.core.online() == {}
@@ -458,7 +457,7 @@ def test_undelivered_messages_go_back_into_the_store_in_order_past_the_limit(h):
     carol = h.login(b"carol")
     chatwith(h, carol, b"bob")
     h.send(carol, b"chat/later\n")
-    assert h.lines(carol) == [wire.NOTICE_STORE_FULL.rstrip(b"\n")]   # the store counts them
+    assert h.lines(carol) == [wire.body(wire.NOTICE_STORE_FULL)]   # the store counts them
     bob = h.login(b"bob")
     assert h.lines(bob) == [b"chat/alice: m%d" % number for number in range(5)]
 

@@ -142,7 +142,7 @@ def test_a_frozen_filesystem_stalls_only_the_senders_whose_stores_wait_for_it(tm
             subprocess.run(["fsfreeze", "-u", mountpoint], check=True, timeout=30)
         print("\nslowest relay while the disk was frozen: %.1f ms" % (worst * 1000))
         assert worst < 1.0
-        assert alice.line(timeout=10) == wire.NOTICE_UNKNOWN.rstrip(b"\n")   # after the commit
+        assert alice.line(timeout=10) == wire.body(wire.NOTICE_UNKNOWN)   # after the commit
         bob = server.login(b"bob", b"secret")
         bob.expect(b"chat/alice: for bob, on a frozen disk")
     finally:

@@ -25,7 +25,7 @@ from live_server import (
     NOTICE_DESTROYED, LiveServer, NetworkNamespace, RawClient, cpu_seconds, frame, python_env,
 )
 
-NOT_STORED = wire.NOTICE_NOT_STORED.rstrip(b"\n")
+NOT_STORED = wire.body(wire.NOTICE_NOT_STORED)
 
 
 
@@ -347,7 +347,7 @@ def test_a_locked_database_refuses_stores_with_a_notice_and_live_chat_goes_on(st
     try:
         alice.send(b"chat/while locked\nhello\n")             # a later line, in the same read
         assert alice.line() == NOT_STORED                       # the notice comes first
-        assert alice.line() == wire.NOTICE_UNKNOWN.rstrip(b"\n")
+        assert alice.line() == wire.body(wire.NOTICE_UNKNOWN)
         started = time.perf_counter()
         carol.send(b"chat/live is fine\n")
         dave.expect(b"chat/carol: live is fine")

@@ -24,8 +24,8 @@ from chatnet.loop.transport import Transport
 from chatnet.durable.storage import MEMORY, Storage
 from live_server import RawClient
 
-NOT_STORED = wire.NOTICE_NOT_STORED.rstrip(b"\n")
-UNKNOWN = wire.NOTICE_UNKNOWN.rstrip(b"\n")
+NOT_STORED = wire.body(wire.NOTICE_NOT_STORED)
+UNKNOWN = wire.body(wire.NOTICE_UNKNOWN)
 
 
 class InProcessServer(object):

@@ -8,10 +8,10 @@ import pytest
 from chatnet import wire
 from conftest import server_starter
 from live_server import (
-    NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, RawClient, frame, is_notice,
+    NOTICE_DESTROYED, NOTICE_OFFLINE, NOTICE_ONLINE, RawClient, frame,
 )
 
-NO_PARTNER = wire.NOTICE_NO_PARTNER.rstrip(b"\n")
+NO_PARTNER = wire.body(wire.NOTICE_NO_PARTNER)
 
 
 @pytest.fixture(params=["plain", "tls"])
@@ -206,7 +206,7 @@ def test_unknown_lines_get_one_notice_and_blank_lines_none(server):
     alice = server.login(b"alice", b"pw")
     for junk in (b"hello", b"CHAT/x", b"chatwith", b"chat"):
         alice.send(junk + b"\n")
-        assert is_notice(alice.line())
+        assert wire.is_notice(alice.line())
     alice.send(b"\n\r\n")
     assert alice.sync() == []
 
@@ -248,7 +248,7 @@ def test_a_full_store_answers_a_notice_with_full(start_server):
     assert alice.sync() == []
     alice.send(b"chat/overflow\n")
     notice = alice.line()
-    assert is_notice(notice) and b"full" in notice
+    assert wire.is_notice(notice) and b"full" in notice
     bob = server.login(b"bob", b"secret")
     bob.expect(b"chat/alice: 1", b"chat/alice: 2", b"chat/alice: 3")
     assert bob.sync() == []
@@ -263,9 +263,9 @@ def test_over_long_lines_are_dropped_with_a_notice_and_the_connection_stays(star
     alice.send(b"chat/" + b"y" * 58 + b"\n")                      # exactly 64 bytes
     bob.expect(b"chat/alice: " + b"y" * 58)
     alice.send(b"chat/" + b"x" * 59 + b"\n")                      # 65 bytes
-    assert is_notice(alice.line())
+    assert wire.is_notice(alice.line())
     alice.send(b"chat/" + b"z" * 1000000 + b"\nchat/after\n")     # much longer
-    assert is_notice(alice.line())
+    assert wire.is_notice(alice.line())
     bob.expect(b"chat/alice: after")
     assert alice.sync() == []
 
@@ -285,7 +285,7 @@ def test_invalid_utf8_is_dropped_with_a_notice(server):
     alice.chatwith(b"bob", b"2")
     for bad in (b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", b"\xc0\xaf"):
         alice.send(b"chat/" + bad + b"\n")
-        assert alice.line() == wire.NOTICE_NOT_UTF8.rstrip(b"\n")
+        assert alice.line() == wire.body(wire.NOTICE_NOT_UTF8)
     alice.send(b"chat/ok\n")
     bob.expect(b"chat/alice: ok")
     assert bob.sync() == []

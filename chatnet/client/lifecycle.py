@@ -45,7 +45,7 @@ from .protocol import (
     ClientCore, Info, LoggedIn, LoginRefused, NoSuchUser, PartnerChanged, Problem,
     QuitRequested, Replaced, SendBytes,
 )
-from ..core.events import compared_by_type
+from ..values import compared_by_type
 
 CONNECT_TIMEOUT = 10.0        # TCP connect and TLS handshake together
 FIRST_RETRY = 1.0             # reconnect back-off: 1 s, doubling ...

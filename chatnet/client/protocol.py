@@ -33,7 +33,7 @@ import re
 from typing import NamedTuple, Optional
 
 from .. import wire
-from ..core.events import compared_by_type
+from ..values import compared_by_type
 
 STORED_WINDOW = 1.0
 RELAY_LINE = re.compile(rb"chat/(" + wire.ID_CHARACTERS + rb"): (.*)", re.S)
@@ -248,7 +248,7 @@ class ClientCore(object):
             self._answer(self._asked.pop(0), code)
         elif code == b"2" and self.partner is not None:
             # Nobody asked: the push of an offline partner logging in.
-            self._expect_notice = wire.NOTICE_ONLINE.rstrip(b"\n")
+            self._expect_notice = wire.body(wire.NOTICE_ONLINE)
             self._set_partner(self.partner, PartnerState.ONLINE)
             self._info("%s is online now; your messages go straight to them" % _text(self.partner))
         else:
@@ -257,18 +257,18 @@ class ClientCore(object):
     def _answer(self, user_id, code):
         current = self.partner == user_id and not self._asked
         if code == b"0":
-            self._expect_notice = wire.NOTICE_NO_SUCH_USER.rstrip(b"\n")
+            self._expect_notice = wire.body(wire.NOTICE_NO_SUCH_USER)
             if current:
                 self._set_partner(None, None)
             self._effects.append(NoSuchUser(_text(user_id)))
         elif code == b"1":
-            self._expect_notice = wire.NOTICE_OFFLINE.rstrip(b"\n")
+            self._expect_notice = wire.body(wire.NOTICE_OFFLINE)
             if current:
                 self._set_partner(user_id, PartnerState.OFFLINE)
             self._info("%s is offline; your messages will be stored and delivered when they log in"
                        % _text(user_id))
         else:
-            self._expect_notice = wire.NOTICE_ONLINE.rstrip(b"\n")
+            self._expect_notice = wire.body(wire.NOTICE_ONLINE)
             if current:
                 self._set_partner(user_id, PartnerState.ONLINE)
             self._info("%s is online; say hello" % _text(user_id))
@@ -279,12 +279,12 @@ class ClientCore(object):
             stored = (self._logged_in_at is not None and not self._sent_since_login
                       and now - self._logged_in_at <= STORED_WINDOW)
             self._relayed(relay.group(1), _text(relay.group(2)), stored)
-        elif line == wire.NOTICE_DESTROYED.rstrip(b"\n"):
+        elif line == wire.body(wire.NOTICE_DESTROYED):
             gone = self.partner
             self._set_partner(None, None)
             self._info("%s left the chat; pick someone again with /chatwith ID"
                        % (_text(gone) if gone else "your partner"))
-        elif line == wire.NOTICE_REPLACED.rstrip(b"\n"):
+        elif line == wire.body(wire.NOTICE_REPLACED):
             self._effects.append(Replaced())
             self._info("you logged in from another place; this session is over")
         elif line.startswith(wire.CHAT):

@@ -48,7 +48,7 @@ from .. import cli, wire
 from ..net import tcp, tls
 from ..net.acks import bytes_acked
 from .protocol import Info, SendBytes
-from .screen import BELL_IDLE, EscapeSequence, Presenter, PlainScreen
+from .screen import BELL_IDLE, CursesScreen, EscapeSequence, Presenter, PlainScreen
 from .lifecycle import (
     ClientSession, Connect, Disconnect, Exit, ExitStatus, HalfClose,
 )
@@ -652,7 +652,6 @@ def presenter_for(options, screen, user, scripted=False):
 
 def run_curses(options, session, user, curses):
     import locale
-    from .screen import CursesScreen
     locale.setlocale(locale.LC_ALL, "")
     os.environ.setdefault("ESCDELAY", "25")
 

@@ -12,31 +12,14 @@ Connections are named by plain ``int`` ids chosen by the reactor; account IDs,
 passwords and message texts are ``bytes``, exactly as on the wire.
 
 This module must stay a list of data types: no behaviour, no imports of I/O
-modules.  Read it as the vocabulary of the core's two tables in
-``chatnet.core``.
+modules.  Read it as the vocabulary of ``ChatCore.handle``: the inputs its
+``_handlers`` table takes, and the actions the loop's ``ActionRunner.table``
+carries out.
 """
 
 from typing import NamedTuple, Optional
 
-
-def compared_by_type(cls):
-    """Make a named tuple equal only to values of its own type.
-
-    A plain named tuple equals any tuple with the same items, so
-    ``PauseReading(1) == ResumeReading(1)`` would be true; tests compare lists
-    of actions, and must not be fooled by that.
-    """
-    def __eq__(self, other):
-        return type(self) is type(other) and tuple.__eq__(self, other)
-
-    def __ne__(self, other):
-        return not __eq__(self, other)
-
-    def __hash__(self):
-        return hash((type(self).__name__,) + tuple(self))
-
-    cls.__eq__, cls.__ne__, cls.__hash__ = __eq__, __ne__, __hash__
-    return cls
+from ..values import compared_by_type
 
 
 # ==================================================================== inputs
@@ -48,12 +31,13 @@ class Connected(NamedTuple):
     """A client connected; its login timeout starts now.
 
     ``peer`` is the client's address (the host, without the port);
-    ``trusted`` says it is on a trusted network (by default, loopback),
-    which the per-account login throttle spares.
+    ``trusted`` says it is on a trusted network (the server's default:
+    loopback), which the per-account login throttle spares.  Untrusted
+    unless said: forgetting it must not spare anyone.
     """
     conn: int
     peer: str = ""
-    trusted: bool = True
+    trusted: bool = False
 
 
 @compared_by_type

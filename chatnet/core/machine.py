@@ -98,7 +98,7 @@ one ``split`` for over-long lines) -- the relay of the whole chunk is one
 ``bytes.replace``: each ``\nchat/`` becomes ``\nchat/<sender>: ``.  The core
 keeps only the policy gate: the partner is online and its send queue is not
 full.  Anything else (another kind of line, a ``\r\n``, a bad byte, a
-partner that is offline or congested) takes the line-by-line path, which stays the reference: with
+partner that is offline or whose queue is full) takes the line-by-line path, which stays the reference: with
 ``relay_whole_chunks=False`` every chunk takes it, and a test checks that both
 give the same actions.
 """
@@ -179,7 +179,7 @@ class Session(object):
 
     __slots__ = (
         "conn", "peer", "trusted", "phase", "user_id", "relay_prefix", "partner",
-        "partner_online", "splitter", "held", "backlog", "pause_reasons", "congested",
+        "partner_online", "splitter", "held", "backlog", "pause_reasons", "queue_full",
         "input_ended", "login_deadline", "release_at", "failures", "looking_up",
         "lookup_stale", "hung_up", "read_limit",
         "counted_held",
@@ -198,7 +198,7 @@ class Session(object):
         self.held = b""              # raw input not looked at yet
         self.backlog = None          # lines already split, waiting (an iterator) or None
         self.pause_reasons = ()      # why reading is paused (a set once there is one)
-        self.congested = False       # my own send queue is full
+        self.queue_full = False      # my own send queue is full (SendQueueFull, not yet Drained)
         self.input_ended = False     # the client sent EOF
         self.login_deadline = login_deadline
         self.release_at = None       # when a DELAYED failure is answered
@@ -383,9 +383,9 @@ class ChatCore(object):
 
     def _on_send_queue_full(self, event):
         session = self._sessions.get(event.conn)
-        if session is None or session.congested:
+        if session is None or session.queue_full:
             return
-        session.congested = True
+        session.queue_full = True
         self._emit(LimitReached(session.conn, "send queue", "the client is not reading; "
                                 "pausing it and whoever sends to it"))
         self.reading.pause(session, OWN_QUEUE)
@@ -410,9 +410,9 @@ class ChatCore(object):
 
     def _on_send_queue_drained(self, event):
         session = self._sessions.get(event.conn)
-        if session is None or not session.congested:
+        if session is None or not session.queue_full:
             return
-        session.congested = False
+        session.queue_full = False
         self.reading.unpause(session, OWN_QUEUE)
         self.reading.release_held_back(session.conn)
 
@@ -487,7 +487,7 @@ class ChatCore(object):
         if not session.partner_online:                    # (no partner: never online)
             return False
         partner_conn = self._online[session.partner]
-        if self._sessions[partner_conn].congested:
+        if self._sessions[partner_conn].queue_full:
             return False                                  # the slow path holds the sender back
         relay = wire.relay_chunk(data, session.relay_prefix, self._max_line)
         if relay is None:
@@ -525,7 +525,7 @@ class ChatCore(object):
             partner_conn = self._online[partner]
             self.counts["relayed"] += 1
             self._send(partner_conn, session.relay_prefix + text + b"\n")
-            if self._sessions[partner_conn].congested:
+            if self._sessions[partner_conn].queue_full:
                 self.reading.hold_back(session, partner_conn)
         else:
             self._store(session, partner, text)

@@ -129,16 +129,16 @@ class ReadingGate(object):
         if not session.pause_reasons:
             self._emit(ResumeReading(session.conn))
 
-    def hold_back(self, sender, congested_conn):
-        """Pause ``sender``: what it relays piles up at ``congested_conn``."""
-        self._held_back.setdefault(congested_conn, set()).add(sender.conn)
-        self.pause(sender, (PARTNER_QUEUE, congested_conn))
+    def hold_back(self, sender, full_conn):
+        """Pause ``sender``: what it relays piles up at ``full_conn``."""
+        self._held_back.setdefault(full_conn, set()).add(sender.conn)
+        self.pause(sender, (PARTNER_QUEUE, full_conn))
 
-    def release_held_back(self, congested_conn):
-        for conn in self._held_back.pop(congested_conn, ()):
+    def release_held_back(self, full_conn):
+        for conn in self._held_back.pop(full_conn, ()):
             sender = self._sessions.get(conn)
             if sender is not None:
-                self.unpause(sender, (PARTNER_QUEUE, congested_conn))
+                self.unpause(sender, (PARTNER_QUEUE, full_conn))
 
     def hung_up(self, session):
         """Nobody waits for a client that has left: only its held input still pauses it."""

@@ -4,8 +4,8 @@ A stored password is a self-describing text record::
 
     pbkdf2_sha256$<iterations>$<salt, hex>$<derived key, hex>
 
-so the cost can be raised later without breaking old records (``needs_rehash``
-says which ones to upgrade).  Checking uses ``hmac.compare_digest``, and a
+so the cost can be raised later without breaking old records: each is
+checked with the parameters it names.  Checking uses ``hmac.compare_digest``, and a
 check against an account that does not exist runs the same KDF on
 ``DUMMY_RECORD``, so the time taken does not reveal which IDs exist.
 
@@ -54,12 +54,6 @@ def verify_password(record, password):
     iterations, salt, expected = parsed
     key = hashlib.pbkdf2_hmac("sha256", password, salt, iterations, len(expected))
     return hmac.compare_digest(key, expected)
-
-
-def needs_rehash(record):
-    """True when ``record`` was made with other parameters than today's."""
-    parsed = _parse(record)
-    return parsed is None or parsed[0] != ITERATIONS
 
 
 def usable_cpus():

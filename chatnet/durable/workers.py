@@ -204,8 +204,25 @@ class StoredCount(NamedTuple):
     rows: int
 
 
+class _LookUp(NamedTuple):            # is this account registered, how full is its store?
+    conn: int
+    user_id: bytes
+
+
+class _CheckAccounts(NamedTuple):     # were any of these accounts removed?
+    user_ids: tuple
+
+
+class _CountStored(NamedTuple):       # how many rows are stored?
+    pass
+
+
 class Lookups(object):
-    """Answers ``LookUpAccount`` on a thread of its own, in the order asked."""
+    """Answers ``LookUpAccount`` on a thread of its own, in the order asked.
+
+    Three kinds of task share the thread (and so its order): ``_LookUp``,
+    ``_CheckAccounts`` and ``_CountStored``.
+    """
 
     def __init__(self, open_reader, wake):
         self._wake = wake
@@ -217,7 +234,7 @@ class Lookups(object):
         self._thread.start()
 
     def submit(self, conn, user_id):
-        self._tasks.put((conn, user_id))
+        self._tasks.put(_LookUp(conn, user_id))
 
     def check_accounts(self, user_ids):
         """Answer ``AccountsRemoved`` if any of ``user_ids`` (bytes) was removed since last time.
@@ -225,7 +242,7 @@ class Lookups(object):
         Cheap when nothing changed: SQLite's ``data_version`` is read first,
         and the accounts are looked at only when another connection committed.
         """
-        self._tasks.put((None, tuple(user_ids)))
+        self._tasks.put(_CheckAccounts(tuple(user_ids)))
 
     def results(self):
         done = self._done
@@ -240,26 +257,28 @@ class Lookups(object):
             task = self._tasks.get()
             if task is None:
                 break
-            conn, user_id = task
-            if conn is None:
-                self._check_accounts(reader, user_id)
-                continue
-            if conn == "count":
+            if type(task) is _CheckAccounts:
+                self._check_accounts(reader, task.user_ids)
+            elif type(task) is _CountStored:
                 self._count_stored(reader)
-                continue
-            try:
-                registered, stored, generation = reader.look_up(user_id.decode("ascii"))
-                failed = False
-            except Exception as error:
-                log.warning("cannot look up an account in the database: %s", error)
-                registered, stored, generation, failed = False, 0, "", True
-            self._done.append(AccountLookedUp(conn, user_id, registered, stored, generation, failed))
-            self._wake()
+            else:
+                self._look_up(reader, task)
         reader.close()
+
+    def _look_up(self, reader, task):
+        try:
+            registered, stored, generation = reader.look_up(task.user_id.decode("ascii"))
+            failed = False
+        except Exception as error:
+            log.warning("cannot look up an account in the database: %s", error)
+            registered, stored, generation, failed = False, 0, "", True
+        self._done.append(AccountLookedUp(task.conn, task.user_id, registered, stored, generation,
+                                          failed))
+        self._wake()
 
     def count_stored(self):
         """Answer ``StoredCount`` with the rows in the stores."""
-        self._tasks.put(("count", None))
+        self._tasks.put(_CountStored())
 
     def _count_stored(self, reader):
         try:

@@ -99,7 +99,7 @@ class Transport(object):
 
     __slots__ = (
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
-        "eof", "closing", "closed", "core_knows", "backlogged", "progress_at", "watched",
+        "eof", "closing", "closed", "core_knows", "queue_full", "progress_at", "watched",
         "read_size", "stored_marks", "behind", "failure", "tls", "cipher_out", "eof_follows",
         "user_id", "sent_log", "wire_sent", "holds", "_hooks", "_marks", "_max_read",
     )
@@ -124,7 +124,7 @@ class Transport(object):
         self.closing = False           # close once ``outgoing`` is empty
         self.closed = False
         self.core_knows = True         # False once the core asked for Close
-        self.backlogged = False        # FULL was reported, DRAINED not yet
+        self.queue_full = False        # FULL was reported, DRAINED not yet
         self.progress_at = 0.0         # when the kernel last took bytes (or the queue began)
         self.watched = False           # paused, and in the hang-up watch
         self.read_size = read_size     # the most one recv may bring (the core may lower it)
@@ -416,18 +416,18 @@ class Transport(object):
 
     def _edge(self):
         """Compare the bytes waiting with the water marks; the edge crossed, or None."""
-        if not self.backlogged and len(self.outgoing) <= self._marks.high and self.behind is None:
+        if not self.queue_full and len(self.outgoing) <= self._marks.high and self.behind is None:
             return None                                # far below every mark
         waiting = self.live_bytes_waiting()
         marks = self._marks
         if waiting > marks.hard:
             return OVERFLOW
-        if self.backlogged:
+        if self.queue_full:
             if waiting <= marks.low:
-                self.backlogged = False
+                self.queue_full = False
                 return DRAINED
         elif waiting > marks.high:
-            self.backlogged = True
+            self.queue_full = True
             return FULL
         return None
 
