@@ -90,7 +90,8 @@ def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
     transport.tls, transport.sock = server_layer(), Sock()
     shake_hands(client, transport.tls)
     Departures(feed=lambda event: None, hard_limit=1024 * 1024, strict=True, stored=None,
-               forget=lambda transport: None).drop_slow_reader(transport, "over the limit")
+               forget=lambda transport: None, transport=lambda conn: None).drop_slow_reader(
+        transport, "over the limit")
     plaintext, _ = client.receive(transport.sock.sent)
     assert plaintext == NOTICE_SEND_QUEUE and transport.closed
 

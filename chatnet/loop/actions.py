@@ -1,17 +1,17 @@
 """The core's actions, carried out: one method per kind of action, found in one table.
 
-``ActionRunner.run(action)`` is where an action the core returned meets the
-world: bytes into a transport (``Send``), a close that lets the last bytes
+``ActionRunner.table[type(action)](action)`` is where an action the core
+returned meets the world: bytes into a transport (``Send``), a close that lets the last bytes
 go (``Close``), a job for a worker thread (``CheckLogin``,
 ``LookUpAccount``), a store for the durability cork (``StoreMessage``), a
 login's stored delivery (``DeliverStored``), reading paused, resumed or
-limited, and the operator's log line for what happened.  The loop
-(``chatnet.reactor``) calls it for every action, in order.
+limited, and the operator's log line for what happened.  The loop's ``feed``
+(``chatnet.loop.reactor``) looks every action up in it, in order.
 
 It owns that table and nothing else: it must not decide anything (the core
-did) and must not read sockets or run the loop; what it needs of the loop
--- the transports, ``writable``, ``call_at``, ``now`` -- it asks of it, and a
-send queue's edge goes to ``chatnet.departures``.
+did) and must not read sockets or run the loop; it is handed what it needs
+of the loop -- the transports, ``writable``, ``call_at``, ``now`` -- and a
+send queue's edge or a close goes to ``chatnet.loop.departures``.
 """
 
 import logging
@@ -54,9 +54,6 @@ class ActionRunner(object):
             LoginSucceeded: self._login_succeeded, LoginFailed: self._log_event,
             LoggedOut: self._log_event, LimitReached: self._log_event,
         }
-
-    def run(self, action):
-        self.table[type(action)](action)
 
     # ---------------------------------------------------------------- bytes and closes
 

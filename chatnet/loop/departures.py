@@ -34,12 +34,13 @@ NOTICE_SEND_QUEUE = wire.notice("you are not reading your messages, closing the 
 class Departures(object):
     """The loop's rules for connections that go wrong or end; see the module docstring."""
 
-    def __init__(self, feed, hard_limit, strict, stored, forget):
+    def __init__(self, feed, hard_limit, strict, stored, forget, transport):
         self._feed = feed
         self._hard_limit = hard_limit      # send queue bytes over which a client is dropped
         self._strict = strict              # tests: a bug is raised, not contained
         self._stored = stored              # StoredDeliveries: which stored rows it had
         self._forget = forget              # the loop forgets a closing transport everywhere
+        self._transport = transport        # conn -> its open Transport, or None
 
     def edge(self, transport, edge):
         """What a transport's water marks said: tell the core, or drop the client."""
@@ -91,6 +92,24 @@ class Departures(object):
             self.drop(transport, "internal error")
         except Exception:
             log.exception("internal error while closing connection %d", transport.conn)
+
+    def contain(self, event, error):
+        """The core or an action raised ``error`` on ``event``: close that event's connection only.
+
+        The core hears ``ConnectionLost`` (through the FIFO, after the input
+        being handled), so a session it may hold half-changed is forgotten.
+        """
+        if self._strict:
+            raise error
+        conn = getattr(event, "conn", None)
+        log.error("internal error while handling %s; closing connection %s",
+                  type(event).__name__, conn, exc_info=error)
+        transport = self._transport(conn)
+        if transport is not None:
+            transport.core_lets_go()
+            self.close(transport)
+        if conn is not None and type(event) is not ConnectionLost:     # not again and again
+            self._feed(ConnectionLost(conn))
 
     def give_back(self, transport, messages):
         """Relay messages the closed ``transport`` never delivered, ``(sender, text)``: to the core."""

@@ -57,7 +57,7 @@ from ..durable import passwords
 from ..net import tcp
 from .admission import LOOPBACK, Admission, AdmissionHooks, Listener, TLSRefusal, format_peer
 from ..core.events import (
-    Connected, ConnectionLost, HungUp, InputEnded, ServerStopping, TimePassed, data_received,
+    Connected, HungUp, InputEnded, ServerStopping, TimePassed, data_received,
 )
 from .actions import ActionRunner
 from .connections import Connections
@@ -127,7 +127,7 @@ class Reactor(object):
         self.metrics = Metrics()
         self._start_workers(storage, workers or passwords.usable_cpus())
         self._departures = Departures(self.feed, self._marks.hard, strict, self.stored,
-                                      self._forget)
+                                      self._forget, self._connections.get)
         self._hooks = TransportHooks(self._pass_time, self._connections.set_interest,
                                      self.stored.sent)
         self._watch(listener, tls, metrics)
@@ -348,30 +348,13 @@ class Reactor(object):
                 try:
                     for action in core.handle(event, self.now):
                         table[type(action)](action)           # ActionRunner's one method for it
-                except Exception:
-                    if self._strict:
-                        raise
-                    self._contain_failure(event)
+                except Exception as error:
+                    self._departures.contain(event, error)
                 if not inputs:
                     break
                 event = inputs.popleft()
         finally:
             self._feeding = False
-
-    def _contain_failure(self, event):
-        """The core or an action failed on ``event``: close that event's connection."""
-        conn = getattr(event, "conn", None)
-        log.exception("internal error while handling %s; closing connection %s",
-                      type(event).__name__, conn)
-        transport = self._connections.get(conn)
-        if transport is not None:
-            transport.core_lets_go()
-            self._departures.close(transport)
-        try:
-            for action in self._core.handle(ConnectionLost(conn), self.now):
-                self._actions.run(action)
-        except Exception:
-            log.exception("internal error while forgetting connection %s", conn)
 
     # ================================================================ commit and write
 
