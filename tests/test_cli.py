@@ -334,7 +334,7 @@ def test_a_database_the_server_may_not_open_says_permission_denied_and_names_bot
 def test_every_flag_of_every_command_has_help_text():
     import argparse
     from chatnet import accounts, bench, server
-    from chatnet.client import shell as client
+    from chatnet.client import main as client
     parsers = []
     for module in (server, accounts, client, bench):
         captured = []

@@ -1,6 +1,6 @@
-"""``python -m chatnet.client``: the terminal client (see ``chatnet.client.shell``)."""
+"""``python -m chatnet.client``: the terminal client (see ``chatnet.client.main``)."""
 
-from .shell import entry_point
+from .main import entry_point
 
 if __name__ == "__main__":
     entry_point()
