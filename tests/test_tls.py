@@ -64,7 +64,7 @@ def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
     """Every limit applies to TLS as to plaintext: the last notice to a client dropped for not
     reading is a TLS record, not plaintext bytes that would break its stream."""
     from chatnet.loop.departures import NOTICE_SEND_QUEUE, Departures
-    from chatnet.loop.transport import Transport
+    from chatnet.loop.transport import TLSTransport
 
     class Sock(object):
         sent = b""
@@ -75,7 +75,7 @@ def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
 
     class Gone(object):                    # the transport, as far as a drop needs it
         conn, peer, core_knows, cipher_out, closed, user_id = 7, "127.0.0.1:5555", False, None, False, None
-        last_word = Transport.last_word    # the transport's own send past its queue
+        last_word = TLSTransport.last_word  # the transport's own send past its queue
 
         def live_bytes_waiting(self):
             return 2 * 1024 * 1024

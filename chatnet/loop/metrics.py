@@ -83,8 +83,8 @@ class Metrics(object):
         listeners = {"plain": 0, "tls": 0} if tls_listening else {"plain": 0}
         queued = 0
         for transport in transports:
-            listeners["tls" if transport.tls is not None else "plain"] += 1
-            queued += len(transport.outgoing) + len(transport.cipher_out or b"")
+            listeners["tls" if transport.secure else "plain"] += 1
+            queued += transport.live_bytes_waiting()
         return self.render(dict(core.counts), listeners, len(core.online()), queued)
 
     def render(self, core_counts, connections, online, queued_bytes):

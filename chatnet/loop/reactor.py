@@ -69,7 +69,10 @@ from ..durable.deliveries import StoredDeliveries
 from .timers import Timers
 from ..net.tls import TLSFailed, TLSLayer
 from .wakeup import WakeUp
-from .transport import READ, WRITE, Transport, TransportHooks, WaterMarks
+from .transport import READ, WRITE, TLSTransport, Transport, TransportHooks, WaterMarks
+
+#: What a selector key's data is when the event is for a client connection.
+TRANSPORTS = frozenset((Transport, TLSTransport))
 from ..durable.workers import Lookups, PasswordChecks, StorageWriter, StoredCount
 
 log = logging.getLogger("chatnet.server")
@@ -253,7 +256,7 @@ class Reactor(object):
 
     def _dispatch(self, target, mask):
         """The one dispatch: a key's data is what the event is for (README, "Reading the code")."""
-        if type(target) is Transport:                       # by far the most events
+        if type(target) in TRANSPORTS:                      # by far the most events
             try:
                 if mask & READ and not target.closed:
                     self._read_ready(target)
@@ -278,10 +281,13 @@ class Reactor(object):
     def _add_transport(self, sock, address, host, trusted, listener):
         sock.setblocking(False)
         _tune_socket(sock, self._limits.keepalive)
-        # With TLS, the handshake counts as login time.
-        tls = TLSLayer(listener.tls.context) if listener.tls is not None else None
-        transport = Transport(self._hooks, self._marks, next(self._conn_ids), sock, host,
-                              format_peer(address), trusted, RECV_SIZE, tls)
+        conn, peer = next(self._conn_ids), format_peer(address)
+        if listener.tls is None:
+            transport = Transport(self._hooks, self._marks, conn, sock, host, peer, trusted,
+                                  RECV_SIZE)
+        else:                                   # the handshake counts as login time
+            transport = TLSTransport(self._hooks, self._marks, conn, sock, host, peer, trusted,
+                                     RECV_SIZE, TLSLayer(listener.tls.context))
         self._connections.add(transport)
         log.debug("connection %d from %s", transport.conn, transport.peer)
         self.feed(Connected(transport.conn, host, trusted))
@@ -464,7 +470,7 @@ class Reactor(object):
         them (a message for someone offline is stored, and so on).
         """
         for key, mask in self._selector.select(0):
-            if type(key.data) is Transport and mask & READ and not key.data.closed:
+            if type(key.data) in TRANSPORTS and mask & READ and not key.data.closed:
                 try:
                     self._read_ready(key.data)
                 except Exception as error:

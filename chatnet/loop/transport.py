@@ -100,14 +100,16 @@ class Transport(object):
     __slots__ = (
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
         "eof", "closing", "closed", "core_knows", "queue_full", "progress_at", "watched",
-        "read_size", "stored_marks", "behind", "failure", "tls", "cipher_out", "eof_follows",
-        "user_id", "sent_log", "wire_sent", "holds", "_hooks", "_marks", "_max_read",
+        "read_size", "stored_marks", "behind", "failure", "user_id", "sent_log", "holds",
+        "_hooks", "_marks", "_max_read",
     )
+
+    secure = False               # TLSTransport: True
 
     #: The reasons to hold output, for those who push them without importing this module.
     LOGIN, CORK = LOGIN, CORK
 
-    def __init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size, tls=None):
+    def __init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size):
         self._hooks = hooks            # TransportHooks: the loop, as far as a transport needs it
         self._marks = marks
         self.conn = conn
@@ -132,12 +134,8 @@ class Transport(object):
         self.stored_marks = None       # deque of (end offset, stored row id) of stored rows queued
         self.behind = None             # output waiting behind stored rows still streaming (bytearray)
         self.failure = None            # why the socket failed
-        self.tls = tls                 # a TLSLayer on a TLS listener's connections
-        self.cipher_out = None         # TLS records the kernel has not taken yet
-        self.eof_follows = False       # TLS: the stream ended right after the data just read
         self.user_id = None            # the account logged in on it (from LoginSucceeded)
         self.sent_log = None           # chunks the kernel took, not yet acknowledged (chatnet.acks)
-        self.wire_sent = 0             # bytes given to TCP (ciphertext with TLS)
         self.holds = 0                 # reasons output waits in the queue (LOGIN | CORK)
 
     def __repr__(self):
@@ -149,43 +147,14 @@ class Transport(object):
     # ---------------------------------------------------------------- reading
 
     def read(self):
-        """One ``recv``: the bytes, ``b""`` at EOF, None if none are there.  OSError: it broke.
-
-        (``TLSFailed``, an OSError, when the TLS handshake or a record failed.)
-        """
+        """One ``recv``: the bytes, ``b""`` at EOF, None if none are there.  OSError: it broke."""
         try:
-            data = self.sock.recv(self.read_size)
+            return self.sock.recv(self.read_size)
         except (BlockingIOError, InterruptedError):
             return None
-        if self.tls is None:
-            return data
-        return self._read_tls(data)
-
-    def _read_tls(self, data):
-        handshaking = not self.tls.handshake_done
-        plaintext, ciphertext = self.tls.receive(data)
-        if ciphertext:
-            self.wire_sent += len(ciphertext)
-            if self.sent_log is not None:
-                # Records of TLS's own (a ticket, a key update) follow the last chunk
-                # logged: count them as part of it, so every later offset stays true.
-                self.sent_log.wire_sizes[-1] += len(ciphertext)
-            self.cipher_out = (self.cipher_out or bytearray()) + ciphertext
-            self._flush_cipher()
-        if handshaking and self.tls.handshake_done or self.cipher_out:
-            self.update_interest()                     # plaintext may be sent now
-        if self.tls.ended:
-            if plaintext:
-                self.eof_follows = True                # the loop reports the EOF right after
-                return plaintext
-            return b""
-        return plaintext or None
 
     def eof_after_data(self):
-        """TLS: did the stream end right after the data ``read`` just returned?  (Asked once.)"""
-        if self.eof_follows and not self.closed:
-            self.eof_follows = False
-            return True
+        """Did the stream end right after the data ``read`` just returned?  (TLS can say so.)"""
         return False
 
     def read_at_most(self, size):
@@ -272,8 +241,6 @@ class Transport(object):
     def write_ready(self):
         """Send from the queue once (the socket is writable, or the cork opened); the edge or None."""
         edge = None
-        if self.cipher_out and not self._flush_cipher():
-            return BROKEN
         if self.outgoing and not self.holds:
             sent = self._send(self.outgoing)
             if sent is None:
@@ -288,7 +255,7 @@ class Transport(object):
                 edge = self._edge()
         if self.closing and self.drained():
             return FINISHED
-        if not self.closed and (self.outgoing or self.cipher_out or self.mask != READ):
+        if not self.closed and (self.outgoing or self.mask != READ):
             self.update_interest()
         return edge
 
@@ -299,12 +266,7 @@ class Transport(object):
         none of ``data`` reached TCP: the caller keeps it queued, so it is
         counted undelivered (``take_undelivered``) when the connection is
         dropped.
-
-        With TLS: the plaintext bytes encrypted and handed on (all, or 0 while
-        records of earlier plaintext still wait in ``cipher_out``).
         """
-        if self.tls is not None:
-            return self._send_tls(data)
         try:
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -327,17 +289,6 @@ class Transport(object):
                     self.check_acks()
         return sent
 
-    def _log_sent(self, data, wire_size):
-        """Remember ``data`` (whole TLS records' plaintext) until the peer's TCP acknowledges it."""
-        log = self.sent_log
-        if log is None:
-            self.sent_log = SentLog(self.wire_sent - wire_size, data, wire_size)
-        else:
-            log.chunks.append(data)
-            log.wire_sizes.append(wire_size)
-            if len(log.chunks) >= CHECK_EVERY:
-                self.check_acks()
-
     def check_acks(self):
         """Forget what the peer acknowledged (one ``getsockopt``)."""
         acked = bytes_acked(self.sock)
@@ -345,9 +296,13 @@ class Transport(object):
             self.sent_log = None
             return
         # The log's offsets are of what crossed TCP: ciphertext with TLS.
-        self.sent_log.acknowledged(acked, self.sent if self.tls is None else self.wire_sent)
+        self.sent_log.acknowledged(acked, self._tcp_end())
         if not self.sent_log.chunks:
             self.sent_log = None
+
+    def _tcp_end(self):
+        """The stream offset, in what TCP carries, after everything handed to it."""
+        return self.sent
 
     def acknowledgements_known(self):
         """True where the kernel tells what the peer acknowledged (TCP_INFO)."""
@@ -374,45 +329,6 @@ class Transport(object):
         if self.sent_log is not None and acked is not None:
             unacked = self.sent_log.unacknowledged(acked)
         return unacked + bytes(self.outgoing)
-
-    def _send_tls(self, data):
-        if not self.tls.handshake_done:
-            return 0
-        if self.cipher_out:
-            if not self._flush_cipher():
-                return None
-            if self.cipher_out:
-                return 0
-        try:
-            records = self.tls.encrypt(data)
-        except OSError as error:                       # TLSFailed: the stream is over
-            self.failure = str(error)
-            return None
-        try:
-            sent = self.sock.send(records)             # usually all of it: no copy
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:                       # none of it reached TCP
-            self.failure = "send failed: %s" % (error.strerror or error)
-            return None
-        self.wire_sent += len(records)
-        self.sent += len(data)
-        self._log_sent(data if type(data) is bytes else bytes(data), len(records))  # whole records
-        if sent < len(records):
-            self.cipher_out = bytearray(records[sent:])
-        return len(data)
-
-    def _flush_cipher(self):
-        """Send waiting TLS records once; False if the socket broke."""
-        try:
-            sent = self.sock.send(self.cipher_out)
-        except (BlockingIOError, InterruptedError):
-            return True
-        except OSError as error:
-            self.failure = "send failed: %s" % (error.strerror or error)
-            return False
-        del self.cipher_out[:sent]
-        return True
 
     def _edge(self):
         """Compare the bytes waiting with the water marks; the edge crossed, or None."""
@@ -562,11 +478,14 @@ class Transport(object):
     def update_interest(self):
         """Hand the loop exactly the events this transport needs now, if they changed."""
         reading = not (self.paused or self.eof or self.closing)
-        writing = self.cipher_out or (self.outgoing and (self.tls is None or self.tls.handshake_done)
-                                      and not self.holds)
+        writing = self._writing()
         mask = (READ if reading else 0) | (WRITE if writing else 0)
         if mask != self.mask:
             self._hooks.set_interest(self, mask, not reading and not (self.eof or self.closing))
+
+    def _writing(self):
+        """Does it need ``EVENT_WRITE``?  While bytes wait that it may send."""
+        return self.outgoing and not self.holds
 
     def close_when_drained(self):
         """Stop reading; close once everything was sent and acknowledged.  True: that is now.
@@ -577,8 +496,6 @@ class Transport(object):
         delivered twice); the loop's linger bounds the wait.
         """
         self.closing = True
-        if self.tls is not None and not self.tls.handshake_done:
-            self.outgoing = NOTHING                    # it never got as far as reading them
         if not self.drained():
             self.update_interest()
             return False
@@ -586,27 +503,16 @@ class Transport(object):
 
     def drained(self):
         """Nothing left to send, and (where TCP_INFO tells) nothing left unacknowledged."""
-        if self.outgoing or self.cipher_out:
+        if self.outgoing:
             return False
         if self.sent_log is not None:
             self.check_acks()
         return self.sent_log is None or not can_still_ack(self.sock)
 
     def last_word(self, notice):
-        """Send ``notice`` past the queue, which is about to be thrown away, if it fits.
-
-        Over TLS: a record of its own, left out if records still wait (the stream must stay whole).
-        """
-        data = notice
-        if self.tls is not None:
-            if not self.tls.handshake_done or self.cipher_out:
-                return
-            try:
-                data = self.tls.encrypt(notice)
-            except OSError:
-                return
+        """Send ``notice`` past the queue, which is about to be thrown away, if it fits."""
         try:
-            self.sock.send(data)                       # it may just fit; no harm if not
+            self.sock.send(notice)                     # it may just fit; no harm if not
         except OSError:
             pass
 
@@ -619,11 +525,197 @@ class Transport(object):
         if self.closed:
             return
         self.closed = True
-        if clean and self.tls is not None and self.tls.handshake_done:
+        self.sock.close()
+        self.outgoing = NOTHING
+
+
+#: Plaintext encrypted per record: TLS's largest.  Encrypting one record at a
+#: time, and only while the kernel takes them whole, keeps at most one
+#: record's ciphertext waiting outside the queue the water marks measure.
+RECORD = 16384
+
+
+class TLSTransport(Transport):
+    """A transport whose bytes cross a ``TLSLayer`` (``chatnet.net.tls``) on their way.
+
+    The layer sits between the socket and the stream, as asyncio's ``sslproto``
+    sits between the socket transport and the protocol: ``read`` hands the
+    ciphertext received to the layer and returns the plaintext; ``_send``
+    encrypts the queue a record at a time and hands the records to the socket,
+    keeping what the kernel did not take of the last one in ``cipher_out``.
+    Everything else -- the queue, the holds, the water marks, the stall clock,
+    acknowledgements, closing -- is the plaintext transport's, unchanged:
+
+    * the stream offsets ``queued`` and ``sent`` stay in plaintext (``sent``
+      counts plaintext encrypted and handed on); ``wire_sent`` counts the
+      ciphertext handed to TCP, TLS's own records included, and is what the
+      peer's acknowledgements are compared with;
+    * ``cipher_out`` holds at most about one record: the queue (``outgoing``)
+      keeps the rest in plaintext, so the water marks and the hard cap see it,
+      and ``live_bytes_waiting`` counts ``cipher_out`` too;
+    * a record draining is progress for the stall clock, like plaintext taken;
+    * while ``cipher_out`` waits, ``EVENT_WRITE`` is watched.
+    Before the handshake is done nothing is encrypted: plaintext waits.
+    """
+
+    __slots__ = ("tls", "cipher_out", "eof_follows", "wire_sent")
+
+    secure = True
+
+    def __init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size, tls):
+        Transport.__init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size)
+        self.tls = tls                 # the TLSLayer (the handshake counts as login time)
+        self.cipher_out = None         # ciphertext of the last record the kernel did not take
+        self.eof_follows = False       # the stream ended right after the data just read
+        self.wire_sent = 0             # ciphertext handed to TCP (or waiting in cipher_out)
+
+    # ---------------------------------------------------------------- reading
+
+    def read(self):
+        """One ``recv``, through the layer: plaintext, ``b""`` at the end, None if none yet.
+
+        ``TLSFailed`` (an OSError) when the handshake or a record failed.
+        """
+        data = Transport.read(self)
+        if data is None:
+            return None
+        handshaking = not self.tls.handshake_done
+        plaintext, ciphertext = self.tls.receive(data)
+        if ciphertext:
+            self.wire_sent += len(ciphertext)
+            if self.sent_log is not None:
+                # Records of TLS's own (a ticket, a key update) follow the last chunk
+                # logged: count them as part of it, so every later offset stays true.
+                self.sent_log.wire_sizes[-1] += len(ciphertext)
+            self.cipher_out = (self.cipher_out or bytearray()) + ciphertext
+            self._flush_cipher()
+        if handshaking and self.tls.handshake_done or self.cipher_out:
+            self.update_interest()                     # plaintext may be sent now
+        if self.tls.ended:
+            if plaintext:
+                self.eof_follows = True                # the loop reports the EOF right after
+                return plaintext
+            return b""
+        return plaintext or None
+
+    def eof_after_data(self):
+        if self.eof_follows and not self.closed:
+            self.eof_follows = False
+            return True
+        return False
+
+    # ---------------------------------------------------------------- writing
+
+    def write(self, data):
+        edge = Transport.write(self, data)
+        if self.cipher_out and not self.mask & WRITE and not self.closed:
+            self.update_interest()                     # the rest of a record waits
+        return edge
+
+    def write_ready(self):
+        if self.cipher_out and not self._flush_cipher():
+            return BROKEN
+        edge = Transport.write_ready(self)
+        if edge is None and self.queue_full and not self.closed:
+            edge = self._edge()                        # records drained: perhaps below the mark
+        return edge
+
+    def _send(self, data):
+        """Encrypt and hand on records while the kernel takes them whole: the plaintext taken.
+
+        0 while records of earlier plaintext still wait in ``cipher_out``;
+        None if none of ``data`` reached TCP because the socket or the layer broke.
+        """
+        if not self.tls.handshake_done:
+            return 0
+        if self.cipher_out:
+            if not self._flush_cipher():
+                return None
+            if self.cipher_out:
+                return 0
+        size, taken = len(data), 0
+        while taken < size:
+            piece = data if size <= RECORD else data[taken:taken + RECORD]
+            try:
+                records = self.tls.encrypt(piece)
+            except OSError as error:                   # TLSFailed: the stream is over
+                self.failure = str(error)
+                return taken or None
+            try:
+                sent = self.sock.send(records)         # usually all of it: no copy
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as error:                   # this record did not reach TCP
+                self.failure = "send failed: %s" % (error.strerror or error)
+                return taken or None
+            self.wire_sent += len(records)
+            self.sent += len(piece)
+            taken += len(piece)
+            self._log_sent(piece if type(piece) is bytes else bytes(piece), len(records))
+            if sent < len(records):
+                self.cipher_out = bytearray(records[sent:])
+                break
+        return taken
+
+    def _log_sent(self, data, wire_size):
+        """Remember ``data`` (whole records' plaintext) until the peer's TCP acknowledges it."""
+        log = self.sent_log
+        if log is None:
+            self.sent_log = SentLog(self.wire_sent - wire_size, data, wire_size)
+        else:
+            log.chunks.append(data)
+            log.wire_sizes.append(wire_size)
+            if len(log.chunks) >= CHECK_EVERY:
+                self.check_acks()
+
+    def _flush_cipher(self):
+        """Send the waiting ciphertext once; False if the socket broke.  Taken bytes are progress."""
+        try:
+            sent = self.sock.send(self.cipher_out)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as error:
+            self.failure = "send failed: %s" % (error.strerror or error)
+            return False
+        if sent:
+            del self.cipher_out[:sent]
+            self.progress_at = self._hooks.now()
+        return True
+
+    def _tcp_end(self):
+        return self.wire_sent
+
+    def live_bytes_waiting(self):
+        return Transport.live_bytes_waiting(self) + len(self.cipher_out or b"")
+
+    # ---------------------------------------------------------------- interest and closing
+
+    def _writing(self):
+        return self.cipher_out or (self.outgoing and self.tls.handshake_done and not self.holds)
+
+    def close_when_drained(self):
+        if not self.tls.handshake_done:
+            self.outgoing = NOTHING                    # it never got as far as reading them
+        return Transport.close_when_drained(self)
+
+    def drained(self):
+        return not self.cipher_out and Transport.drained(self)
+
+    def last_word(self, notice):
+        """A record of its own, left out if records still wait (the stream must stay whole)."""
+        if not self.tls.handshake_done or self.cipher_out:
+            return
+        try:
+            Transport.last_word(self, self.tls.encrypt(notice))
+        except OSError:
+            pass
+
+    def close(self, clean=False):
+        """``clean``: the stream ends with ``close_notify`` (best effort)."""
+        if not self.closed and clean and self.tls.handshake_done:
             try:
                 self.sock.send(self.tls.close_notify())
             except OSError:
                 pass
-        self.sock.close()
-        self.outgoing = NOTHING
+        Transport.close(self, clean)
         self.cipher_out = None
