@@ -48,8 +48,9 @@ class FakeLoop(object):
     def __init__(self):
         self.now = 100.0
         self.interest = []                      # masks in the order asked
-        self.stored_sent = []
-        self.hooks = TransportHooks(lambda: self.now, self.set_interest, self.stored_sent.append)
+        self.stored_progress = []
+        self.hooks = TransportHooks(lambda: self.now, self.set_interest,
+                                    self.stored_progress.append)
 
     def set_interest(self, transport, mask, paused):
         self.interest.append(mask)

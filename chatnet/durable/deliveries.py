@@ -125,9 +125,10 @@ class StoredDeliveries(object):
 
     # ---------------------------------------------------------------- progress
 
-    def sent(self, connection):
-        """The kernel took bytes: rows whose last byte it took are delivered."""
-        for row_id in connection.rows_sent():
+    def progress(self, connection):
+        """The kernel took bytes, or the peer acknowledged some: rows acknowledged are
+        delivered; the queue is refilled if it ran low."""
+        for row_id in connection.rows_acknowledged():
             self._in_delivery.discard(row_id)
             self._delivered.add(row_id)
             self.delivered_total += 1
@@ -142,10 +143,10 @@ class StoredDeliveries(object):
         for row_id in connection.drop_unsent_stored():
             self._in_delivery.discard(row_id)
 
-    def settle_half_sent(self, connection):
-        """A row half sent when its connection ended goes back as an undelivered message:
-        its stored copy is deleted, or it would come twice."""
-        for row_id in connection.take_half_sent_rows():
+    def settle(self, connection, acknowledgements_known):
+        """The connection ends: rows it sent are delivered, or go back as undelivered
+        messages (``Transport.take_rows_at_close``); either way their stored copies go."""
+        for row_id in connection.take_rows_at_close(acknowledgements_known):
             self._in_delivery.discard(row_id)
             self._delivered.add(row_id)
 

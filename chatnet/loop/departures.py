@@ -76,8 +76,7 @@ class Departures(object):
             return
         if transport.user_id is not None:
             self._stored.stop(transport)
-            if transport.acknowledgements_known():
-                self._stored.settle_half_sent(transport)
+            self._stored.settle(transport, transport.acknowledgements_known())
             self.give_back(transport, transport.take_undelivered())
         self._forget(transport)
         transport.close(clean)

@@ -132,7 +132,7 @@ class Reactor(object):
         self._departures = Departures(self.feed, self._marks.hard, strict, self.stored,
                                       self._forget, self._connections.get)
         self._hooks = TransportHooks(self._pass_time, self._connections.set_interest,
-                                     self.stored.sent)
+                                     self.stored.progress)
         self._watch(listener, tls, metrics)
         self._housekeeping = Housekeeping(self._pass_time, self.call_at, self._connections,
                                           self.cork, self._lookups, self.metrics,

@@ -80,7 +80,7 @@ class TransportHooks(NamedTuple):
 
     now: Callable            # now(): the time of this pass (the stall clock)
     set_interest: Callable   # set_interest(transport, mask, paused): register exactly ``mask``
-    stored_sent: Callable    # stored_sent(transport): the kernel took bytes while stored rows wait
+    stored_progress: Callable  # stored_progress(transport): bytes taken or acknowledged, rows queued
 
 
 class WaterMarks(object):
@@ -251,7 +251,7 @@ class Transport(object):
                     self.outgoing = NOTHING            # give the buffer back
                 self.progress_at = self._hooks.now()
                 if self.stored_marks or self.behind is not None:
-                    self._hooks.stored_sent(self)
+                    self._hooks.stored_progress(self)
                 edge = self._edge()
         if self.closing and self.drained():
             return FINISHED
@@ -299,6 +299,8 @@ class Transport(object):
         self.sent_log.acknowledged(acked, self._tcp_end())
         if not self.sent_log.chunks:
             self.sent_log = None
+        if self.stored_marks:
+            self._hooks.stored_progress(self)          # rows acknowledged leave the store
 
     def _tcp_end(self):
         """The stream offset, in what TCP carries, after everything handed to it."""
@@ -412,10 +414,21 @@ class Transport(object):
             self.enqueue(behind)
             self.queued += len(behind)
 
-    def rows_sent(self):
-        """The stored rows whose last byte the kernel took since the last call, in order."""
+    def rows_acknowledged(self):
+        """The stored rows whose last byte the peer's TCP acknowledged since the last call.
+
+        "Delivered" is acknowledged, not taken by the kernel: a row leaves the
+        store only once its bytes are the client's (seeds/PROTOCOL.md section 6),
+        so a ``kill -9`` cannot lose what sat in the kernel's send buffer.  What
+        the sent log still keeps is not acknowledged (it keeps whole lines);
+        without TCP_INFO there is no log, and what the kernel took counts.
+        """
         marks, rows = self.stored_marks, []
-        while marks and marks[0][0] <= self.sent:
+        if not marks:
+            return rows
+        log = self.sent_log
+        acknowledged = self.sent if log is None else self.sent - sum(map(len, log.chunks))
+        while marks and marks[0][0] <= acknowledged:
             rows.append(marks.popleft()[1])
         return rows
 
@@ -445,11 +458,18 @@ class Transport(object):
             dropped.append(marks.pop()[1])
         return dropped
 
-    def take_half_sent_rows(self):
-        """Closing: the stored rows not wholly taken by the kernel (they go back as undelivered)."""
+    def take_rows_at_close(self, acknowledgements_known):
+        """Closing, after ``drop_unsent_stored``: the stored rows to delete now.
+
+        Where TCP_INFO tells, every row still marked was sent, at least in
+        part: acknowledged, or going back whole among ``take_undelivered``'s
+        messages -- either way its stored copy must go, or it would come twice.
+        Without it, the rows the kernel took count as delivered; a row half
+        sent stays stored.
+        """
         marks, rows = self.stored_marks, []
-        while marks and marks[-1][0] > self.sent:
-            rows.append(marks.pop()[1])
+        while marks and (acknowledgements_known or marks[0][0] <= self.sent):
+            rows.append(marks.popleft()[1])
         return rows
 
     def forget_stored(self):
