@@ -215,3 +215,84 @@ def test_stored_rows_leave_the_store_only_once_acknowledged_so_kill_9_loses_none
     assert sorted(set(got)) == expected, "lost: %d" % len(set(expected) - set(got))
     # Duplicates only for what was acknowledged in the last moment before the kill.
     assert len(got) - len(set(got)) <= acknowledged
+
+
+def test_messages_going_back_into_a_locked_store_are_retried_until_committed(database):
+    """Issue 21 defect 2, the way it was found: while another program holds the write lock (a
+    backup, the sqlite3 shell), a vanished recipient's unacknowledged messages were logged
+    "kept" and then, one by one, "could not be stored again: it is lost" -- his next login got
+    0 of 38.  They are retried until committed, never dropped."""
+    from live_server import attacker_socket, frame, reset
+    count = 38
+    expected = [b"chat/alice: m%03d %s" % (number, b"z" * 400) for number in range(count)]
+    server = LiveServer(database, "--log-level", "info").start()
+    try:
+        bob = attacker_socket(server.port, source="127.0.0.3", receive_buffer=4096)
+        bob.sendall(frame(b"bob", b"secret"))
+        assert bob.recv(2) == b"1\n"
+        alice = server.login(b"alice", b"pw")
+        alice.chatwith(b"bob", b"2")
+        alice.send(b"".join(b"chat/m%03d %s\n" % (number, b"z" * 400) for number in range(count)))
+        alice.sync()                                   # relayed: in bob's queue or his kernel
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")              # another program holds the write lock
+        try:
+            first = buffered_lines(bob, receive_queue(bob))     # what bob's TCP did take
+            reset(bob)                                 # ... and his link is gone
+            server.wait_for_log("undelivered; kept", timeout=15)
+            server.wait_for_log("cannot store messages in the database", timeout=15)
+            alice.sync()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        end = time.monotonic() + 15                    # past the back-off, the retry commits
+        while len(stored_rows(database)) < count - len(first) + 1 and time.monotonic() < end:
+            alice.sync()
+            time.sleep(0.05)
+        bob = server.login(b"bob", b"secret")
+        second = bob.sync()
+        assert not any("it is lost" in line for line in server.stderr_lines if line)
+    finally:
+        assert server.stop() == 0
+    got = [line for line in first + second if line.startswith(b"chat/alice: ")]
+    print("\nbob's kernel had %d, his next login got %d" % (len(first), len(second)))
+    assert sorted(set(got)) == expected, "lost: %d" % len(set(expected) - set(got))
+    assert len(got) == len(set(got))
+
+
+def test_at_sigterm_messages_going_back_wait_for_a_locked_database(database):
+    """Issue 21 defect 2, at the stop: the exit waits until they are stored, never drops them."""
+    from live_server import attacker_socket, frame, reset
+    count = 20
+    expected = [b"chat/alice: s%03d %s" % (number, b"w" * 2000) for number in range(count)]
+    server = LiveServer(database, "--log-level", "info").start()
+    try:
+        bob = attacker_socket(server.port, source="127.0.0.4", receive_buffer=4096)
+        bob.sendall(frame(b"bob", b"secret"))
+        assert bob.recv(2) == b"1\n"
+        alice = server.login(b"alice", b"pw")
+        alice.chatwith(b"bob", b"2")
+        alice.send(b"".join(b"chat/s%03d %s\n" % (number, b"w" * 2000) for number in range(count)))
+        alice.sync()                                   # bob does not read: most wait
+        holder = sqlite3.connect(database, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")              # another program holds the write lock
+        try:
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_for_log("waiting to store", "undelivered messages again", timeout=15)
+            assert server.alive()
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert server.proc.wait(20) == 0
+        first = buffered_lines(bob, receive_queue(bob))
+        reset(bob)
+    finally:
+        server.kill()
+    server = LiveServer(database).start()
+    try:
+        bob = server.login(b"bob", b"secret")
+        second = bob.sync()
+    finally:
+        assert server.stop() == 0
+    got = [line for line in first + second if line.startswith(b"chat/alice: ")]
+    assert got == expected

@@ -71,6 +71,10 @@ class DurabilityCork(object):
         self._recipients = collections.Counter()   # account -> stores for it not yet committed
         self._deliveries = {}          # account -> transports waiting to read its store
         self._after = []               # (batch number, function, argument) to run after it
+        #: StoreMessages of undelivered messages waiting for a batch the database takes: never
+        #: dropped, so bounded only by what the connections that ended held (each at most its
+        #: send queue limit plus what its kernel held unacknowledged).
+        self._going_back = []
         self._down_until = 0.0
         self.file_lost = False         # the database file was deleted or replaced under us
 
@@ -79,29 +83,50 @@ class DurabilityCork(object):
         return transport.conn in self.corked
 
     def in_flight(self):
-        return bool(self._in_flight or self._pass_stores or self._stored.has_deletes())
+        return bool(self._in_flight or self._pass_stores or self._going_back
+                    or self._stored.has_deletes())
+
+    def going_back(self):
+        """Undelivered messages not yet stored again: waiting, or in a batch on its way."""
+        return len(self._going_back) + sum(
+            1 for action, _ in self._pass_stores if action.sender_conn is None) + sum(
+            1 for batch in self._in_flight.values()
+            for action, _ in batch.stores if action.sender_conn is None)
 
     # ---------------------------------------------------------------- stores and batches
 
     def store(self, action):
-        """A ``StoreMessage``: into this pass's batch (or failed in place, while backing off)."""
+        """A ``StoreMessage``: into this pass's batch (or failed in place, while backing off).
+
+        A message going back into the store (``sender_conn`` None: a connection
+        never delivered it) is never refused: it waits for the next batch the
+        database takes (``_going_back``).
+        """
+        if action.sender_conn is None:
+            self._recipients[action.recipient] += 1       # a login's delivery waits for it
+            self._going_back.append(action)
+            return
         sender = self._transport(action.sender_conn)
         position = sender.stream_end() if sender is not None else 0
         if self._now() < self._down_until or self.file_lost:
             self._fail([(action, position)])
             return
         self._pass_stores.append((action, position))
-        if action.sender_conn is not None:          # None: an undelivered message going back
-            self.corked[action.sender_conn] += 1
-            if self.corked[action.sender_conn] == 1 and sender is not None:
-                sender.hold(sender.CORK)
+        self.corked[action.sender_conn] += 1
+        if self.corked[action.sender_conn] == 1 and sender is not None:
+            sender.hold(sender.CORK)
         self._recipients[action.recipient] += 1
 
     def release(self):
         """The pass's commit step: hand this pass's stores and deletes to the storage thread."""
         deletes = []
-        if self._stored.has_deletes() and self._now() >= self._down_until:
-            deletes = self._stored.take_deletes()
+        if self._now() >= self._down_until:
+            if self._stored.has_deletes():
+                deletes = self._stored.take_deletes()
+            if self._going_back and not self.file_lost:
+                # Older than anything stored in this pass: they go first.
+                self._pass_stores[:0] = [(action, 0) for action in self._going_back]
+                self._going_back = []
         if not self._pass_stores and not deletes:       # most passes: nothing to commit
             self._run_after()
             return
@@ -133,9 +158,18 @@ class DurabilityCork(object):
             failed = [batch.stores[index] for index in batch.refused]
             for action, _ in failed:
                 log.info("a message for %r was not stored: its account is gone", action.recipient)
+        if batch.error is not None:                     # going back into the store: again, later
+            again = [action for action, _ in batch.stores if action.sender_conn is None]
+            if again:
+                self._going_back[:0] = again            # ahead of any that came meanwhile
+                self._warn("store again", "%d undelivered message%s could not be stored again "
+                           "yet (%s); kept in memory and retried", len(self._going_back),
+                           "" if len(self._going_back) == 1 else "s", batch.error)
+            failed = [entry for entry in failed if entry[0].sender_conn is not None]
         self._splice(failed)
         for action, _ in batch.stores:
-            self._uncork(action)
+            if batch.error is None or action.sender_conn is not None:
+                self._uncork(action)
         for action, _ in failed:
             self._feed(StoreFailed(action.sender_conn, action.recipient))
         self._run_after()
@@ -174,9 +208,7 @@ class DurabilityCork(object):
         transport is corked), so every position is still in the unsent bytes.
         """
         for action, position in reversed(failed):     # latest first: no position shifts
-            if action.sender_conn is None:
-                log.warning("a message for %r that its connection never delivered could not "
-                            "be stored again: it is lost", action.recipient)
+            if action.sender_conn is None:             # refused: its account was removed
                 continue
             sender = self._transport(action.sender_conn)
             if sender is not None:

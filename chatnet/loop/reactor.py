@@ -81,6 +81,7 @@ RECV_SIZE = 64 * 1024          # bytes read per readable connection per pass
 SEND_BUFFER = 128 * 1024       # SO_SNDBUF of client sockets (the kernel makes it 256 KiB)
 SHUTDOWN_GRACE = 2.0           # time to flush goodbyes on shutdown
 WRITER_GRACE = 10.0            # ... and then for the database to finish its last writes
+GOING_BACK_REMINDER = 10.0     # exiting, undelivered messages wait for the database: say so this often
 WARNING_INTERVAL = 10.0        # a repeated warning is logged at most this often
 
 
@@ -461,6 +462,26 @@ class Reactor(object):
         for transport in self._connections.all():
             self._departures.close(transport)
         self.cork.release()                   # what the last writes delivered
+        self._store_what_goes_back()
+
+    def _store_what_goes_back(self):
+        """Messages no connection delivered are stored again before the exit, however long the
+        database refuses them (a lock another program holds): the exit waits, never drops them."""
+        told_at = None
+        while self.cork.going_back():
+            if self.cork.file_lost:
+                log.error("%d undelivered messages could not be stored again: the database file "
+                          "was deleted or replaced", self.cork.going_back())
+                return
+            if told_at is None or self._clock() - told_at >= GOING_BACK_REMINDER:
+                log.warning("waiting to store %d undelivered messages again before exiting (the "
+                            "database refuses writes so far); kill -9 would lose them",
+                            self.cork.going_back())
+                told_at = self._clock()
+            self._selector.select(0.05)
+            self.now = self._clock()
+            self._wakeup_ready()
+            self.cork.release()
 
     def _read_what_arrived(self):
         """Stopping: handle the bytes already in the kernel's buffers, once.
