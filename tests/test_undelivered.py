@@ -32,11 +32,19 @@ def send_numbered(alice, count, size=200):
     alice.sync()                                   # every relay is queued or handed over
 
 
-def check_complete(expected, *parts):
+def receive_queue(sock):
+    import fcntl
+    import struct
+    import termios
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def check_complete(expected, *parts, repeats_at_most=0):
+    """Every expected message arrived, none twice (up to ``repeats_at_most``), each part in order."""
     got = [line for part in parts for line in part if line.startswith(b"chat/alice: ")]
     repeats = len(got) - len(set(got))
-    assert repeats == 0, "%d messages came twice" % repeats
-    assert sorted(got) == expected, "missing: %d" % len(set(expected) - set(got))
+    assert repeats <= repeats_at_most, "%d messages came twice" % repeats
+    assert sorted(set(got)) == expected, "missing: %d" % len(set(expected) - set(got))
     for part in parts:                             # each connection got its share in order
         mine = [line for line in part if line.startswith(b"chat/alice: ")]
         assert mine == sorted(mine)
@@ -51,13 +59,15 @@ def test_relays_a_replaced_connection_never_delivered_go_to_the_new_one(start_se
     alice = server.login(b"alice", b"pw")
     alice.chatwith(b"bob", b"2")
     send_numbered(alice, COUNT)
-    new = server.login(b"bob", b"secret")          # replaces the old one, which lingers, unread
+    new = server.login(b"bob", b"secret")          # replaces the old one, closed at once
     server.wait_for_log("undelivered; kept", timeout=15)
     on_new = new.sync()
     on_old = read_until_closed(old)                         # what the old one's TCP did take
     print("\nold connection %d, new connection %d" % (
         len([l for l in on_old if l.startswith(b"chat/alice")]), len(on_new)))
-    check_complete(numbered(COUNT), on_old, on_new)
+    # A message its TCP had taken but not yet acknowledged when it was replaced comes on
+    # both (at least once, PROTOCOL section 6): at most what it held.
+    check_complete(numbered(COUNT), on_old, on_new, repeats_at_most=len(on_old))
 
 
 def test_a_recipient_that_stops_reading_and_then_resets_gets_the_rest_at_its_next_login(start_server):
@@ -139,3 +149,38 @@ def test_a_recipient_whose_link_goes_down_finds_every_message_at_its_next_login(
     print("\nread before the link went down: %d; at the next login: %d; repeats: %d" % (
         len([l for l in before if l.startswith(b"chat/alice")]), len(at_login), len(got) - len(set(got))))
     assert got == expected
+
+
+def test_a_second_login_gets_the_replaced_connections_messages_before_anything_newer(start_server):
+    """Issue 21 defect 5, the way it was found: the replaced connection lingered up to 5 s for
+    acknowledgements that never came while new relays went to the new connection at once --
+    bob's second login got m040-m049, then 5.12 s later m002-m039.  The undelivered come
+    first, in order, then anything newer (PROTOCOL section 3)."""
+    server = start_server("--log-level", "info")
+    old = attacker_socket(server.port, source="127.0.0.5")   # a small buffer; it stops reading
+    old.sendall(frame(b"bob", b"secret"))
+    assert old.recv(2) == b"1\n"
+    alice = server.login(b"alice", b"pw")
+    alice.chatwith(b"bob", b"2")
+    alice.send(b"".join(b"chat/m%03d %s\n" % (number, b"x" * 300) for number in range(40)))
+    alice.sync()
+    new = server.login(b"bob", b"secret")          # the old connection's link is gone
+    alice.send(b"".join(b"chat/m%03d %s\n" % (number, b"x" * 300) for number in range(40, 50)))
+    alice.sync()
+    started = time.monotonic()
+    in_old = receive_queue(old)                    # what the old one's TCP took, and no more
+    on_new = [line for line in new.sync() if line.startswith(b"chat/alice: ")]
+    while len(on_new) + in_old // 313 < 50 and time.monotonic() - started < 10:
+        line = new.line(timeout=10)                # the rest, if it comes late
+        if line.startswith(b"chat/alice: "):
+            on_new.append(line)
+    elapsed = time.monotonic() - started
+    data = old.recv(in_old, socket.MSG_WAITALL) if in_old else b""
+    got_old = [line for line in data.split(b"\n")[:-1] if line.startswith(b"chat/alice: ")]
+    reset(old)
+    print("\nold connection took %d, the new one got %d in %.2f s" % (
+        len(got_old), len(on_new), elapsed))
+    assert on_new == sorted(on_new), "out of order: %r" % [line[12:16] for line in on_new]
+    check_complete([b"chat/alice: m%03d %s" % (number, b"x" * 300) for number in range(50)],
+                   got_old, on_new, repeats_at_most=len(got_old))
+    assert elapsed < 2.0

@@ -184,13 +184,17 @@ class Send(NamedTuple):
 
 @compared_by_type
 class Close(NamedTuple):
-    """Close ``conn`` once the bytes already queued for it have been sent.
+    """Close ``conn`` once the bytes already queued for it have been sent (and acknowledged).
 
-    The core has forgotten the connection when it asks for this; the reactor
-    must not report it back as ``ConnectionLost``.
+    ``drain=False``: close it now -- what it has not delivered comes back at
+    once as ``Undelivered`` -- because something newer for the same account
+    must not overtake it (a login that replaced it).  The core has forgotten
+    the connection when it asks for this; the reactor must not report it
+    back as ``ConnectionLost``.
     """
     conn: int
     reason: str
+    drain: bool = True
 
 
 @compared_by_type

@@ -138,8 +138,9 @@ class LoginRules(object):
         self._gate.note_login(user_id, session.peer, session.trusted)
         self._steps.emit(LoginSucceeded(session.conn, user_id))
         if replaced is not None:
-            # The account stays online, so its watchers see no change.
-            self._steps.close(replaced, "replaced", wire.NOTICE_REPLACED)
+            # The account stays online, so its watchers see no change.  What the old
+            # connection never delivered goes to this one now, ahead of anything newer.
+            self._steps.close(replaced, "replaced", wire.NOTICE_REPLACED, drain=False)
         self._steps.send(session.conn, wire.CODE_OK)
         self._steps.emit(DeliverStored(session.conn, user_id))
         self._logged_in(user_id, replaced is not None)

@@ -168,7 +168,7 @@ class CoreSteps(NamedTuple):
     send: Callable          # send(conn, data): bytes for a connection, joined per input
     emit: Callable          # emit(action): an action, after the bytes produced before it
     enter: Callable         # enter(session, cause): the one place a phase changes
-    close: Callable         # close(session, reason, notice=None)
+    close: Callable         # close(session, reason, notice=None, drain=True)
     carry_on: Callable      # carry_on(session): handle whatever input it can handle now
     now: Callable           # now(): the time of the input being handled
     count: Callable         # count(what): one more of ``ChatCore.counts[what]``
@@ -543,12 +543,12 @@ class ChatCore(object):
 
     # ================================================================ leaving
 
-    def _close(self, session, reason, notice=None):
-        """Say ``notice`` (if any), forget the session, and ask for the close."""
+    def _close(self, session, reason, notice=None, drain=True):
+        """Say ``notice`` (if any), forget the session, and ask for the close (``Close.drain``)."""
         if notice is not None:
             self._send(session.conn, notice)
         self._end_session(session, reason)
-        self._emit(Close(session.conn, reason))
+        self._emit(Close(session.conn, reason, drain))
 
     def _end_session(self, session, reason):
         self.partners.leaving(session)

@@ -85,7 +85,9 @@ class ActionRunner(object):
         log.debug("connection %d from %s closed: %s", transport.conn, transport.peer, action.reason)
         transport.core_lets_go()
         self._stored.stop(transport)
-        if transport.close_when_drained():
+        if not action.drain:
+            self._close_now(transport, clean=True)
+        elif transport.close_when_drained():
             self._close_now(transport, clean=True)
         else:
             self._writable(transport)
