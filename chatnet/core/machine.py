@@ -113,7 +113,8 @@ from .phases import LOGGED_IN_PHASES, TRANSITIONS, WAITING_PHASES, Phase
 from .reading import OWN_QUEUE, ReadingGate
 from .store_view import StoreView
 from .events import (
-    AccountLookedUp, AccountsRemoved, Close, Connected, ConnectionLost, DataReceived, HungUp,
+    AccountLookedUp, AccountsRemoved, Close, Connected, ConnectionLost, DataReceived,
+    DeliverStored, HungUp,
     InputEnded, LimitReached, LoggedOut, LoginChecked, SendQueueDrained, SendQueueFull,
     ServerStopping, StoreFailed, StoreMessage, TimePassed, Undelivered, send,
 )
@@ -391,17 +392,20 @@ class ChatCore(object):
         self.reading.pause(session, OWN_QUEUE)
 
     def _on_undelivered(self, event):
-        """Messages a connection never delivered: to the account's current connection, or back
-        into its store -- in their order, ahead of anything stored later, past the limit."""
+        """Messages a connection never delivered: back into the account's store -- in their
+        order, ahead of anything stored later, past the limit -- and, if the account is online
+        on another connection, delivered there from the store, ahead of anything newer.
+
+        Through the store, not straight into the other connection's queue: what one
+        connection held (up to its send-queue limit) must not count against the next one's.
+        """
         user_id = event.user_id
-        online = self._online.get(user_id)
-        if online is not None and online != event.conn:
-            self._send(online, b"".join(wire.relay_line(sender, text)
-                                        for sender, text in event.messages))
-            return
         for sender, text in event.messages:
             self._stores.force(user_id)
             self._emit(StoreMessage(user_id, sender, text, None, None))
+        online = self._online.get(user_id)
+        if online is not None and online != event.conn:
+            self._emit(DeliverStored(online, user_id))
 
     def _on_hung_up(self, event):
         session = self._sessions.get(event.conn)

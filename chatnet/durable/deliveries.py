@@ -84,6 +84,10 @@ class StoredDeliveries(object):
         ``read_now=False``: stores for it are not committed yet; everything
         else for the connection waits behind until ``refill`` is called.
         """
+        stream = self._streams.get(connection.conn)
+        if stream is not None:          # streaming already: more rows are coming for it
+            stream.readable = stream.readable and read_now
+            return
         self._streams[connection.conn] = StoredStream(user_id, readable=read_now)
         connection.begin_stored()
         if read_now:

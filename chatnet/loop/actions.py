@@ -86,7 +86,8 @@ class ActionRunner(object):
         transport.core_lets_go()
         self._stored.stop(transport)
         if not action.drain:
-            self._close_now(transport, clean=True)
+            transport.write_ready()             # what waits goes now if the kernel has room ...
+            self._close_now(transport, clean=True)      # ... and what it never got comes back
         elif transport.close_when_drained():
             self._close_now(transport, clean=True)
         else:
