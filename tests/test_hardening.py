@@ -21,8 +21,10 @@ import pytest
 
 from chatnet import wire
 from chatnet.bench import rss_kib
+from chatnet.loop.departures import NOTICE_SEND_QUEUE
 from live_server import (
     NOTICE_DESTROYED, LiveServer, NetworkNamespace, RawClient, cpu_seconds, frame, python_env,
+    read_until_closed,
 )
 
 NOT_STORED = wire.body(wire.NOTICE_NOT_STORED)
@@ -365,3 +367,32 @@ def test_a_locked_database_refuses_stores_with_a_notice_and_live_chat_goes_on(st
         time.sleep(0.2)
     bob = server.login(b"bob", b"secret")
     bob.expect(b"chat/alice: after the lock")
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_a_reader_dropped_over_the_cap_while_reading_gets_the_notice(start_server, trial):
+    """Issue 21 defect 6, the way it was found: a client reading as fast as it can, but dropped
+    over the hard cap (senders far faster than its small buffer drains), never got "you are
+    not reading": the drop reset the connection, which threw away the notice just written --
+    4 of 4 trials.  A client that reads gets the notice."""
+    server = start_server("--send-queue-limit", "8192")
+    bob = server.client(attacker=True)                 # MSS 1460, a 4 KiB receive buffer
+    assert bob.login(b"bob", b"secret") == b"1"
+    received = []
+    reader = threading.Thread(target=lambda: received.extend(read_until_closed(bob.sock, 30)))
+    reader.start()                                     # bob reads as fast as he can
+    senders = [server.login(name, b"pw") for name in (b"alice", b"carol", b"dave", b"erin")]
+    for sender in senders:
+        sender.chatwith(b"bob", b"2")
+    flooders = [Flooder(sender, line_size=2000) for sender in senders]
+    for flooder in flooders:
+        flooder.start()
+    try:
+        server.wait_for_log("does not read", "over the limit", timeout=30)
+    finally:
+        for flooder in flooders:
+            flooder.stop.set()
+        for flooder in flooders:
+            flooder.join(5)
+    reader.join(30)
+    assert received and received[-1] == wire.body(NOTICE_SEND_QUEUE), received[-2:]

@@ -62,38 +62,29 @@ def test_a_handshake_then_data_both_ways():
 
 def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
     """Every limit applies to TLS as to plaintext: the last notice to a client dropped for not
-    reading is a TLS record, not plaintext bytes that would break its stream."""
+    reading is a TLS record after the line under way, not plaintext bytes that would break its
+    stream; what was queued after that line is never sent."""
     from chatnet.loop.departures import NOTICE_SEND_QUEUE, Departures
-    from chatnet.loop.transport import TLSTransport
+    from test_transport import FakeLoop
+    from test_transport_tls import received, tls_transport
 
-    class Sock(object):
-        sent = b""
-
-        def send(self, data):
-            self.sent += bytes(data)
-            return len(data)
-
-    class Gone(object):                    # the transport, as far as a drop needs it
-        conn, peer, core_knows, cipher_out, closed, user_id = 7, "127.0.0.1:5555", False, None, False, None
-        last_word = TLSTransport.last_word  # the transport's own send past its queue
-
-        def live_bytes_waiting(self):
-            return 2 * 1024 * 1024
-
-        def core_lets_go(self):
-            return False
-
-        def close(self, clean=False):
-            self.closed = True
-
-    client, transport = client_layer(), Gone()
-    transport.tls, transport.sock = server_layer(), Sock()
-    shake_hands(client, transport.tls)
+    loop = FakeLoop()
+    transport, client = tls_transport(loop)
+    transport.sock.room = 10                        # the kernel takes part of a record
+    transport.write(b"chat/alice: one\n")
+    transport.sock.room = 0
+    transport.write(b"chat/alice: two\n")
+    timers = []
     Departures(feed=lambda event: None, hard_limit=1024 * 1024, strict=True, stored=None,
-               forget=lambda transport: None, transport=lambda conn: None).drop_slow_reader(
+               forget=lambda transport: None, transport=lambda conn: None, now=lambda: 0.0,
+               call_at=lambda when, function, argument: timers.append(when)).drop_slow_reader(
         transport, "over the limit")
-    plaintext, _ = client.receive(transport.sock.sent)
-    assert plaintext == NOTICE_SEND_QUEUE and transport.closed
+    transport.sock.room = None
+    transport.write(b"chat/alice: three\n")        # relayed while it lingers: kept aside
+    transport.write_ready()
+    assert received(client, transport) == b"chat/alice: one\n" + NOTICE_SEND_QUEUE
+    assert timers == [1.0]                          # the drop itself, a moment later
+    assert transport.undelivered().endswith(b"chat/alice: two\nchat/alice: three\n")
 
 
 def test_plaintext_arrives_in_records_split_anywhere():

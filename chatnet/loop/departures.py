@@ -30,17 +30,22 @@ log = logging.getLogger("chatnet.server")
 
 NOTICE_SEND_QUEUE = wire.notice("you are not reading your messages, closing the connection")
 
+#: Seconds a dropped slow reader's last notice has to arrive before the reset.
+DROP_LINGER = 1.0
+
 
 class Departures(object):
     """The loop's rules for connections that go wrong or end; see the module docstring."""
 
-    def __init__(self, feed, hard_limit, strict, stored, forget, transport):
+    def __init__(self, feed, hard_limit, strict, stored, forget, transport, now, call_at):
         self._feed = feed
         self._hard_limit = hard_limit      # send queue bytes over which a client is dropped
         self._strict = strict              # tests: a bug is raised, not contained
         self._stored = stored              # StoredDeliveries: which stored rows it had
         self._forget = forget              # the loop forgets a closing transport everywhere
         self._transport = transport        # conn -> its open Transport, or None
+        self._now = now                    # the time of this pass
+        self._call_at = call_at            # the loop's timers
 
     def edge(self, transport, edge):
         """What a transport's water marks said: tell the core, or drop the client."""
@@ -57,10 +62,30 @@ class Departures(object):
             self.close(transport, clean=True)
 
     def drop_slow_reader(self, transport, why):
+        """Drop a client that does not read fast enough -- after its last notice had a moment.
+
+        The notice is the last thing it is sent, right after the line under way
+        (``Transport.last_word``); everything else waits aside.  The drop itself
+        comes ``DROP_LINGER`` seconds later, so a client that does read gets the
+        notice before the reset (which must come: what its TCP never
+        acknowledged goes back into the store, and the kernel must not deliver
+        it as well).  Meanwhile the core still counts it online, so what is
+        relayed to it waits aside in order and goes back with the rest; its
+        senders are paused already.
+        """
+        if transport.closed or transport.dropping:
+            return                                      # dropped already: once is enough
         log.warning("connection %d from %s dropped: it does not read (%s)",
                     transport.conn, transport.peer, why)
+        if transport.user_id is not None:
+            self._stored.stop(transport)                # stored rows not started stay stored
         transport.last_word(NOTICE_SEND_QUEUE)
-        self.drop(transport, "slow reader")
+        transport.pause_reading()
+        self._call_at(self._now() + DROP_LINGER, self._finish_drop, transport)
+
+    def _finish_drop(self, transport):
+        if not transport.closed:
+            self.drop(transport, "slow reader")
 
     def drop(self, transport, reason):
         """Close a connection the core still thinks is open, and tell the core."""

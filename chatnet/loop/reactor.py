@@ -131,7 +131,8 @@ class Reactor(object):
         self.metrics = Metrics()
         self._start_workers(storage, workers or passwords.usable_cpus())
         self._departures = Departures(self.feed, self._marks.hard, strict, self.stored,
-                                      self._forget, self._connections.get)
+                                      self._forget, self._connections.get, self._pass_time,
+                                      self.call_at)
         self._hooks = TransportHooks(self._pass_time, self._connections.set_interest,
                                      self.stored.progress)
         self._watch(listener, tls, metrics)

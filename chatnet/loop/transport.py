@@ -100,7 +100,7 @@ class Transport(object):
     __slots__ = (
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
         "eof", "closing", "closed", "core_knows", "queue_full", "progress_at", "watched",
-        "read_size", "stored_marks", "behind", "failure", "user_id", "sent_log", "holds",
+        "read_size", "stored_marks", "behind", "failure", "user_id", "sent_log", "holds", "dropping",
         "_hooks", "_marks", "_max_read",
     )
 
@@ -137,6 +137,7 @@ class Transport(object):
         self.user_id = None            # the account logged in on it (from LoginSucceeded)
         self.sent_log = None           # chunks the kernel took, not yet acknowledged (chatnet.acks)
         self.holds = 0                 # reasons output waits in the queue (LOGIN | CORK)
+        self.dropping = False          # dropped as a slow reader: its last notice is on its way
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.
@@ -325,12 +326,13 @@ class Transport(object):
         return messages
 
     def undelivered(self):
-        """The bytes of every line the peer may not have: unacknowledged, then never sent."""
+        """The bytes of every line the peer may not have: unacknowledged, then never sent
+        (queued, then waiting behind)."""
         acked = bytes_acked(self.sock)          # still open: the loop asks before it closes
         unacked = b""
         if self.sent_log is not None and acked is not None:
             unacked = self.sent_log.unacknowledged(acked)
-        return unacked + bytes(self.outgoing)
+        return unacked + bytes(self.outgoing) + bytes(self.behind or b"")
 
     def _edge(self):
         """Compare the bytes waiting with the water marks; the edge crossed, or None."""
@@ -530,11 +532,27 @@ class Transport(object):
         return self.sent_log is None or not can_still_ack(self.sock)
 
     def last_word(self, notice):
-        """Send ``notice`` past the queue, which is about to be thrown away, if it fits."""
-        try:
-            self.sock.send(notice)                     # it may just fit; no harm if not
-        except OSError:
-            pass
+        """Dropped as a slow reader: ``notice`` is the last thing it is sent.
+
+        The notice goes right after the line under way (a line cut in the middle
+        would garble the stream); what else is queued, and whatever comes later,
+        waits aside in ``behind`` and is never sent -- it goes back as undelivered
+        when the connection closes (``take_undelivered``).
+        """
+        self.dropping = True
+        cut = self._line_end_in_queue()
+        aside = self.outgoing[cut:]
+        self.outgoing = bytearray(self.outgoing[:cut]) + notice
+        self.queued += len(notice) - len(aside)
+        self.behind = bytearray(aside) + (self.behind or b"")
+        self.update_interest()
+
+    def _line_end_in_queue(self):
+        """Where in the queue the line the kernel took part of ends (0: it took whole lines)."""
+        log = self.sent_log
+        if log is None or log.chunks[-1][-1:] == b"\n":
+            return 0
+        return self.outgoing.find(b"\n") + 1          # 0 if the rest of it is not queued yet
 
     def close(self, clean=False):
         """Close the socket now; ``clean``: a TLS stream ends with ``close_notify`` (best effort).
@@ -720,15 +738,6 @@ class TLSTransport(Transport):
 
     def drained(self):
         return not self.cipher_out and Transport.drained(self)
-
-    def last_word(self, notice):
-        """A record of its own, left out if records still wait (the stream must stay whole)."""
-        if not self.tls.handshake_done or self.cipher_out:
-            return
-        try:
-            Transport.last_word(self, self.tls.encrypt(notice))
-        except OSError:
-            pass
 
     def close(self, clean=False):
         """``clean``: the stream ends with ``close_notify`` (best effort)."""
