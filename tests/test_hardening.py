@@ -396,3 +396,48 @@ def test_a_reader_dropped_over_the_cap_while_reading_gets_the_notice(start_serve
             flooder.join(5)
     reader.join(30)
     assert received and received[-1] == wire.body(NOTICE_SEND_QUEUE), received[-2:]
+
+
+def test_a_trickling_reader_cannot_hold_its_senders_past_the_write_timeout(start_server):
+    """Issue 21 defect 7, the way it was found: a recipient reading 2 KB/s kept alice held back
+    -- even her chatwith/ to someone else -- for 182 s with the default 60 s timeout, because
+    any byte the kernel took counted as progress (with a 3 s timeout, a 64 KB/s trickle does
+    the same).  A reader whose queue stays over the high mark for --write-timeout is dropped."""
+    server = start_server("--write-timeout", "3")
+    bob = server.client(attacker=True)                 # MSS 1460, a 4 KiB receive buffer
+    assert bob.login(b"bob", b"secret") == b"1"
+    stop = threading.Event()
+
+    def trickle():                                     # 64 KB/s: the kernel takes some every
+        bob.sock.settimeout(1.0)                       # second or so, far below the flood
+        while not stop.is_set():
+            try:
+                if not bob.sock.recv(16384):
+                    return
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            stop.wait(0.25)
+    reader = threading.Thread(target=trickle, daemon=True)
+    reader.start()
+    alice = server.login(b"alice", b"pw")
+    alice.chatwith(b"bob", b"2")
+    flooder = Flooder(alice, line_size=2000)
+    flooder.start()
+    try:
+        assert flooder.blocked.wait(20), "the server never paused alice"
+    finally:
+        flooder.stop.set()
+        flooder.join(5)
+    started = time.monotonic()
+    alice.sock.settimeout(30)
+    alice.send(b"chatwith/carol\n")
+    while alice.line(timeout=30) != b"1":              # what was queued for her comes first
+        pass
+    held = time.monotonic() - started
+    stop.set()
+    reader.join(5)
+    print("\nalice's chatwith/ answered after %.1f s (write timeout 3 s)" % held)
+    assert held < 3 + 2 * 1.0 + 2                      # the timeout, the sweep, some slack
+    server.wait_for_log("does not read")

@@ -55,11 +55,16 @@ class Housekeeping(object):
             self._call_at(self._now() + STALL_SWEEP, self._sweep_stalled_writers)
 
     def _sweep_stalled_writers(self, _):
-        """Drop clients that have taken no byte for ``write_timeout`` seconds."""
+        """Drop clients that took no byte for ``write_timeout`` seconds, or whose queue stayed
+        over the high mark that long -- their senders are held back meanwhile, and a trickle
+        of bytes taken must not hold them longer than the timeout."""
         stalled_before = self._now() - self._write_timeout
         for transport in list(self._connections.writing):
             if transport.outgoing and transport.progress_at < stalled_before:
                 self._drop_slow_reader(transport, "no byte taken for %.0f s" % self._write_timeout)
+            elif transport.queue_full and transport.full_since < stalled_before:
+                self._drop_slow_reader(transport, "its queue stayed over the high mark for %.0f s"
+                                       % self._write_timeout)
         if self._connections.writing:
             self._call_at(self._now() + STALL_SWEEP, self._sweep_stalled_writers)
         else:

@@ -101,6 +101,7 @@ class Transport(object):
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
         "eof", "closing", "closed", "core_knows", "queue_full", "progress_at", "watched",
         "read_size", "stored_marks", "behind", "failure", "user_id", "sent_log", "holds", "dropping",
+        "full_since",
         "_hooks", "_marks", "_max_read",
     )
 
@@ -127,6 +128,7 @@ class Transport(object):
         self.closed = False
         self.core_knows = True         # False once the core asked for Close
         self.queue_full = False        # FULL was reported, DRAINED not yet
+        self.full_since = 0.0          # ... since when (its senders are held back that long)
         self.progress_at = 0.0         # when the kernel last took bytes (or the queue began)
         self.watched = False           # paused, and in the hang-up watch
         self.read_size = read_size     # the most one recv may bring (the core may lower it)
@@ -231,6 +233,7 @@ class Transport(object):
     def credit_stall(self, seconds):
         """The loop was away for ``seconds``: no client could read meanwhile, so none pays."""
         self.progress_at += seconds
+        self.full_since += seconds
 
     def enqueue(self, data):
         """Append ``data`` to the send queue, made on demand."""
@@ -348,6 +351,7 @@ class Transport(object):
                 return DRAINED
         elif waiting > marks.high:
             self.queue_full = True
+            self.full_since = self._hooks.now()
             return FULL
         return None
 
