@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from chatnet import wire
 from live_server import REPO, LiveServer, NetworkNamespace, python_env
 
 
@@ -113,7 +114,7 @@ def test_local_mistakes_go_to_stderr_and_the_status_says_lines_were_not_delivere
     result = client(server.port, "alice", "pw\n/frobnicate\nno partner yet\n")
     assert result.returncode == 7
     assert b"unknown command" in result.stderr and b"pick someone" in result.stderr
-    assert result.stderr.decode().splitlines()[-1].endswith("2 of the lines were not delivered")
+    assert result.stderr.decode().splitlines()[-1].endswith("2 lines were not delivered")
 
 
 def test_a_partner_that_does_not_exist_is_status_7(server):
@@ -186,3 +187,32 @@ def test_a_client_whose_network_drops_notices_reconnects_and_sends_what_was_type
         out, err = proc.communicate(b"", timeout=30)
         assert proc.returncode == 0, err
         assert "reconnecting in" in out.decode()
+
+
+def test_a_script_to_a_server_that_never_reads_exits_5_naming_the_lines():
+    """Issue 21 defect 8, the way it was found: a server that takes the login and then never
+    reads (a tiny receive buffer, a closed window) -- the script used to exit 0."""
+    import threading
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    held = []
+
+    def accept_and_answer():
+        sock, _ = listener.accept()
+        held.append(sock)
+        sock.recv(16)                                  # the login frame, then nothing more read
+        sock.sendall(b"1\n2\n" + wire.NOTICE_ONLINE)
+    threading.Thread(target=accept_and_answer, daemon=True).start()
+    lines = "".join("line %d %s\n" % (number, "x" * 1000) for number in range(400))
+    try:
+        result = client(listener.getsockname()[1], "alice", "pw\n" + lines, "--to", "bob",
+                        timeout=60)
+    finally:
+        listener.close()
+        for sock in held:
+            sock.close()
+    assert result.returncode == 5, result.stderr
+    last = result.stderr.decode().splitlines()[-1]
+    assert "not acknowledged by the server" in last and "'line " in last, last

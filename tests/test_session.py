@@ -141,8 +141,62 @@ def test_status_7_when_a_script_had_lines_that_could_not_be_delivered():
     s.flushed(1.1)
     s.input_ended(1.2)
     assert s.lost("the server closed the connection", 1.3) == [
-        Exit(ExitStatus.NOT_DELIVERED, "2 of the lines were not delivered")]
+        Exit(ExitStatus.NOT_DELIVERED, "2 lines were not delivered")]
     assert s.not_delivered == 2
+
+
+# ---------------------------------------------------------------- a script's status: every line, or say which
+# Issue 21 defect 8: a script exited 0 for lines nobody got -- a server that never read,
+# one that never acknowledged, one that reset after the half-close (the lines had just been
+# put back "to send again"), and lines refused because the recipient's store was full.
+
+def scripted_and_chatting(partner="bob"):
+    s = session(interactive=False, partner=partner)
+    logged_in(s)                                   # the frame: bytes 0-15
+    s.received(b"2\n" + wire.NOTICE_ONLINE, 0.1)   # chatwith/bob\n: bytes 16-28
+    return s
+
+
+def test_status_5_naming_the_lines_when_the_server_never_acknowledged_them():
+    s = scripted_and_chatting()
+    s.typed("one", 1.0)                            # chat/one\n: ends at 38
+    s.typed("two", 1.0)                            # chat/two\n: ends at 47
+    s.flushed(1.0, acked=29)                       # written to the kernel, not acknowledged
+    assert s.input_ended(1.0) == [HalfClose()]
+    assert s.timer(1.0 + LINGER, acked=29) == [
+        Exit(ExitStatus.CONNECTION_LOST, "2 lines were not acknowledged by the server: 'one', 'two'")]
+
+
+def test_status_0_once_the_server_acknowledged_every_line_before_the_linger_ends():
+    s = scripted_and_chatting()
+    s.typed("one", 1.0)
+    s.flushed(1.0, acked=29)
+    s.input_ended(1.0)
+    assert s.timer(1.0 + LINGER, acked=38) == [Exit(ExitStatus.DONE)]
+
+
+def test_status_5_when_the_server_resets_after_the_half_close():
+    s = scripted_and_chatting()
+    s.typed("one", 1.0)
+    s.typed("two", 1.0)
+    s.flushed(1.0, acked=29)
+    s.input_ended(1.0)
+    assert of(Exit, s.lost("reset by the server", 1.5, acked=38)) == [
+        Exit(ExitStatus.CONNECTION_LOST, "1 line was not acknowledged by the server: 'two'")]
+
+
+def test_status_7_when_the_recipients_store_was_full():
+    s = session(interactive=False, partner="bob")
+    logged_in(s)
+    s.received(b"1\n" + wire.NOTICE_OFFLINE, 0.1)
+    s.typed("one", 1.0)
+    s.typed("two", 1.0)
+    effects = s.received(wire.NOTICE_STORE_FULL + wire.NOTICE_STORE_FULL, 1.1)
+    assert len(of(Problem, effects)) == 2
+    s.flushed(1.1)
+    s.input_ended(1.2)
+    assert of(Exit, s.lost("the server closed the connection", 1.3)) == [
+        Exit(ExitStatus.NOT_DELIVERED, "2 lines were not delivered")]
 
 
 # ---------------------------------------------------------------- reconnecting

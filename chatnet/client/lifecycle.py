@@ -288,7 +288,10 @@ class ClientSession(object):
                  if when is not None]
         return min(times) if times else None
 
-    def timer(self, now):
+    def timer(self, now, acked=None):
+        """Deadlines that passed; ``acked``: what the server's TCP acknowledged so far, if known."""
+        if acked is not None:
+            self._forget_acknowledged(acked)
         if self._connect_deadline is not None and now >= self._connect_deadline:
             self._connect_deadline = None
             self._effects.append(Disconnect())
@@ -372,9 +375,15 @@ class ClientSession(object):
             self._effects.append(Exit(status, reason))
 
     def _final_status(self):
-        """A script's end: done, unless some of its lines went nowhere."""
+        """A script's end: done only when the server's TCP acknowledged every line and none
+        was refused; lines it never acknowledged are named (status 5), refused ones counted (7)."""
+        missing = [line for _, line in self._in_flight] + self.waiting
+        if missing:
+            shown = ", ".join(repr(line) for line in missing[:3]) + (", ..." if len(missing) > 3 else "")
+            return ExitStatus.CONNECTION_LOST, "%s not acknowledged by the server: %s" % (
+                _lines(len(missing)), shown)
         if self.not_delivered:
-            return ExitStatus.NOT_DELIVERED, "%d of the lines were not delivered" % self.not_delivered
+            return ExitStatus.NOT_DELIVERED, "%s not delivered" % _lines(self.not_delivered)
         return ExitStatus.DONE, None
 
     def _maybe_done_sending(self, now):
@@ -507,3 +516,7 @@ class ClientSession(object):
     def _take(self):
         effects, self._effects = self._effects, []
         return effects
+
+
+def _lines(count):
+    return "1 line was" if count == 1 else "%d lines were" % count

@@ -46,6 +46,11 @@ HELP = (
 )
 
 
+#: Notices that say a line of ours was not delivered (the store was full, a write failed,
+#: nobody to send it to).
+NOT_DELIVERED_NOTICES = frozenset(wire.body(notice) for notice in (
+    wire.NOTICE_STORE_FULL, wire.NOTICE_NOT_STORED, wire.NOTICE_NO_PARTNER))
+
 class Phase(object):
     LOGGING_IN = "logging in"
     CHATTING = "chatting"
@@ -287,6 +292,9 @@ class ClientCore(object):
         elif line == wire.body(wire.NOTICE_REPLACED):
             self._effects.append(Replaced())
             self._info("you logged in from another place; this session is over")
+        elif line in NOT_DELIVERED_NOTICES:
+            # The server's word that a line went nowhere: a problem, counted by a script.
+            self._effects.append(Problem(_text(line[len(wire.CHAT):])))
         elif line.startswith(wire.CHAT):
             self._effects.append(ServerNotice(_text(line[len(wire.CHAT):])))
         else:

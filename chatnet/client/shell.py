@@ -367,7 +367,8 @@ class ChatLoop(object):
         if self.exit is None and deadline is not None:
             now = time.monotonic()
             if now >= deadline:
-                self._apply(self.session.timer(now))
+                acked = self.server.acked() if self.server.sock is not None else None
+                self._apply(self.session.timer(now, acked))
 
     def _dispatch(self, target, mask):
         """The one dispatch: a key's data says what the event is for (README, "Reading the code")."""
