@@ -127,12 +127,16 @@ class SentLog(object):
         """
         chunks = self.chunks
         ends = self._ends()
-        first = max(0, bisect.bisect_right(ends, acked) - 1)      # the first chunk not taken whole
-        if first == len(chunks):
-            return b""
-        if self.wire_sizes is not None:
-            return b"".join(chunks[first:])
+        # The first chunk the peer did not take whole (len(chunks): it took them all) ...
+        first = min(len(chunks), max(0, bisect.bisect_right(ends, acked) - 1))
+        # ... and where its line begins: a line the peer got only the start of comes back
+        # whole, even when the rest of it was never sent (the caller adds what was queued).
         line_from = self._line_start(first)
+        if line_from == len(chunks):
+            return b""
         data = b"".join(chunks[line_from:])
-        taken = acked - ends[line_from]                # how much of ``data`` the peer has
+        if self.wire_sizes is None:
+            taken = acked - ends[line_from]            # how much of ``data`` the peer has
+        else:                                          # records it did not get whole: nothing
+            taken = sum(map(len, chunks[line_from:first]))
         return data[data.rfind(b"\n", 0, max(0, taken)) + 1:]
