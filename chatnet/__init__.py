@@ -1,22 +1,28 @@
 """chatnet: a TCP chat server and terminal client, standard library only.
 
-Reading order for learners (each module's docstring says what it owns):
+The folders are the layers, bottom to top (nothing imports upward):
 
-1. ``chatnet.wire``     -- the bytes on the wire: login frames, lines, notices.
-2. ``chatnet.events``   -- the inputs the core takes and the actions it returns.
-3. ``chatnet.core``     -- every protocol rule, as a pure state machine.
-4. ``chatnet.reactor``  -- the ``selectors`` loop that feeds the core; each
-   connection's bytes go through a ``chatnet.transport`` (TLS: ``chatnet.tls``),
-   durability is ``chatnet.ledger``'s cork, blocking work ``chatnet.workers``'.
-5. ``chatnet.storage``  -- accounts and stored messages in SQLite.
-6. ``chatnet.passwords``-- how passwords are hashed and checked.
-7. ``chatnet.server``, ``chatnet.accounts`` -- the command lines.
-8. ``chatnet.client_core``, ``chatnet.screen``, ``chatnet.client`` -- the
-   terminal client, built the same way: a pure protocol machine, the screen,
-   and a ``selectors`` loop.
+``wire``, ``values``   the bytes on the wire; values that compare by type
+``core/``              the server's pure rules: events in, actions out
+``net/``               TLS as a layer of bytes, TCP options, acknowledgements
+``durable/``           SQLite, password hashing, the worker threads, the cork
+``loop/``              the ``selectors`` loop and everything it owns
+``client/``            the terminal client, built the same way
+``server``, ``accounts``, ``bench``, ``cli``, ``systemd``   the commands
 
-``chatnet.bench`` is a load generator for measuring a server; ``chatnet.cli``
-holds what the command lines share.
+A first reading (the README's "Reading the code" lists it with line counts):
+
+1. ``chatnet.wire``               -- login frames, line splitting, notices.
+2. ``chatnet.core.events``, ``chatnet.core.phases`` -- the core's vocabulary and
+   its transition table.
+3. ``chatnet.core.machine``       -- ``ChatCore.handle``: one input, a list of actions.
+4. ``chatnet.loop.reactor``       -- one pass: wait, read, time, commit, write.
+5. ``chatnet.loop.transport``     -- one connection's read and write path.
+
+Then the chapters: durability (``durable/``), acknowledgements
+(``net/acks``), TLS (``net/tls``, ``loop.transport.TLSTransport``), admission
+and limits (``loop/admission``, ``core/reading``, ``loop/departures``), and
+the client (``client/``: protocol, lifecycle, screen, shell, main).
 """
 
 __version__ = "1.1.0"

@@ -10,7 +10,7 @@
 
 It works on the same file as a running server, which sees every change at the
 next login or ``chatwith/``.  This module is glue: checking what the user typed
-and calling ``chatnet.storage`` and ``chatnet.passwords``.  Errors end with one
+and calling ``chatnet.durable.storage`` and ``chatnet.durable.passwords``.  Errors end with one
 line on stderr and status 1 (2 for a bad command line); ``import`` adds every
 account of its file or none.
 """

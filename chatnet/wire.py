@@ -8,7 +8,7 @@ This module owns
   * server lines (section 4): codes, relays and the fixed notice texts.
 
 It must not keep any session state, touch a socket, read a clock or know who
-is online: the core (``chatnet.core``) and the client use these helpers and
+is online: the core (``chatnet.core.machine``) and the client use these helpers and
 own all of that.  Everything here is a pure function of its arguments, except
 ``LineSplitter``, whose only state is the unfinished line it carries between
 two chunks of input.

@@ -3,9 +3,9 @@
 ``ClientSession`` owns what happens *around* the protocol: when to connect
 and when to try again, what becomes of lines typed while no login is open,
 when a script is done sending, and with which status the client ends.  What
-the server's lines mean is ``chatnet.client_core``'s business (a fresh
+the server's lines mean is ``chatnet.client.protocol``'s business (a fresh
 ``ClientCore`` per connection); sockets, terminals and clocks belong to
-``chatnet.client``.  Time is passed in, and so is the random source of the
+``chatnet.client.shell``.  Time is passed in, and so is the random source of the
 back-off jitter (it imports neither ``time`` nor ``random``), so every rule here is tested with plain data
 (``tests/test_session.py``), the exit-status table row by row.
 

@@ -5,7 +5,7 @@ types (lines) into *effects*: bytes to send and things to show, in words.  It
 knows the protocol -- what ``2`` means after ``chatwith/bob``, that a ``2``
 nobody asked for means the partner came online, which lines are relays and
 which are notices -- and nothing about sockets, terminals, curses or clocks:
-time is passed in.  ``chatnet.client`` drives it; ``chatnet.screen`` shows
+time is passed in.  ``chatnet.client.shell`` drives it; ``chatnet.client.screen`` shows
 what it says.
 
 Theory of operation

@@ -1,7 +1,7 @@
 """What the person sees and types: formatting, a line editor, and two screens.
 
 This module owns the terminal.  It turns the client core's effects
-(``chatnet.client_core``) into text on the screen, and key presses into typed
+(``chatnet.client.protocol``) into text on the screen, and key presses into typed
 lines.  It must not know the protocol: it never builds or parses a server
 line.
 
@@ -16,8 +16,8 @@ line.
 * ``CursesScreen`` -- the split screen: a scrolling message pane with
   scrollback (PageUp/PageDown, a "new messages below" marker), a status line
   that keeps what matters most when the terminal is narrow, and the input line.
-* ``Presenter`` -- the client's effects (``chatnet.client_core``,
-  ``chatnet.session``) onto a screen: the lines, the status line, the
+* ``Presenter`` -- the client's effects (``chatnet.client.protocol``,
+  ``chatnet.client.lifecycle``) onto a screen: the lines, the status line, the
   "while you were away" heading, the bell, the ``--log`` file.
 """
 

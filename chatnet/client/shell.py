@@ -239,7 +239,7 @@ class ServerConnection(object):
                 self._records.append((self.written, self.sock.produced))
 
     def acked(self):
-        """How many plaintext bytes the server's TCP acknowledged (chatnet.acks).
+        """How many plaintext bytes the server's TCP acknowledged (chatnet.net.acks).
 
         Where the kernel cannot tell, what it was handed counts.  On TLS the
         count is of records: a send whose records were not all acknowledged

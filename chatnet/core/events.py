@@ -1,11 +1,11 @@
 """The values that cross the boundary between the reactor and the core.
 
-The core (``chatnet.core``) is driven by *inputs*: small immutable values that
+The core (``chatnet.core.machine``) is driven by *inputs*: small immutable values that
 say what happened ("bytes arrived on connection 7", "the password check for
 connection 7 came back").  It answers each input with a list of *actions*:
 small immutable values that say what to do ("send these bytes to connection
 3", "store this message", "check this password").  The reactor
-(``chatnet.reactor``) turns socket events into inputs and carries out the
+(``chatnet.loop.reactor``) turns socket events into inputs and carries out the
 actions, in order.
 
 Connections are named by plain ``int`` ids chosen by the reactor; account IDs,

@@ -12,7 +12,7 @@ It owns three rules and the state they need:
   spared by the throttle, so an attacker cannot lock the owner out.
 
 It must not know about connections, sessions, bytes or the clock: the core
-(``chatnet.core``) asks it questions and passes ``now`` in.  Like the core it
+(``chatnet.core.machine``) asks it questions and passes ``now`` in.  Like the core it
 is pure, and tested with plain data.
 
 Memory stays bounded, and junk cannot flush a real entry

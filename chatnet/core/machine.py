@@ -23,7 +23,7 @@ every rule can be tested with plain data, and the loop
 Theory of operation
 -------------------
 The reactor calls ``ChatCore.handle(event, now)`` with one input from
-``chatnet.events`` and gets back a list of actions to carry out in order.
+``chatnet.core.events`` and gets back a list of actions to carry out in order.
 ``next_deadline()`` says when the core next needs a ``TimePassed`` input.
 
 Each connection has a ``Session`` that moves through these phases, and
@@ -267,7 +267,7 @@ class ChatCore(object):
     # ================================================================ public
 
     def handle(self, event, now):
-        """Take one input (a value from ``chatnet.events``) at time ``now``.
+        """Take one input (a value from ``chatnet.core.events``) at time ``now``.
 
         Returns the list of actions to carry out, in order.  Inputs about a
         connection the core has already closed or never saw are ignored, so

@@ -1,7 +1,7 @@
 """A session's phases, and the only ways it moves between them.
 
 This module is data: the ``Phase`` enum and ``TRANSITIONS``, the table of
-every allowed (phase, cause) -> phase.  The core (``chatnet.core``) changes
+every allowed (phase, cause) -> phase.  The core (``chatnet.core.machine``) changes
 a session's phase in one place, ``ChatCore._enter``, which looks the change
 up here and refuses any other; ``tests/test_core_machine.py`` walks the
 table.  It must not hold behaviour.

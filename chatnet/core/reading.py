@@ -1,6 +1,6 @@
 """Who stops being read, and how much a read may bring: the core's flow control.
 
-The core (``chatnet.core``) asks the reactor to stop reading a connection
+The core (``chatnet.core.machine``) asks the reactor to stop reading a connection
 (``PauseReading``) while at least one of these reasons holds, and to read it
 again (``ResumeReading``) when none is left:
 

@@ -15,7 +15,7 @@ password is at most 7 bytes.  Whoever steals the database can try every
 OWASP's 600,000 iterations, and every dictionary word within seconds at any
 cost; no KDF makes a 7-byte secret strong.  What protects accounts is keeping
 the database file private (chatnet creates it mode 0600) and throttling guesses
-on the wire (seeds/PROTOCOL.md section 2, ``chatnet.core``).  What a high cost would
+on the wire (seeds/PROTOCOL.md section 2, ``chatnet.core.machine``).  What a high cost would
 cost is real: every login runs the KDF, and after a restart all clients log in
 at once.  At 0.4 ms, 10,000 reconnecting clients need 4 s of one core, not 20
 minutes.  The salt still makes every record a separate attack, and the cost

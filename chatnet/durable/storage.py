@@ -11,7 +11,7 @@ Durability
   the server process (``kill -9``) and, if the disk honours fsync, a power cut.
 * Writes are grouped: the storage thread (``chatnet.workers.StorageWriter``)
   writes each loop pass's stores and deletes and calls ``commit()`` once for
-  them, and the loop's cork (``chatnet.ledger``) holds the senders' replies
+  them, and the loop's cork (``chatnet.durable.cork``) holds the senders' replies
   until then.  So a stored message is on disk before its sender sees any
   later reply.  A ``Storage`` is used from one thread at a time: the writer
   while the server runs; readers (``Reader``) have connections of their own.

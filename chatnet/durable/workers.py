@@ -8,7 +8,7 @@ and the loop's wake-up socket (``wake``).
 
 Password checks: fair, bounded, cancelled when nobody waits
 -----------------------------------------------------------
-A password check costs a KDF run (``chatnet.passwords``), on purpose.  So
+A password check costs a KDF run (``chatnet.durable.passwords``), on purpose.  So
 the checks are scheduled here, on the loop's side, and only as many are
 handed to the threads as there are threads:
 
@@ -33,7 +33,7 @@ Database writes (``StorageWriter``) run on one more thread, which owns the
 write transaction: each loop pass hands it one ``Batch`` (that pass's stored
 messages and the delivered rows to delete) and it commits it as one
 transaction -- group commit -- while the loop goes on.  The loop's
-``DurabilityCork`` (``chatnet.ledger``) holds back the output that must wait
+``DurabilityCork`` (``chatnet.durable.cork``) holds back the output that must wait
 for that commit, and only that.
 """
 

@@ -3,7 +3,7 @@
 It owns the map from connection id to ``Transport``, every selector
 registration of a transport (``set_interest``: register, modify, unregister
 -- only ever with the mask the transport asked for), the hang-up watch of
-paused transports (``chatnet.hangups``), the set of transports waiting to
+paused transports (``chatnet.loop.hangups``), the set of transports waiting to
 write (which the stall sweep walks) and, for the log, the peers of
 connections closed in this pass.  It must not read or write a socket, nor
 decide anything: the transports say what they need, the loop decides.

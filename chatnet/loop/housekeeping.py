@@ -9,7 +9,7 @@ lag for the metrics; and the credit a waiting writer gets for time the
 server itself was away (SIGSTOP, a VM pause).
 
 It owns those schedules and nothing else: it decides no protocol matter and
-touches no socket; drops go through ``chatnet.departures``, jobs
+touches no socket; drops go through ``chatnet.loop.departures``, jobs
 through the lookup thread, the file check through the cork.
 """
 

@@ -1,13 +1,13 @@
 """The loop: a hand-written ``selectors`` loop that drives the core, and nothing else.
 
-It turns socket events into inputs for the core (``chatnet.core``) and
+It turns socket events into inputs for the core (``chatnet.core.machine``) and
 carries out the actions the core returns.  It must not make a protocol
 decision -- what a line means, who gets what, when a session ends is the
 core's -- and it does not move bytes itself: each connection's bytes go
-through its ``Transport`` (``chatnet.transport``), accepting is
-``Admission``'s (``chatnet.admission``), the rule that makes chatnet
-durable is the ``DurabilityCork``'s (``chatnet.ledger``), and what happens
-when a connection goes wrong or ends is ``Departures``' (``chatnet.departures``).
+through its ``Transport`` (``chatnet.loop.transport``), accepting is
+``Admission``'s (``chatnet.loop.admission``), the rule that makes chatnet
+durable is the ``DurabilityCork``'s (``chatnet.durable.cork``), and what happens
+when a connection goes wrong or ends is ``Departures``' (``chatnet.loop.departures``).
 
 One pass of the loop (``run_once``)
 -----------------------------------
@@ -89,7 +89,7 @@ _WAKEUP, _HANGUPS = "wakeup", "hangups"   # selector keys that are neither trans
 
 
 class ReactorLimits(NamedTuple):
-    """What one server lets its clients use; see ``chatnet.admission`` and ``chatnet.transport``."""
+    """What one server lets its clients use; see ``chatnet.loop.admission`` and ``chatnet.loop.transport``."""
 
     max_connections: int = 10000
     max_per_ip: int = 16
@@ -200,7 +200,7 @@ class Reactor(object):
         """SIGTERM and SIGINT stop the server cleanly; SIGHUP calls ``on_hangup`` (main thread only).
 
         The handlers only set flags; the loop acts on them between passes
-        (``chatnet.wakeup`` says why).  Without ``on_hangup``, SIGHUP is ignored.
+        (``chatnet.loop.wakeup`` says why).  Without ``on_hangup``, SIGHUP is ignored.
         """
         self._on_hangup = on_hangup
         self._wakeup.install_signal_handlers(reload_wanted=on_hangup is not None)
@@ -432,7 +432,7 @@ class Reactor(object):
     # ================================================================ metrics
 
     def render_metrics(self):
-        """The metrics page (``chatnet.metrics``): counts of the core, the loop and the stores."""
+        """The metrics page (``chatnet.loop.metrics``): counts of the core, the loop and the stores."""
         self.metrics.counted_deliveries(self.stored.delivered_total)
         tls_listening = any(listener.tls is not None for listener in self._admission.listeners)
         return self.metrics.render_for(self._core, self._connections.all(), tls_listening)
@@ -519,7 +519,7 @@ def _tune_socket(sock, keepalive):
     """TCP_NODELAY, a bounded send buffer, and keepalive so a vanished peer is noticed."""
     tcp.no_delay(sock)
     # What the kernel holds unacknowledged is also kept in the transport's
-    # sent log (chatnet.acks), so it is bounded: 256 KiB (Linux doubles the
+    # sent log (chatnet.net.acks), so it is bounded: 256 KiB (Linux doubles the
     # value) carries 2.5 MB/s per client at 100 ms round trip -- plenty for chat.
     tcp.set_option(sock, socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
     tcp.keep_alive(sock, keepalive)

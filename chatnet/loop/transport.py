@@ -8,43 +8,70 @@ moving bytes through it, in the manner of asyncio's
   ``pause_reading``/``resume_reading`` (flow control and held input, decided
   by the core) change what the selector watches;
 * **writing**: ``write(data)`` sends at once, straight from those bytes,
-  when nothing waits before them and the cork is off -- the usual case; the
-  core already joins what one input says to one client into one ``Send``.
-  Otherwise, or for what the kernel did not take, the bytes go to the
-  queue, and ``write_ready()`` sends from it when the socket is writable
-  (a login's ``1`` is ``held`` there until its stored messages join it:
-  clients read them as one block).  ``_send`` is the only place queued
-  bytes leave (``last_word`` sends one notice past a queue being thrown
-  away, when a slow reader is dropped);
+  when nothing waits before them and nothing holds the output -- the usual
+  case; the core already joins what one input says to one client into one
+  ``Send``.  Otherwise, or for what the kernel did not take, the bytes go to
+  the queue, and ``write_ready()`` sends from it when the socket is writable.
+  Output is *held* for a reason its owner pushes and releases: ``LOGIN`` (a
+  login's ``1`` waits to leave with its stored messages, as one block) and
+  ``CORK`` (the durability cork: a message this client stored is not on disk
+  yet).  ``_send`` is the one place queued bytes leave;
 * **water marks**: after each, the bytes waiting for the client are compared
   with the marks, and the *edge* is returned -- ``FULL`` (above the high
   mark), ``DRAINED`` (back below the low one), ``OVERFLOW`` (over the hard
-  cap), ``BROKEN`` (the socket failed) -- for the loop to turn into inputs
-  for the core or a drop;
+  cap), ``BROKEN`` (the socket failed), ``FINISHED`` (closing, and all sent
+  and acknowledged) -- for the loop to turn into inputs for the core, a drop
+  or a close (``chatnet.loop.departures``);
 * **interest**: the events it needs (read unless paused, write only while
-  bytes wait) are handed to the loop only when they change;
+  bytes wait that it may send) are handed to the loop only when they change;
+* **stored rows**: ``chatnet.durable.deliveries`` asks it to queue rows
+  (``queue_stored``) and learns which were acknowledged (``rows_acknowledged``)
+  or never started (``drop_unsent_stored``); while rows stream, other output
+  waits ``behind`` them;
 * **closing**: ``close_when_drained()`` lets the queue empty first;
-  ``close()`` closes now.
+  ``close()`` only closes the socket -- ``Departures.close`` has taken what it
+  never delivered (``take_undelivered``) and had the loop forget it first.
 
-It must not make a protocol decision or touch the database.  It talks to
-its loop through four calls -- ``now``, ``set_interest``, ``closed`` and the
-shared ``cork`` and ``stored`` ledgers -- so it can be tested with a fake
-socket and a fake loop, without threads.
+It must not make a protocol decision or touch the database.  Its loop is
+three callables (``TransportHooks``), so it is tested with a fake socket and
+a fake loop, without threads.  TLS is a layer around it:
+``TLSTransport`` below, the same shape as asyncio's ``sslproto``.
 
-TLS is a layer of the transport (``chatnet.tls``): with ``tls`` set, ``read``
-hands the ciphertext it received to the layer and returns the plaintext,
-and ``_send`` encrypts and sends the records, keeping any the kernel did not
-take in ``cipher_out`` (which the write interest then covers).  The stream
-offsets (``queued``, ``sent``) stay in plaintext.  Before the handshake is
-done nothing is encrypted: plaintext waits in the queue.
+The outgoing stream: offsets, units, invariants
+-----------------------------------------------
+Every byte a client is sent has a *stream offset*: its position in
+everything ever queued for that connection.  The plaintext transport keeps::
 
-The durability cork (``chatnet.ledger``) holds a transport's output while a
-message its client stored waits for its commit: ``write`` only queues then,
-``write_ready`` sends nothing and ``EVENT_WRITE`` is not watched, and the
-loop writes the transport once the commit is done.  Stored messages being
-delivered to this client
-(``chatnet.stored``) go first: while they stream, ``write`` keeps other
-output behind them.
+    queued        bytes ever queued or sent, not counting ``behind``   (plaintext)
+    sent          bytes ever taken by the kernel                       (plaintext)
+    outgoing      bytes queued, not yet taken: offsets sent .. queued
+    behind        bytes waiting behind stored rows (or, once a slow reader is
+                  dropped, everything after its last notice); never sent while set
+    stored_marks  (end offset, row id) of each stored row queued      (plaintext)
+    sent_log      the chunks the kernel took and the peer has not acknowledged
+                  (``chatnet.net.acks``): ``start`` and each chunk's size, in
+                  the units TCP carries (below)
+
+``TLSTransport`` adds ``wire_sent`` (ciphertext handed to TCP, TLS's own
+records included) and ``cipher_out`` (ciphertext the kernel has not taken:
+at most about one record).  Over TLS the sent log's offsets are ciphertext;
+everywhere else, plaintext.  These always hold while the transport is open
+(``tests/test_transport_property.py`` checks them after every step of random
+runs):
+
+1. ``sent == queued - len(outgoing)``: the queue is exactly what was queued
+   and not sent.
+2. ``stream_end() == queued + len(behind)``: the offset a new write will get.
+3. Stored marks are in order, and each ends where its row's line ends; a
+   mark leaves only when the peer acknowledged its offset
+   (``rows_acknowledged``) or at the close (``take_rows_at_close``).
+4. The sent log holds whole lines from the first one the peer did not fully
+   acknowledge; what it keeps ends at ``sent`` (plaintext) or ``wire_sent``
+   (TLS).  So ``undelivered()`` -- the log's unacknowledged lines, then
+   ``outgoing``, then ``behind`` -- is every line the peer may not have, in
+   order, and nothing it acknowledged.
+5. Only this class writes these fields; the cork, the stored deliveries and
+   the loop ask (``hold``/``release``, ``queue_stored``, ``registered``, ...).
 """
 
 import collections
@@ -137,7 +164,7 @@ class Transport(object):
         self.behind = None             # output waiting behind stored rows still streaming (bytearray)
         self.failure = None            # why the socket failed
         self.user_id = None            # the account logged in on it (from LoginSucceeded)
-        self.sent_log = None           # chunks the kernel took, not yet acknowledged (chatnet.acks)
+        self.sent_log = None           # chunks the kernel took, not yet acknowledged (chatnet.net.acks)
         self.holds = 0                 # reasons output waits in the queue (LOGIN | CORK)
         self.dropping = False          # dropped as a slow reader: its last notice is on its way
 
@@ -280,7 +307,7 @@ class Transport(object):
             return None
         if sent:
             self.sent += sent
-            # Remember it until the peer's TCP acknowledges it (chatnet.acks):
+            # Remember it until the peer's TCP acknowledges it (chatnet.net.acks):
             # inline, for this runs once per send.
             kept = data if sent == len(data) and type(data) is bytes else bytes(data[:sent])
             log = self.sent_log
@@ -358,7 +385,7 @@ class Transport(object):
     def live_bytes_waiting(self):
         """Bytes waiting for the client, not counting stored messages from its login.
 
-        Those are bounded by the stream's batch size (``chatnet.stored``), not
+        Those are bounded by the stream's batch size (``chatnet.durable.deliveries``), not
         by how the client reads, so they must not make a client look slow.
         """
         waiting = len(self.outgoing)

@@ -2,7 +2,7 @@
 
 ``TLSLayer`` wraps an ``ssl.SSLObject`` between two ``ssl.MemoryBIO``s, as
 asyncio's ``sslproto`` does.  It never touches a socket: the transport
-(``chatnet.transport``) keeps the socket, reads ciphertext from it and hands
+(``chatnet.loop.transport``) keeps the socket, reads ciphertext from it and hands
 it to ``receive``, and sends whatever ``encrypt``, ``receive`` or
 ``close_notify`` give back.  So the loop stays the same loop -- no
 ``SSLWantReadError`` dance around ``select`` -- and the layer can be tested
