@@ -217,21 +217,28 @@ def test_stored_rows_leave_the_store_only_once_acknowledged_so_kill_9_loses_none
     assert len(got) - len(set(got)) <= acknowledged
 
 
+def silent_bob_and_alice(server, source):
+    """bob logged in from ``source`` on an attacker's socket he will not read; alice chatting to him."""
+    from live_server import attacker_socket, frame
+    bob = attacker_socket(server.port, source=source, receive_buffer=4096)
+    bob.sendall(frame(b"bob", b"secret"))
+    assert bob.recv(2) == b"1\n"
+    alice = server.login(b"alice", b"pw")
+    alice.chatwith(b"bob", b"2")
+    return bob, alice
+
+
 def test_messages_going_back_into_a_locked_store_are_retried_until_committed(database):
     """Issue 21 defect 2, the way it was found: while another program holds the write lock (a
     backup, the sqlite3 shell), a vanished recipient's unacknowledged messages were logged
     "kept" and then, one by one, "could not be stored again: it is lost" -- his next login got
     0 of 38.  They are retried until committed, never dropped."""
-    from live_server import attacker_socket, frame, reset
+    from live_server import reset
     count = 38
     expected = [b"chat/alice: m%03d %s" % (number, b"z" * 400) for number in range(count)]
     server = LiveServer(database, "--log-level", "info").start()
     try:
-        bob = attacker_socket(server.port, source="127.0.0.3", receive_buffer=4096)
-        bob.sendall(frame(b"bob", b"secret"))
-        assert bob.recv(2) == b"1\n"
-        alice = server.login(b"alice", b"pw")
-        alice.chatwith(b"bob", b"2")
+        bob, alice = silent_bob_and_alice(server, "127.0.0.3")
         alice.send(b"".join(b"chat/m%03d %s\n" % (number, b"z" * 400) for number in range(count)))
         alice.sync()                                   # relayed: in bob's queue or his kernel
         holder = sqlite3.connect(database, isolation_level=None)
@@ -262,16 +269,12 @@ def test_messages_going_back_into_a_locked_store_are_retried_until_committed(dat
 
 def test_at_sigterm_messages_going_back_wait_for_a_locked_database(database):
     """Issue 21 defect 2, at the stop: the exit waits until they are stored, never drops them."""
-    from live_server import attacker_socket, frame, reset
+    from live_server import reset
     count = 20
     expected = [b"chat/alice: s%03d %s" % (number, b"w" * 2000) for number in range(count)]
     server = LiveServer(database, "--log-level", "info").start()
     try:
-        bob = attacker_socket(server.port, source="127.0.0.4", receive_buffer=4096)
-        bob.sendall(frame(b"bob", b"secret"))
-        assert bob.recv(2) == b"1\n"
-        alice = server.login(b"alice", b"pw")
-        alice.chatwith(b"bob", b"2")
+        bob, alice = silent_bob_and_alice(server, "127.0.0.4")
         alice.send(b"".join(b"chat/s%03d %s\n" % (number, b"w" * 2000) for number in range(count)))
         alice.sync()                                   # bob does not read: most wait
         holder = sqlite3.connect(database, isolation_level=None)
