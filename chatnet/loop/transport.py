@@ -54,7 +54,7 @@ everything ever queued for that connection.  The plaintext transport keeps::
 
 ``TLSTransport`` adds ``wire_sent`` (ciphertext handed to TCP, TLS's own
 records included) and ``cipher_out`` (ciphertext the kernel has not taken:
-at most about one record).  Over TLS the sent log's offsets are ciphertext;
+at most about 64 KiB).  Over TLS the sent log's offsets are ciphertext;
 everywhere else, plaintext.  These always hold while the transport is open
 (``tests/test_transport_property.py`` checks them after every step of random
 runs):
@@ -598,10 +598,11 @@ class Transport(object):
         self.outgoing = NOTHING
 
 
-#: Plaintext encrypted per record: TLS's largest.  Encrypting one record at a
-#: time, and only while the kernel takes them whole, keeps at most one
-#: record's ciphertext waiting outside the queue the water marks measure.
-RECORD = 16384
+#: Plaintext encrypted at once: four of TLS's largest records.  Encrypting this
+#: much at a time, and only while the kernel takes it whole, keeps at most
+#: about 64 KiB of ciphertext waiting outside the queue the water marks
+#: measure -- and costs one ``encrypt`` and one ``send`` per 64 KiB, not per record.
+ENCRYPT_AT_ONCE = 4 * 16384
 
 
 class TLSTransport(Transport):
@@ -610,8 +611,8 @@ class TLSTransport(Transport):
     The layer sits between the socket and the stream, as asyncio's ``sslproto``
     sits between the socket transport and the protocol: ``read`` hands the
     ciphertext received to the layer and returns the plaintext; ``_send``
-    encrypts the queue a record at a time and hands the records to the socket,
-    keeping what the kernel did not take of the last one in ``cipher_out``.
+    encrypts the queue 64 KiB at a time and hands the records to the socket,
+    keeping what the kernel did not take of the last ones in ``cipher_out``.
     Everything else -- the queue, the holds, the water marks, the stall clock,
     acknowledgements, closing -- is the plaintext transport's, unchanged:
 
@@ -619,7 +620,7 @@ class TLSTransport(Transport):
       counts plaintext encrypted and handed on); ``wire_sent`` counts the
       ciphertext handed to TCP, TLS's own records included, and is what the
       peer's acknowledgements are compared with;
-    * ``cipher_out`` holds at most about one record: the queue (``outgoing``)
+    * ``cipher_out`` holds at most about 64 KiB: the queue (``outgoing``)
       keeps the rest in plaintext, so the water marks and the hard cap see it,
       and ``live_bytes_waiting`` counts ``cipher_out`` too;
     * a record draining is progress for the stall clock, like plaintext taken;
@@ -690,7 +691,7 @@ class TLSTransport(Transport):
         return edge
 
     def _send(self, data):
-        """Encrypt and hand on records while the kernel takes them whole: the plaintext taken.
+        """Encrypt and hand on records while the kernel takes them all: the plaintext taken.
 
         0 while records of earlier plaintext still wait in ``cipher_out``;
         None if none of ``data`` reached TCP because the socket or the layer broke.
@@ -704,7 +705,7 @@ class TLSTransport(Transport):
                 return 0
         size, taken = len(data), 0
         while taken < size:
-            piece = data if size <= RECORD else data[taken:taken + RECORD]
+            piece = data if size <= ENCRYPT_AT_ONCE else data[taken:taken + ENCRYPT_AT_ONCE]
             try:
                 records = self.tls.encrypt(piece)
             except OSError as error:                   # TLSFailed: the stream is over
