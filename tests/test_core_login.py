@@ -132,7 +132,7 @@ def test_success_sends_1_then_the_store_oldest_first_then_empties_it(h):
     conn = h.login(b"bob")
     assert h.lines(conn) == [b"chat/alice: first", "chat/carol: 두번째".encode()]
     assert h.stores.get(b"bob") is None
-    assert h.core.session(conn).partner is None                  # no partner yet (§7)
+    assert h.core.session(conn).partner is None                  # no partner yet (seed step 7)
 
 
 def test_the_1_is_queued_before_the_store_is_delivered(h):

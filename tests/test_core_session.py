@@ -25,7 +25,7 @@ def chatwith(h, conn, target):
 
 
 
-# ---------------------------------------------------------------- chatwith/<ID> (§8)
+# ---------------------------------------------------------------- chatwith/<ID> (seed step 8)
 
 def test_chatwith_an_unregistered_id_answers_0_and_one_notice(h):
     alice = h.login(b"alice")
@@ -244,7 +244,7 @@ def test_a_blank_line_is_ignored_silently(h):
     assert h.lines(alice) == []
 
 
-# ---------------------------------------------------------------- line framing (§3, §5)
+# ---------------------------------------------------------------- line framing (PROTOCOL §3, §5)
 
 def test_crlf_lines_lose_only_the_cr(h):
     alice, bob = h.login(b"alice"), h.login(b"bob")

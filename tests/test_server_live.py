@@ -26,7 +26,7 @@ def start_server(request, database):
 
 
 
-# ---------------------------------------------------------------- login (§2)
+# ---------------------------------------------------------------- login (PROTOCOL §2)
 
 def test_login_succeeds_and_nothing_else_is_sent(server):
     alice = server.login(b"alice", b"pw")
@@ -105,7 +105,7 @@ def test_the_login_timeout_spares_logged_in_sessions(start_server):
     assert alice.sync() == []
 
 
-# ---------------------------------------------------------------- stores at login (§2, §6)
+# ---------------------------------------------------------------- stores at login (PROTOCOL §2, §6)
 
 def test_stored_messages_arrive_at_login_in_order_then_the_store_is_empty(server):
     alice = server.login(b"alice", b"pw")
@@ -123,7 +123,7 @@ def test_stored_messages_arrive_at_login_in_order_then_the_store_is_empty(server
     assert again.sync() == []
 
 
-# ---------------------------------------------------------------- chatwith (§3)
+# ---------------------------------------------------------------- chatwith (PROTOCOL §3)
 
 def test_chatwith_answers_every_code_with_its_exact_notice(server):
     alice = server.login(b"alice", b"pw")
@@ -156,7 +156,7 @@ def test_an_account_added_while_the_server_runs_can_be_chosen_at_once(server):
     assert server.client().login(b"newbie", b"fresh") == b"1"
 
 
-# ---------------------------------------------------------------- relay (§3)
+# ---------------------------------------------------------------- relay (PROTOCOL §3)
 
 def test_live_relay_both_ways_with_korean_and_emoji_byte_exact(server):
     alice, bob = server.login(b"alice", b"pw"), server.login(b"bob", b"secret")
@@ -211,7 +211,7 @@ def test_unknown_lines_get_one_notice_and_blank_lines_none(server):
     assert alice.sync() == []
 
 
-# ---------------------------------------------------------------- pushed events (§3)
+# ---------------------------------------------------------------- pushed events (PROTOCOL §3)
 
 def test_partner_disconnect_and_partner_login_events(server):
     alice = server.login(b"alice", b"pw")
@@ -238,7 +238,7 @@ def test_a_replaced_partner_stays_connected_for_its_watchers(server):
     bob2.expect(b"chat/alice: hi")
 
 
-# ---------------------------------------------------------------- the store limit (§3, §6)
+# ---------------------------------------------------------------- the store limit (PROTOCOL §3, §6)
 
 def test_a_full_store_answers_a_notice_with_full(start_server):
     server = start_server("--store-limit", "3")
@@ -254,7 +254,7 @@ def test_a_full_store_answers_a_notice_with_full(start_server):
     assert bob.sync() == []
 
 
-# ---------------------------------------------------------------- bad input (§5)
+# ---------------------------------------------------------------- bad input (PROTOCOL §5)
 
 def test_over_long_lines_are_dropped_with_a_notice_and_the_connection_stays(start_server):
     server = start_server("--max-line", "64")

@@ -7,7 +7,7 @@ import pytest
 from chatnet import wire
 from chatnet.client.protocol import Info, LoggedIn, Message, NoSuchUser, PartnerChanged, Problem, SendBytes
 from chatnet.client.lifecycle import (
-    CONNECT_TIMEOUT, FIRST_RETRY, LAST_RETRY, LINGER, ClientSession, Connect, Disconnect, Exit,
+    CONNECT_TIMEOUT, FIRST_RETRY, LAST_RETRY, LINGER, ClientLifecycle, Connect, Disconnect, Exit,
     ExitStatus, HalfClose, Link, RetryAt, Status,
 )
 
@@ -17,7 +17,7 @@ FRAME = wire.login_frame(b"alice", b"pw")
 def session(interactive=True, reconnect=None, partner=None):
     if reconnect is None:
         reconnect = interactive                  # the client's default
-    return ClientSession(b"alice", b"pw", interactive, reconnect, random.Random(1),
+    return ClientLifecycle(b"alice", b"pw", interactive, reconnect, random.Random(1),
                          partner=partner)
 
 

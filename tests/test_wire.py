@@ -5,7 +5,7 @@ import pytest
 from chatnet import wire
 from chatnet.wire import LINE_TOO_LONG, Credentials, LineSplitter, login_frame, parse_login_frame
 
-# ---------------------------------------------------------------- login frames (§2)
+# ---------------------------------------------------------------- login frames (PROTOCOL §2)
 
 VALID = [
     (b"alice\0\0\0pw\0\0\0\0\0\0", Credentials(b"alice", b"pw")),
@@ -57,7 +57,7 @@ def test_credentials_never_show_the_password():
     assert b"secret".decode() not in repr(Credentials(b"bob", b"secret"))
 
 
-# ---------------------------------------------------------------- lines (§3)
+# ---------------------------------------------------------------- lines (PROTOCOL §3)
 
 def split_all(splitter, chunks):
     lines = []
@@ -110,7 +110,7 @@ def test_is_utf8(data, ok):
     assert wire.is_utf8(data) is ok
 
 
-# ---------------------------------------------------------------- server lines (§4)
+# ---------------------------------------------------------------- server lines (PROTOCOL §4)
 
 NOTICES = [value for name, value in vars(wire).items() if name.startswith("NOTICE_")]
 

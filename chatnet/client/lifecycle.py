@@ -1,6 +1,6 @@
 """The client's lifecycle, as a pure state machine: connect, log in, chat, lose, retry, leave.
 
-``ClientSession`` owns what happens *around* the protocol: when to connect
+``ClientLifecycle`` owns what happens *around* the protocol: when to connect
 and when to try again, what becomes of lines typed while no login is open,
 when a script is done sending, and with which status the client ends.  What
 the server's lines mean is ``chatnet.client.protocol``'s business (a fresh
@@ -78,7 +78,7 @@ class Link(enum.Enum):
 
 
 #: Every change of link: (link, cause) -> the next link, written as the
-#: server's ``chatnet.core.phases.TRANSITIONS``.  ``ClientSession._enter`` is the
+#: server's ``chatnet.core.phases.TRANSITIONS``.  ``ClientLifecycle._enter`` is the
 #: one place the link changes and refuses anything else; a test walks the table.
 LINK_TRANSITIONS = {
     (Link.START, "connect"): Link.CONNECTING,
@@ -143,7 +143,7 @@ class Exit(NamedTuple):
 
 # ---------------------------------------------------------------- the machine
 
-class ClientSession(object):
+class ClientLifecycle(object):
     """One person's session, across connections.  See the module docstring."""
 
     def __init__(self, user_id, password, interactive, reconnect, rng, partner=None,

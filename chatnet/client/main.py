@@ -39,7 +39,7 @@ import sys
 
 from .. import cli, wire
 from ..net import tls
-from .lifecycle import ClientSession, ExitStatus
+from .lifecycle import ClientLifecycle, ExitStatus
 from .protocol import Info
 from .screen import BELL_IDLE, CursesScreen, Presenter, PlainScreen
 from .shell import PROG, ChatLoop, ClientExit, CursesKeyboard, PipeInput, PlainKeyboard
@@ -76,7 +76,7 @@ def ask_credentials(user, stream=sys.stderr, again=False):
 def new_session(options, user, password, interactive):
     """The one login path: interactive, scripted and reconnecting alike."""
     reconnect = options.reconnect if options.reconnect is not None else interactive
-    return ClientSession(user.encode("utf-8"), password, interactive, reconnect, random.Random(),
+    return ClientLifecycle(user.encode("utf-8"), password, interactive, reconnect, random.Random(),
                          partner=options.to, secure=options.tls_context is not None)
 
 
