@@ -284,10 +284,22 @@ def relay_messages(data):
     """
     messages = []
     for line in data.split(b"\n")[:-1]:
-        match = RELAY_PATTERN.match(line + b"\n")
-        if match is not None:
-            messages.append((line[len(CHAT):match.end() - 2], line[match.end():]))
+        relay = parse_relay(line)
+        if relay is not None:
+            messages.append(relay)
     return messages
+
+
+def parse_relay(line):
+    """``(sender, text)`` of a relay line given without its newline, or None for any other.
+
+    >>> parse_relay(b"chat/alice: hi")
+    (b'alice', b'hi')
+    """
+    match = RELAY_PATTERN.match(line + b"\n")
+    if match is None:
+        return None
+    return line[len(CHAT):match.end() - 2], line[match.end():]
 
 
 def notice(text):

@@ -29,14 +29,12 @@ sends the text ``/x``; anything else is a message for the partner, split at
 character boundaries when it is longer than one line may be.
 """
 
-import re
 from typing import NamedTuple, Optional
 
 from .. import wire
 from ..values import compared_by_type
 
 STORED_WINDOW = 1.0
-RELAY_LINE = re.compile(rb"chat/(" + wire.ID_CHARACTERS + rb"): (.*)", re.S)
 LONGEST_SERVER_LINE = 256 * 1024         # any real server line is far shorter
 
 HELP = (
@@ -279,11 +277,11 @@ class ClientCore(object):
             self._info("%s is online; say hello" % _text(user_id))
 
     def _chat_line(self, line, now):
-        relay = RELAY_LINE.fullmatch(line)
+        relay = wire.parse_relay(line)
         if relay is not None:
             stored = (self._logged_in_at is not None and not self._sent_since_login
                       and now - self._logged_in_at <= STORED_WINDOW)
-            self._relayed(relay.group(1), _text(relay.group(2)), stored)
+            self._relayed(relay[0], _text(relay[1]), stored)
         elif line == wire.body(wire.NOTICE_DESTROYED):
             gone = self.partner
             self._set_partner(None, None)

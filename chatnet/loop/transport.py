@@ -721,6 +721,7 @@ class TLSTransport(Transport):
             self.wire_sent += len(records)
             self.sent += len(piece)
             taken += len(piece)
+            # A copy of a bytearray: the queue it came from changes after this.
             self._log_sent(piece if type(piece) is bytes else bytes(piece), len(records))
             if sent < len(records):
                 self.cipher_out = bytearray(records[sent:])

@@ -5,7 +5,8 @@ recipient's TCP has acknowledged its last byte.  Linux tells how many bytes
 the peer acknowledged (``tcpi_bytes_acked`` in ``TCP_INFO``), and it still
 tells after the connection died.  So a transport keeps, in a ``SentLog``,
 references to the chunks it handed the kernel, each with the stream offset
-where it ends (worked out from the first one's), and forgets a chunk once the peer acknowledged it -- reading
+where it ends (worked out from the first one's), and forgets a chunk once the
+peer acknowledged it -- reading
 ``TCP_INFO`` only now and then (every ``CHECK_EVERY`` chunks, once a second
 from the loop, and at the end), never per message.  When the connection
 ends, ``unacknowledged`` returns the bytes from the start of the first line
@@ -73,9 +74,9 @@ class SentLog(object):
     walks back from the log's end, taking the chunks' lengths; at the end of
     a connection, a running sum from ``start`` and a binary search.  On a
     TLS connection a chunk is plaintext but the offsets are ciphertext:
-    ``wire_sizes`` then holds how many bytes of records each chunk became.  Lists, not deques: most logs hold a
-    chunk or two for a moment (a deque's first block alone is about 600
-    bytes, on every connection).
+    ``wire_sizes`` then holds how many bytes of records each chunk became.
+    Lists, not deques: most logs hold a chunk or two for a moment (a deque's
+    first block alone is about 600 bytes, on every connection).
     """
 
     __slots__ = ("start", "chunks", "wire_sizes")
