@@ -242,6 +242,10 @@ class ChatCore(object):
         #: Section 2: frames, checks, delays, the login timeout.
         self.login = LoginRules(registry, steps, self.login_gate, config.max_failures,
                                 self.partners.logged_in)
+        #: ``next_deadline()``: when the core next needs ``TimePassed`` (a ``now`` value), or
+        #: None.  The login timeouts and failure delays are its only deadlines, so it is the
+        #: login rules' own method (asked once a loop pass: no call in between).
+        self.next_deadline = self.login.next_deadline
         self._actions = []           # actions produced by the current input
         self._outgoing = {}          # conn -> byte chunks not yet turned into a Send
         self._notice_too_long = wire.notice_line_too_long(config.max_line)
@@ -280,10 +284,6 @@ class ChatCore(object):
             self._flush_sends()
         actions, self._actions = self._actions, []
         return actions
-
-    def next_deadline(self):
-        """When the core next needs ``TimePassed`` (a ``now`` value), or None."""
-        return self.login.next_deadline()
 
     # Read-only views, for the reactor's logs and for tests.
 

@@ -120,7 +120,11 @@ class DurabilityCork(object):
     def release(self):
         """The pass's commit step: hand this pass's stores and deletes to the storage thread."""
         deletes = []
-        if self._now() >= self._down_until:
+        waiting = self._going_back or self._stored.has_deletes()
+        if not waiting and not self._pass_stores:        # most passes: nothing to commit
+            self._run_after()
+            return
+        if waiting and self._now() >= self._down_until:
             if self._stored.has_deletes():
                 deletes = self._stored.take_deletes()
             if self._going_back and not self.file_lost:

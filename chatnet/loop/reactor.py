@@ -306,7 +306,7 @@ class Reactor(object):
             return
         if data:
             self.feed(data_received(transport.conn, data))
-            if transport.eof_after_data():             # TLS: the stream ended too
+            if transport.eof_follows and transport.eof_after_data():   # TLS: it ended too
                 transport.input_ended()
                 self.feed(InputEnded(transport.conn))
         elif data is not None:

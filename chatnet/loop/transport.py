@@ -133,6 +133,7 @@ class Transport(object):
     )
 
     secure = False               # TLSTransport: True
+    eof_follows = False          # TLSTransport: the stream ended right after the data just read
 
     #: The reasons to hold output, for those who push them without importing this module.
     LOGIN, CORK = LOGIN, CORK
@@ -182,10 +183,6 @@ class Transport(object):
             return self.sock.recv(self.read_size)
         except (BlockingIOError, InterruptedError):
             return None
-
-    def eof_after_data(self):
-        """Did the stream end right after the data ``read`` just returned?  (TLS can say so.)"""
-        return False
 
     def read_at_most(self, size):
         """The core's ``ReadAtMost``: ``size`` bytes a read at most (0: the loop's own size)."""
@@ -646,8 +643,9 @@ class TLSTransport(Transport):
 
         ``TLSFailed`` (an OSError) when the handshake or a record failed.
         """
-        data = Transport.read(self)
-        if data is None:
+        try:
+            data = self.sock.recv(self.read_size)
+        except (BlockingIOError, InterruptedError):
             return None
         handshaking = not self.tls.handshake_done
         plaintext, ciphertext = self.tls.receive(data)
@@ -669,18 +667,13 @@ class TLSTransport(Transport):
         return plaintext or None
 
     def eof_after_data(self):
+        """Did the stream end right after the data ``read`` just returned?  (Asked once.)"""
         if self.eof_follows and not self.closed:
             self.eof_follows = False
             return True
         return False
 
     # ---------------------------------------------------------------- writing
-
-    def write(self, data):
-        edge = Transport.write(self, data)
-        if self.cipher_out and not self.mask & WRITE and not self.closed:
-            self.update_interest()                     # the rest of a record waits
-        return edge
 
     def write_ready(self):
         if self.cipher_out and not self._flush_cipher():
@@ -725,6 +718,7 @@ class TLSTransport(Transport):
             self._log_sent(piece if type(piece) is bytes else bytes(piece), len(records))
             if sent < len(records):
                 self.cipher_out = bytearray(records[sent:])
+                self.update_interest()                 # the rest of the records waits: EVENT_WRITE
                 break
         return taken
 
