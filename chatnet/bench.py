@@ -24,7 +24,9 @@ register them with ``python -m chatnet.bench accounts N | python -m
 chatnet.accounts --db DB import -`` (``--local`` does it itself).
 
 This module is a tool, not part of the server: it reads clocks and opens
-sockets freely, and imports nothing from the server but the wire format.
+sockets freely, and imports nothing from the server but the wire format.  Its
+connections are the client's own (``chatnet.client.connection``, TLS
+included), so the load speaks exactly as ``chatnet-client`` does.
 """
 
 import multiprocessing
@@ -40,6 +42,7 @@ import threading
 import time
 
 from . import cli, wire
+from .client.connection import ServerConnection, TLSServerConnection
 from .net import tls
 
 PROG = cli.program_name("chatnet.bench", "chatnet-bench")
@@ -50,16 +53,15 @@ NOTICE_ONLINE = wire.NOTICE_ONLINE
 # ================================================================ one worker's connections
 
 class Client(object):
-    """One load-generating connection: a socket, its buffers, its counters."""
+    """One load-generating client: its connection, what it received, its counters."""
 
-    __slots__ = ("sock", "user_id", "inbox", "outbox", "partner", "prefix", "in_flight",
-                 "sent", "received", "next_number", "expected", "state", "started", "wants_write")
+    __slots__ = ("conn", "user_id", "inbox", "partner", "prefix", "in_flight",
+                 "sent", "received", "next_number", "expected", "state", "started", "mask")
 
     def __init__(self, user_id):
-        self.sock = None
+        self.conn = None
         self.user_id = user_id
         self.inbox = b""
-        self.outbox = bytearray()
         self.partner = None
         self.prefix = b""            # "chat/<partner>: ": how the partner's lines arrive here
         self.in_flight = 0
@@ -69,7 +71,7 @@ class Client(object):
         self.expected = 0
         self.state = "new"
         self.started = 0.0
-        self.wants_write = False
+        self.mask = 0                # the selector events registered for the connection
 
 
 class Worker(object):
@@ -86,47 +88,50 @@ class Worker(object):
     # ---------------------------------------------------------------- plumbing
 
     def open(self, client):
-        sock = socket.socket(socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.connect_ex(self.address)
-        if self.tls_context is not None:
-            sock = tls.SecureSocket(sock, self.tls_context, self.address[0])
-        client.sock = sock
+        host, port = self.address
+        conn = (ServerConnection(host, port, 0) if self.tls_context is None
+                else TLSServerConnection(host, port, 0, self.tls_context))
+        client.conn = conn
         client.started = time.perf_counter()
         client.state = "connecting"
-        client.wants_write = True
-        self.selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
-        client.outbox += wire.login_frame(client.user_id, self.password)
-
-    def queue(self, client, data):
-        client.outbox += data
-        if not client.wants_write:
-            client.wants_write = True
-            self.selector.modify(client.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
-
-    def flush(self, client):
         try:
-            sent = client.sock.send(client.outbox)
-        except (BlockingIOError, InterruptedError):
-            return
+            conn.open()
         except OSError as error:
             self.fail(client, str(error))
             return
-        del client.outbox[:sent]
-        if not client.outbox and client.wants_write and not getattr(client.sock, "pending", False):
-            client.wants_write = False
-            self.selector.modify(client.sock, selectors.EVENT_READ, client)
+        conn.write(wire.login_frame(client.user_id, self.password))
+        client.mask = conn.wanted()
+        self.selector.register(conn.fd, client.mask, client)
+
+    def queue(self, client, data):
+        client.conn.write(data)
+        self.update_interest(client)
+
+    def flush(self, client):
+        try:
+            client.conn.flush()
+        except OSError as error:
+            self.fail(client, str(error))
+            return
+        self.update_interest(client)
+
+    def update_interest(self, client):
+        """``EVENT_WRITE`` only while the connection has bytes waiting (or is connecting)."""
+        mask = client.conn.wanted()
+        if mask != client.mask and client.state != "failed":
+            client.mask = mask
+            self.selector.modify(client.conn.fd, mask, client)
 
     def fail(self, client, why):
         if client.state != "failed":
             self.errors.append("%s: %s" % (client.user_id.decode(), why))
             client.state = "failed"
-            try:
-                self.selector.unregister(client.sock)
-            except (KeyError, ValueError):
-                pass
-            client.sock.close()
+            if client.mask:
+                try:
+                    self.selector.unregister(client.conn.fd)
+                except (KeyError, ValueError):
+                    pass
+            client.conn.close()
 
     def pump(self, until, handle_line, done=lambda: False):
         """Run the loop until ``done()`` or the deadline; give each line to ``handle_line``."""
@@ -136,9 +141,11 @@ class Worker(object):
                 return False
             for key, mask in self.selector.select(min(left, 0.5)):
                 client = key.data
-                if client.state in ("connecting", "handshake") and not self.connected(client):
-                    continue
-                if mask & selectors.EVENT_WRITE:
+                if client.state in ("connecting", "handshake"):
+                    if not self.connected(client):
+                        continue
+                    self.flush(client)               # the login frame waited for this
+                elif mask & selectors.EVENT_WRITE:
                     self.flush(client)
                 if mask & selectors.EVENT_READ and client.state != "failed":
                     self.read(client, handle_line)
@@ -146,45 +153,42 @@ class Worker(object):
 
     def connected(self, client):
         """Past the TCP connect (and the TLS handshake): True once the login can go."""
-        if self.tls_context is None:
-            client.state = "login"
-            return True
         client.state = "handshake"
         try:
-            client.sock.handshake()
-        except BlockingIOError:
-            return False
+            ready = client.conn.advance()
         except OSError as error:
             self.fail(client, str(error))
             return False
-        client.state = "login"
-        return True
+        self.update_interest(client)
+        if ready:
+            client.state = "login"
+        return ready
 
     def read(self, client, handle_line):
         try:
-            data = client.sock.recv(262144)
-        except (BlockingIOError, InterruptedError):
-            return
+            data = client.conn.recv()
         except OSError as error:
             self.fail(client, str(error))
             return
-        if not data:
-            self.fail(client, "closed by the server")
+        if data is None:
             return
-        lines = (client.inbox + data).split(b"\n")
-        client.inbox = lines.pop()
-        now = time.perf_counter()
-        for line in lines:
-            handle_line(client, line, now)
+        if data:
+            lines = (client.inbox + data).split(b"\n")
+            client.inbox = lines.pop()
+            now = time.perf_counter()
+            for line in lines:
+                handle_line(client, line, now)
+        if not data or client.conn.at_end:
+            self.fail(client, "closed by the server")
 
     def close_all(self, clients):
         for client in clients:
-            if client.state != "failed" and client.sock is not None:
+            if client.state != "failed" and client.conn is not None:
                 try:
-                    self.selector.unregister(client.sock)
+                    self.selector.unregister(client.conn.fd)
                 except (KeyError, ValueError):
                     pass
-                client.sock.close()
+                client.conn.close()
 
     # ---------------------------------------------------------------- logging in and pairing
 
@@ -305,8 +309,7 @@ class PairPinger(threading.Thread):
         sock = socket.create_connection(self.address, timeout=10)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls_context is not None:
-            sock = tls.SecureSocket(sock, self.tls_context, self.address[0])
-            sock.handshake()
+            sock = self.tls_context.wrap_socket(sock, server_hostname=self.address[0])
         sock.sendall(wire.login_frame(user, self.password))
         client = (sock, [b""])
         if self.read_line(client) != b"1":

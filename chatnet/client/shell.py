@@ -3,9 +3,9 @@
 ``ChatLoop`` waits, reads (the server or the keyboard), hands what happened
 to the session (``chatnet.client.lifecycle``, pure, time passed in) and
 carries out the effects it returns -- ``_apply`` is the one place effects
-become I/O, in the manner of the server's loop.  ``ServerConnection`` owns
-the one socket, its send buffer and its TLS layer; the keyboards and
-``PipeInput`` are the input sources.
+become I/O, in the manner of the server's loop.  The connection
+(``chatnet.client.connection``) owns the one socket, its send queue and its
+TLS layer; the keyboards and ``PipeInput`` are the input sources.
 
 When to connect, retry, half-close or exit is ``chatnet.client.lifecycle``'s
 decision; what the server's lines mean is ``chatnet.client.protocol``'s; how
@@ -14,16 +14,14 @@ of those.  The command line and the ways to run are ``chatnet.client.main``.
 """
 
 import codecs
-import errno
 import os
 import selectors
-import socket
 import ssl
 import time
 
 from .. import cli
-from ..net import tcp, tls
-from ..net.acks import bytes_acked
+from ..net import tls
+from .connection import ServerConnection, TLSServerConnection
 from .protocol import SendBytes
 from .screen import EscapeSequence
 from .lifecycle import Connect, Disconnect, Exit, HalfClose
@@ -157,149 +155,6 @@ class PlainKeyboard(object):
         return lines
 
 
-# ================================================================ the connection
-
-class ServerConnection(object):
-    """The client's one connection: its socket, its TLS layer, its send queue.
-
-    The client's counterpart of the server's transport, small because there is
-    one: ``open`` starts a nonblocking connect, ``advance`` carries it (and
-    the TLS handshake) forward when the socket is ready, ``write`` queues and
-    sends, ``flush`` sends what the kernel would not take before.  Errors are
-    raised as ``OSError`` for the loop to hand to the session in words.
-    """
-
-    CONNECTING, HANDSHAKING, OPEN = "connecting", "handshaking", "open"
-
-    def __init__(self, host, port, tls_context, keepalive):
-        self.host, self.port, self.tls_context = host, port, tls_context
-        self.keepalive = keepalive       # seconds idle before probing whether the server is there
-        self.sock = None
-        self.fd = None
-        self.state = None
-        self.outgoing = bytearray()
-        self.written = 0                 # plaintext bytes handed to the kernel (or the TLS layer)
-        self._records = []               # TLS: (plaintext end, ciphertext end) of each send
-
-    def open(self):
-        family, kind, protocol, _, address = socket.getaddrinfo(
-            self.host, self.port, 0, socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, protocol)
-        sock.setblocking(False)
-        result = sock.connect_ex(address)
-        if result not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            sock.close()
-            raise OSError(result, os.strerror(result))
-        self.sock, self.fd, self.state = sock, sock.fileno(), self.CONNECTING
-        self.outgoing = bytearray()
-        self.written, self._records = 0, []
-
-    def advance(self):
-        """The socket is ready while connecting or shaking hands: True once open."""
-        if self.state is self.CONNECTING:
-            error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if error:
-                raise OSError(error, os.strerror(error))
-            tcp.no_delay(self.sock)
-            tcp.keep_alive(self.sock, self.keepalive)   # a network that vanished is noticed
-            if self.tls_context is None:
-                self.state = self.OPEN
-                return True
-            self.sock = tls.SecureSocket(self.sock, self.tls_context, self.host)
-            self.state = self.HANDSHAKING
-        try:
-            self.sock.handshake()
-        except BlockingIOError:
-            self.sock.flush()
-            return False
-        self.state = self.OPEN
-        return True
-
-    def recv(self):
-        """Bytes from the server, ``b""`` at its end; BlockingIOError when there are none yet."""
-        return self.sock.recv(RECV_SIZE)
-
-    def write(self, data):
-        self.outgoing += data
-
-    def flush(self):
-        """Send what waits, as much as the kernel takes now."""
-        if isinstance(self.sock, tls.SecureSocket):
-            self.sock.flush()
-            if self.sock.pending:
-                return
-        if self.outgoing:
-            try:
-                sent = self.sock.send(self.outgoing)
-            except (BlockingIOError, InterruptedError):
-                return
-            del self.outgoing[:sent]
-            self.written += sent
-            if isinstance(self.sock, tls.SecureSocket):
-                self._records.append((self.written, self.sock.produced))
-
-    def acked(self):
-        """How many plaintext bytes the server's TCP acknowledged (chatnet.net.acks).
-
-        Where the kernel cannot tell, what it was handed counts.  On TLS the
-        count is of records: a send whose records were not all acknowledged
-        is not.
-        """
-        wire_acked = bytes_acked(self.raw_socket())
-        if wire_acked is None:
-            return self.written
-        if not isinstance(self.sock, tls.SecureSocket):
-            return wire_acked
-        records = self._records
-        taken = 0
-        while taken < len(records) and records[taken][1] <= wire_acked:
-            taken += 1
-        if not taken:
-            return 0 if not records or records[0][1] > wire_acked else records[0][0]
-        del records[:taken - 1]                    # keep the last one acknowledged: the base
-        return records[0][0]
-
-    def raw_socket(self):
-        return self.sock.raw if isinstance(self.sock, tls.SecureSocket) else self.sock
-
-    @property
-    def idle(self):
-        """Nothing waits to be written."""
-        return not self.outgoing and not getattr(self.sock, "pending", False)
-
-    def wanted(self):
-        """The selector events this connection needs: ``EVENT_WRITE`` only while bytes wait."""
-        if self.state is self.CONNECTING:
-            return selectors.EVENT_WRITE
-        if self.state is self.HANDSHAKING or not self.idle:
-            return selectors.EVENT_READ | selectors.EVENT_WRITE
-        return selectors.EVENT_READ
-
-    def half_close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_WR)     # the server answers what it has, then closes
-        except OSError:
-            pass
-
-    def drain(self, timeout):
-        """Leaving: hand what waits to the kernel, waiting at most ``timeout`` seconds."""
-        if self.state is not self.OPEN or self.idle:
-            return
-        try:
-            self.sock.setblocking(True)
-            self.sock.settimeout(timeout)
-            if isinstance(self.sock, tls.SecureSocket):
-                self.sock.flush()
-            self.sock.sendall(bytes(self.outgoing))
-        except OSError:
-            pass
-
-    def close(self):
-        if self.sock is not None:
-            self.sock.close()
-        self.sock = self.fd = self.state = None
-
-
 # ================================================================ the loop
 
 class ChatLoop(object):
@@ -315,8 +170,11 @@ class ChatLoop(object):
         self.session = session
         self.presenter = presenter
         self.keyboard = keyboard
-        self.server = ServerConnection(options.host, options.port, options.tls_context,
-                                       options.keepalive)
+        if options.tls_context is None:
+            self.server = ServerConnection(options.host, options.port, options.keepalive)
+        else:
+            self.server = TLSServerConnection(options.host, options.port, options.keepalive,
+                                              options.tls_context)
         self.selector = selectors.DefaultSelector()
         self.exit = None                         # the session's Exit, once it comes
         #: The session's effects that are I/O, by type; any other is shown.
@@ -407,28 +265,30 @@ class ChatLoop(object):
                 self._apply(self.session.connect_failed("cannot connect to %s: %s" % (where, words),
                                                         time.monotonic()))
             return
-        if ready and self.server.tls_context is not None:
-            problem = pin_problem(self.server.sock, self.options)
+        if ready and self.options.tls_context is not None:
+            problem = pin_problem(self.server.peer_certificate(), self.options)
             if problem is not None:
                 self._close()
                 self._apply(self.session.tls_refused(problem))
                 return
         if ready:
             self._apply(self.session.connected(time.monotonic()))
+            if self.server.state is ServerConnection.OPEN:
+                self._receive()          # what came with the handshake's last flight (TLS)
         self._update_interest()
 
     def _receive(self):
         try:
             data = self.server.recv()
-        except (BlockingIOError, InterruptedError):
-            return
         except OSError as error:
             self._lost("connection lost: %s" % (error.strerror or error))
             return
-        if not data:
-            self._lost("the server closed the connection")
+        if data is None:
             return
-        self._apply(self.session.received(data, time.monotonic()))
+        if data:
+            self._apply(self.session.received(data, time.monotonic()))
+        if not data or self.server.at_end and self.server.sock is not None:
+            self._lost("the server closed the connection")
 
     def _flush(self):
         try:
@@ -541,11 +401,11 @@ def tls_failure(error, options):
         % (seen, seen) if seen else ""))
 
 
-def pin_problem(secure, options):
-    """With --tls-fingerprint: why the server's certificate is not the pinned one, or None."""
+def pin_problem(certificate, options):
+    """With --tls-fingerprint: why the server's certificate (DER) is not the pinned one, or None."""
     if not options.tls_fingerprint:
         return None
-    seen = tls.fingerprint(secure.layer.peer_certificate())
+    seen = tls.fingerprint(certificate)
     if seen.replace(":", "") == options.tls_fingerprint:
         return None
     return ("the certificate of %s:%s has the SHA-256 fingerprint %s, not the pinned one; if "

@@ -208,121 +208,19 @@ def normalize_fingerprint(text):
     return digits
 
 
-class SecureSocket(object):
-    """A client socket seen through a ``TLSLayer``: ``send`` and ``recv`` carry plaintext.
-
-    For the client's loops, which treat it like the socket it wraps: it works
-    blocking or not (``BlockingIOError`` when no plaintext is there yet),
-    keeps records the kernel did not take (``pending``: flush them when the
-    socket is writable), and passes everything else (``fileno``,
-    ``setsockopt``, ``shutdown`` -- TCP's half-close) to the socket.
-    """
-
-    def __init__(self, sock, context, server_hostname):
-        self.raw = sock
-        self.layer = TLSLayer(context, server_side=False, server_hostname=server_hostname)
-        self._cipher = bytearray()
-        #: Ciphertext bytes made so far: the stream offsets TCP acknowledges are of these.
-        self.produced = 0
-        self._plaintext = b""
-        self._queue(self.layer.start())
-
-    def _queue(self, ciphertext):
-        self._cipher += ciphertext
-        self.produced += len(ciphertext)
-
-    @property
-    def pending(self):
-        """True while TLS records wait for the kernel."""
-        return bool(self._cipher)
-
-    @property
-    def handshake_done(self):
-        return self.layer.handshake_done
-
-    def flush(self):
-        """Send waiting records once (all of them, on a blocking socket)."""
-        while self._cipher:
-            try:
-                sent = self.raw.send(self._cipher)
-            except (BlockingIOError, InterruptedError):
-                return
-            del self._cipher[:sent]
-
-    def handshake(self):
-        """Advance the handshake with what the socket has; True once it is done."""
-        self.flush()
-        while not self.layer.handshake_done:
-            data = self.raw.recv(65536)          # BlockingIOError: not yet
-            self._take(data)
-            self.flush()
-            if not data and not self.layer.handshake_done:
-                raise TLSFailed("the server closed during the TLS handshake")
-        return True
-
-    def send(self, data):
-        """Encrypt all of ``data``; the records leave now or at the next ``flush``."""
-        self.flush()
-        if self._cipher:
-            raise BlockingIOError()
-        self._queue(self.layer.encrypt(data))
-        self.flush()
-        return len(data)
-
-    def sendall(self, data):
-        self.send(data)
-        self.flush()
-
-    def recv(self, size):
-        """Plaintext (``b""`` at the end of the stream); BlockingIOError if none yet."""
-        while not self._plaintext and not self.layer.ended:
-            data = self.raw.recv(65536)
-            self._take(data)
-            self.flush()
-            if not data:
-                break
-            if not self._plaintext and self.raw.gettimeout() == 0.0:
-                raise BlockingIOError()
-        data, self._plaintext = self._plaintext[:size], self._plaintext[size:]
-        return data
-
-    def shutdown(self, how):
-        """``SHUT_WR`` is TLS's half-close: ``close_notify``, and reading goes on."""
-        import socket
-        if how != socket.SHUT_WR:
-            return self.raw.shutdown(how)
-        self._queue(self.layer.close_notify())
-        self.flush()
-
-    def close(self):
-        """A clean close: ``close_notify``, then the socket."""
-        try:
-            if self.layer.handshake_done:
-                self.raw.send(self.layer.close_notify())
-        except OSError:
-            pass
-        self.raw.close()
-
-    def _take(self, data):
-        plaintext, ciphertext = self.layer.receive(data)
-        self._plaintext += plaintext
-        self._queue(ciphertext)
-
-    def __getattr__(self, name):             # fileno, setsockopt, getsockopt, shutdown, ...
-        return getattr(self.raw, name)
-
-
 def fetch_fingerprint(host, port, timeout=5.0):
     """Connect without verifying and return the server's certificate fingerprint, or None.
 
     Only to tell the person what to pin after a verification failed.
     """
     import socket
-    context = client_context(pinned=True)
+    layer = TLSLayer(client_context(pinned=True), server_side=False, server_hostname=host)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            secure = SecureSocket(sock, context, host)
-            secure.handshake()
-            return fingerprint(secure.layer.peer_certificate())
+            sock.sendall(layer.start())
+            while not layer.handshake_done:
+                _, reply = layer.receive(sock.recv(65536))   # TLSFailed at the server's EOF
+                sock.sendall(reply)
+            return fingerprint(layer.peer_certificate())
     except (OSError, ValueError):
         return None
