@@ -109,6 +109,9 @@ def add_limit_flags(parser):
                         default=DEFAULTS.unauthenticated_budget, metavar="BYTES",
                         help="input held for connections that have not logged in, all together "
                         "(default %(default)s)")
+    limits.add_argument("--max-handshakes", type=cli.positive_int, default=LIMITS.max_handshakes,
+                        metavar="N", help="TLS handshakes under way at once, about 64 KiB each; "
+                        "later ones wait their turn unread (default %(default)s)")
     limits.add_argument("--failure-delay", type=cli.non_negative_float,
                         default=DEFAULTS.failure_delays[0], metavar="SECONDS",
                         help="hold back a failed login's 0 this long, doubling twice "
@@ -249,7 +252,8 @@ def serve(args, storage, log_handler):
                            max_per_ip=args.max_per_ip, trusted_networks=args.trusted,
                            send_queue_limit=args.send_queue_limit,
                            write_timeout=args.write_timeout, keepalive=args.keepalive,
-                           refusal_timeout=args.login_timeout)
+                           refusal_timeout=args.login_timeout,
+                           max_handshakes=args.max_handshakes)
     reactor = Reactor(listener, ChatCore(config), storage, limits, tls=tls, metrics=metrics)
     notifier = systemd.Notifier.from_environment()
     reactor.install_signal_handlers(on_hangup=hangup_handler(args, log_handler, tls, notifier))

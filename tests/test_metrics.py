@@ -34,7 +34,7 @@ def sample_page():
     metrics.stored_rows = 7
     counts = dict(relayed=10, stored=3, refused_store_full=1, refused_no_partner=2,
                   logins_succeeded=5, logins_failed=1)
-    return metrics.render(counts, {"plain": 2, "tls": 1}, 3, 1234)
+    return metrics.render(counts, {"plain": 2, "tls": 1}, 3, 1234, handshakes=(5, 40))
 
 
 def test_the_page_has_help_and_type_for_every_metric():
@@ -43,6 +43,7 @@ def test_the_page_has_help_and_type_for_every_metric():
     helped = {line.split()[2] for line in lines if line.startswith("# HELP")}
     assert names == helped and "chatnet_messages_relayed_total" in names
     assert 'chatnet_connections_open{listener="tls"} 1' in lines
+    assert 'chatnet_tls_handshakes{state="waiting"} 40' in lines
     assert 'chatnet_loop_lag_seconds_bucket{le="+Inf"} 2' in lines
 
 

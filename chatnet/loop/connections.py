@@ -67,7 +67,8 @@ class Connections(object):
         else:
             self.writing.discard(transport)
         if transport.mask == 0:
-            self._selector.register(transport.sock, mask, transport)
+            if mask:                              # (0: only its hang-up is watched)
+                self._selector.register(transport.sock, mask, transport)
         elif mask == 0:
             self._selector.unregister(transport.sock)
         else:

@@ -47,6 +47,7 @@ re-raises instead, for tests).
 """
 
 import collections
+import functools
 import logging
 import selectors
 import socket
@@ -69,7 +70,10 @@ from ..durable.deliveries import StoredDeliveries
 from .timers import Timers
 from ..net.tls import TLSFailed, TLSLayer
 from .wakeup import WakeUp
-from .transport import READ, WRITE, TLSTransport, Transport, TransportHooks, WaterMarks
+from .handshakes import Handshakes
+from .transport import (
+    NOT_STARTED, READ, WRITE, TLSTransport, Transport, TransportHooks, WaterMarks,
+)
 
 #: What a selector key's data is when the event is for a client connection.
 TRANSPORTS = frozenset((Transport, TLSTransport))
@@ -98,6 +102,7 @@ class ReactorLimits(NamedTuple):
     write_timeout: float = 60.0
     keepalive: float = 60.0            # 0 turns keepalive off
     refusal_timeout: float = 30.0      # a refused TLS connection's time to hear why: the login timeout
+    max_handshakes: int = 256          # TLS handshakes under way at once (chatnet.loop.handshakes)
 
 
 class Reactor(object):
@@ -135,6 +140,7 @@ class Reactor(object):
                                       self.call_at)
         self._hooks = TransportHooks(self._pass_time, self._connections.set_interest,
                                      self.stored.progress)
+        self.handshakes = Handshakes(limits.max_handshakes, self._pass_time, self.call_at)
         self._watch(listener, tls, metrics)
         self._housekeeping = Housekeeping(self._pass_time, self.call_at, self._connections,
                                           self.cork, self._lookups, self.metrics,
@@ -227,6 +233,7 @@ class Reactor(object):
         before, self.now = self.now, self._clock()
         self._housekeeping.credit_absence(before, self.now, timeout)
         self._connections.new_pass()
+        self.handshakes.new_pass()
         if self._wakeup.take_reload():
             self._on_hangup()
         for key, mask in ready:                                   # ---- read
@@ -289,8 +296,11 @@ class Reactor(object):
                                   RECV_SIZE)
         else:                                   # the handshake counts as login time
             transport = TLSTransport(self._hooks, self._marks, conn, sock, host, peer, trusted,
-                                     RECV_SIZE, TLSLayer(listener.tls.context))
+                                     RECV_SIZE, NOT_STARTED, self.handshakes.hooks,
+                                     functools.partial(TLSLayer, listener.tls.context))
         self._connections.add(transport)
+        if transport.secure:
+            self.handshakes.admit(transport)    # its handshake begins now, or when a slot frees
         log.debug("connection %d from %s", transport.conn, transport.peer)
         self.feed(Connected(transport.conn, host, trusted))
 
@@ -435,7 +445,8 @@ class Reactor(object):
         """The metrics page (``chatnet.loop.metrics``): counts of the core, the loop and the stores."""
         self.metrics.counted_deliveries(self.stored.delivered_total)
         tls_listening = any(listener.tls is not None for listener in self._admission.listeners)
-        return self.metrics.render_for(self._core, self._connections.all(), tls_listening)
+        return self.metrics.render_for(self._core, self._connections.all(), tls_listening,
+                                       (self.handshakes.pending, self.handshakes.waiting))
 
     def metrics_address(self):
         return self._metrics_endpoint.address() if self._metrics_endpoint is not None else None

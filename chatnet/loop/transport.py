@@ -83,6 +83,7 @@ from typing import Callable, NamedTuple
 from ..net import tcp
 from .. import wire
 from ..net.acks import CHECK_EVERY, SentLog, bytes_acked, can_still_ack
+from .handshakes import HandshakeHooks
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
@@ -134,6 +135,7 @@ class Transport(object):
 
     secure = False               # TLSTransport: True
     eof_follows = False          # TLSTransport: the stream ended right after the data just read
+    readable = True              # TLSTransport: False while it waits for a handshake slot
 
     #: The reasons to hold output, for those who push them without importing this module.
     LOGIN, CORK = LOGIN, CORK
@@ -527,7 +529,7 @@ class Transport(object):
 
     def update_interest(self):
         """Hand the loop exactly the events this transport needs now, if they changed."""
-        reading = not (self.paused or self.eof or self.closing)
+        reading = not (self.paused or self.eof or self.closing) and self.readable
         writing = self._writing()
         mask = (READ if reading else 0) | (WRITE if writing else 0)
         if mask != self.mask:
@@ -625,29 +627,55 @@ class TLSTransport(Transport):
     Before the handshake is done nothing is encrypted: plaintext waits.
     """
 
-    __slots__ = ("tls", "cipher_out", "eof_follows", "wire_sent")
+    __slots__ = ("tls", "cipher_out", "eof_follows", "wire_sent", "_handshakes", "_new_layer")
 
     secure = True
 
-    def __init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size, tls):
+    def __init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size, tls,
+                 handshakes=None, new_layer=None):
+        """``tls``: the ``TLSLayer``, or ``NOT_STARTED`` until ``begin_handshake`` makes one
+        with ``new_layer()``; ``handshakes``: the ``HandshakeHooks`` of ``chatnet.loop.handshakes``
+        (None: no limits, for tests)."""
         Transport.__init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size)
         self.tls = tls                 # the TLSLayer (the handshake counts as login time)
         self.cipher_out = None         # ciphertext of the last record the kernel did not take
         self.eof_follows = False       # the stream ended right after the data just read
         self.wire_sent = 0             # ciphertext handed to TCP (or waiting in cipher_out)
+        self._handshakes = handshakes or NO_HANDSHAKE_LIMITS
+        self._new_layer = new_layer
+
+    # ---------------------------------------------------------------- the handshake's turn
+
+    @property
+    def readable(self):
+        """Not while it waits for a handshake slot: its ClientHello waits in the kernel."""
+        return self.tls is not NOT_STARTED
+
+    def wait_for_slot(self):
+        """No handshake slot is free: read nothing, but learn if the peer leaves meanwhile."""
+        self._hooks.set_interest(self, 0, True)
+
+    def begin_handshake(self):
+        """Its slot came: OpenSSL's state is made now, and reading begins."""
+        if not self.closed:
+            self.tls = self._new_layer()
+            self.update_interest()
 
     # ---------------------------------------------------------------- reading
 
     def read(self):
         """One ``recv``, through the layer: plaintext, ``b""`` at the end, None if none yet.
 
-        ``TLSFailed`` (an OSError) when the handshake or a record failed.
+        ``TLSFailed`` (an OSError) when the handshake or a record failed.  A
+        handshake step waits for a later pass when this one had its share.
         """
+        handshaking = not self.tls.handshake_done
+        if handshaking and not self._handshakes.may_step():
+            return None                                # select reports it again next pass
         try:
             data = self.sock.recv(self.read_size)
         except (BlockingIOError, InterruptedError):
             return None
-        handshaking = not self.tls.handshake_done
         plaintext, ciphertext = self.tls.receive(data)
         if ciphertext:
             self.wire_sent += len(ciphertext)
@@ -657,8 +685,11 @@ class TLSTransport(Transport):
                 self.sent_log.wire_sizes[-1] += len(ciphertext)
             self.cipher_out = (self.cipher_out or bytearray()) + ciphertext
             self._flush_cipher()
-        if handshaking and self.tls.handshake_done or self.cipher_out:
+        if handshaking and self.tls.handshake_done:
+            self._handshakes.finished(self)            # its slot goes to the next in line
             self.update_interest()                     # plaintext may be sent now
+        elif self.cipher_out:
+            self.update_interest()
         if self.tls.ended:
             if plaintext:
                 self.eof_follows = True                # the loop reports the EOF right after
@@ -775,3 +806,25 @@ class TLSTransport(Transport):
                 pass
         Transport.close(self, clean)
         self.cipher_out = None
+        if not self.tls.handshake_done:
+            self._handshakes.finished(self)            # its slot, or its place in line, is free
+        self.tls = GONE                                # OpenSSL's state goes now, not with the object
+
+
+class _NoLayer(object):
+    """Where a ``TLSLayer`` is not (yet, or any more): no handshake done, nothing ended."""
+
+    __slots__ = ()
+    handshake_done = False
+    ended = False
+
+
+NOT_STARTED = _NoLayer()       # waiting for a handshake slot
+GONE = _NoLayer()              # closed
+
+
+def _no_limit():
+    return True
+
+
+NO_HANDSHAKE_LIMITS = HandshakeHooks(_no_limit, lambda transport: None)
