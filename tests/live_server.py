@@ -467,3 +467,50 @@ class RawClient(object):
 
     def close(self):
         self.sock.close()
+
+
+# ---------------------------------------------------------------- a disk that can be frozen
+
+CAN_FREEZE = os.geteuid() == 0 and all(
+    __import__("shutil").which(tool) for tool in ("fsfreeze", "mkfs.ext4", "mount", "umount"))
+NEEDS_FREEZE = "needs root, fsfreeze, mkfs.ext4 and loop mounts"
+
+
+class LoopMount(object):
+    """A small ext4 file system on a loop device, mounted under ``tmp_path``, that can be frozen.
+
+    ``with LoopMount(tmp_path) as disk:`` -- ``disk.path(name)`` is a file on
+    it; ``with disk.frozen():`` freezes it (``fsfreeze``: every write waits).
+    """
+
+    def __init__(self, tmp_path, size="64M"):
+        self.image = str(tmp_path / "fs.img")
+        self.mountpoint = str(tmp_path / "mnt")
+        self.size = size
+
+    def __enter__(self):
+        os.mkdir(self.mountpoint)
+        subprocess.run(["truncate", "-s", self.size, self.image], check=True, timeout=30)
+        subprocess.run(["mkfs.ext4", "-q", "-F", self.image], check=True, timeout=60,
+                       capture_output=True)
+        subprocess.run(["mount", "-o", "loop", self.image, self.mountpoint], check=True, timeout=30)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["fsfreeze", "-u", self.mountpoint], timeout=30, capture_output=True)
+        subprocess.run(["umount", "-l", self.mountpoint], timeout=30)
+
+    def path(self, name):
+        return os.path.join(self.mountpoint, name)
+
+    def frozen(self):
+        import contextlib
+
+        @contextlib.contextmanager
+        def freeze():
+            subprocess.run(["fsfreeze", "-f", self.mountpoint], check=True, timeout=30)
+            try:
+                yield
+            finally:
+                subprocess.run(["fsfreeze", "-u", self.mountpoint], check=True, timeout=30)
+        return freeze()

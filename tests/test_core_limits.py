@@ -3,6 +3,7 @@
 from chatnet import wire
 from chatnet.core.events import (
     CheckLogin, HungUp, LimitReached, PauseReading, ResumeReading, SendQueueDrained, SendQueueFull,
+    StoresCommitted, StoresWaiting,
 )
 from core_harness import NOTICE_OFFLINE, CoreHarness, frame
 
@@ -100,6 +101,20 @@ def test_a_full_send_queue_pauses_the_reader_and_whoever_relays_to_it():
     assert h.paused == {alice, bob}                   # alice relays: she waits
     assert carol not in h.paused and dave not in h.paused
     h.feed(SendQueueDrained(bob))
+    assert h.paused == set()
+
+
+def test_a_sender_whose_stores_wait_for_the_disk_is_paused_until_they_are_committed():
+    """Issue 22 item 2: the disk's back-pressure is one more reason not to read a sender."""
+    h = CoreHarness(accounts=ACCOUNTS)
+    alice, bob, carol = paired(h)
+    h.feed(StoresWaiting(alice))
+    assert h.paused == {alice}
+    assert "stores waiting for the disk" in h.limits()
+    h.feed(SendQueueFull(alice))                      # a second reason ...
+    h.feed(StoresCommitted(alice))
+    assert h.paused == {alice}                        # ... keeps it paused
+    h.feed(SendQueueDrained(alice))
     assert h.paused == set()
 
 

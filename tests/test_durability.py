@@ -1,16 +1,13 @@
 """seeds/PROTOCOL.md section 6: stored messages survive kill -9 and restarts, and leave once."""
 
-import os
-import shutil
 import signal
 import sqlite3
-import subprocess
 import time
 
 import pytest
 
 from chatnet import wire
-from live_server import LiveServer, make_database
+from live_server import CAN_FREEZE, NEEDS_FREEZE, LiveServer, LoopMount, make_database
 
 
 def stored_rows(db):
@@ -108,47 +105,35 @@ def test_shutdown_tells_connected_users(database):
     assert alice.wait_closed() == b"chat/the server is shutting down\n"
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(tool) for tool in
-                                                  ("fsfreeze", "mkfs.ext4", "mount", "umount")),
-                    reason="needs root, fsfreeze, mkfs.ext4 and loop mounts")
+@pytest.mark.skipif(not CAN_FREEZE, reason=NEEDS_FREEZE)
 def test_a_frozen_filesystem_stalls_only_the_senders_whose_stores_wait_for_it(tmp_path):
     """Issue 9: with the database's filesystem frozen (fsfreeze), everyone who stores nothing
     chats on at full speed; the sender whose message waits for the disk is answered after."""
     from conftest import ACCOUNTS
-    image, mountpoint = str(tmp_path / "fs.img"), str(tmp_path / "mnt")
-    os.mkdir(mountpoint)
-    subprocess.run(["truncate", "-s", "64M", image], check=True, timeout=30)
-    subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, timeout=60, capture_output=True)
-    subprocess.run(["mount", "-o", "loop", image, mountpoint], check=True, timeout=30)
-    server = None
-    try:
-        database = os.path.join(mountpoint, "chat.db")
+    with LoopMount(tmp_path) as disk:
+        database = disk.path("chat.db")
         make_database(database, ACCOUNTS)
         server = LiveServer(database).start()
-        alice, carol, dave = (server.login(b"alice", b"pw"), server.login(b"carol", b"pw"),
-                              server.login(b"dave", b"pw"))
-        alice.chatwith(b"bob", b"1")
-        carol.chatwith(b"dave", b"2")
-        subprocess.run(["fsfreeze", "-f", mountpoint], check=True, timeout=30)
         try:
-            alice.send(b"chat/for bob, on a frozen disk\nhello\n")   # a store, then a reply
-            worst = 0.0
-            for number in range(50):                                  # 50 relays while frozen
-                started = time.monotonic()
-                carol.send(b"chat/%d\n" % number)
-                dave.expect(b"chat/carol: %d" % number)
-                worst = max(worst, time.monotonic() - started)
+            alice, carol, dave = (server.login(b"alice", b"pw"), server.login(b"carol", b"pw"),
+                                  server.login(b"dave", b"pw"))
+            alice.chatwith(b"bob", b"1")
+            carol.chatwith(b"dave", b"2")
+            with disk.frozen():
+                alice.send(b"chat/for bob, on a frozen disk\nhello\n")   # a store, then a reply
+                worst = 0.0
+                for number in range(50):                                  # 50 relays while frozen
+                    started = time.monotonic()
+                    carol.send(b"chat/%d\n" % number)
+                    dave.expect(b"chat/carol: %d" % number)
+                    worst = max(worst, time.monotonic() - started)
+            print("\nslowest relay while the disk was frozen: %.1f ms" % (worst * 1000))
+            assert worst < 1.0
+            assert alice.line(timeout=10) == wire.body(wire.NOTICE_UNKNOWN)   # after the commit
+            bob = server.login(b"bob", b"secret")
+            bob.expect(b"chat/alice: for bob, on a frozen disk")
         finally:
-            subprocess.run(["fsfreeze", "-u", mountpoint], check=True, timeout=30)
-        print("\nslowest relay while the disk was frozen: %.1f ms" % (worst * 1000))
-        assert worst < 1.0
-        assert alice.line(timeout=10) == wire.body(wire.NOTICE_UNKNOWN)   # after the commit
-        bob = server.login(b"bob", b"secret")
-        bob.expect(b"chat/alice: for bob, on a frozen disk")
-    finally:
-        if server is not None:
             server.stop()
-        subprocess.run(["umount", mountpoint], timeout=30)
 
 
 def buffered_lines(sock, size):

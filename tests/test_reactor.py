@@ -22,7 +22,7 @@ from chatnet.loop.admission import open_listener
 from chatnet.loop.reactor import Reactor
 from chatnet.loop.transport import Transport
 from chatnet.durable.storage import MEMORY, Storage
-from live_server import RawClient
+from live_server import NOTICE_OFFLINE, RawClient
 
 NOT_STORED = wire.body(wire.NOTICE_NOT_STORED)
 UNKNOWN = wire.body(wire.NOTICE_UNKNOWN)
@@ -289,6 +289,54 @@ def test_a_login_while_a_store_for_it_waits_on_the_disk_gets_that_message_at_onc
     bob.expect(b"chat/alice: stored while the disk is stuck")
     alice.send(b"chat/and live after it\n")
     bob.expect(b"chat/alice: and live after it")
+
+
+def blocking_server(served):
+    storage = BlockingStorage()
+    storage.add_accounts([(name, passwords.hash_password(b"pw"))
+                          for name in ("alice", "bob", "carol", "dave")])
+    return served(storage=storage), storage
+
+
+def test_a_lookup_waits_only_for_the_commits_of_its_own_account(served):
+    """Issue 22 item 3: once a store waited for a stalled disk, every chatwith/ waited too."""
+    server, storage = blocking_server(served)
+    alice, carol = server.login(b"alice"), server.login(b"carol")
+    alice.chatwith(b"bob", b"1")
+    storage.gate.clear()                                        # the disk stops
+    alice.send(b"chat/for bob, stuck on the disk\n")
+    assert storage.waiting.wait(5)
+    carol.chatwith(b"dave", b"1")                               # nothing of dave's is on its way
+    carol.send(b"chatwith/bob\n")                               # bob's count is: that one waits
+    storage.gate.set()                                          # the disk comes back
+    carol.expect(b"1", NOTICE_OFFLINE)
+    carol.send(b"chat/for bob too\n")
+    assert carol.sync() == []
+    bob = server.login(b"bob")
+    bob.expect(b"chat/alice: for bob, stuck on the disk", b"chat/carol: for bob too")
+
+
+def test_a_sender_is_not_read_while_its_stores_wait_for_the_disk_beyond_their_bound(served):
+    """Issue 22 item 2: a sender's stores were corked on output, but its input was still read,
+    so a stalled disk piled them up in memory without end."""
+    from chatnet.durable.cork import SENDER_BOUND
+    server, storage = blocking_server(served)
+    alice = server.login(b"alice")
+    alice.chatwith(b"bob", b"1")
+    storage.gate.clear()                                        # the disk stops
+    line = b"chat/" + b"x" * 1000 + b"\n"
+    alice.sock.settimeout(0.5)
+    try:
+        for _ in range(20000):                                  # 20 MB: far more than is read
+            alice.sock.sendall(line * 16)
+    except socket.timeout:
+        pass                                                    # the server stopped reading alice
+    cork = server.reactor.cork
+    wait_until(lambda: server.connection_of(1).paused)
+    waiting = cork.waiting_bytes()
+    assert SENDER_BOUND <= waiting <= SENDER_BOUND + 2 * 64 * 1024    # the bound and one read
+    storage.gate.set()                                          # the disk comes back ...
+    wait_until(lambda: not server.connection_of(1).paused)      # ... and alice is read again
 
 
 def test_a_clean_stop_handles_the_lines_that_had_already_arrived(tmp_path):

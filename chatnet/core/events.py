@@ -153,6 +153,21 @@ class SendQueueDrained(NamedTuple):
 
 
 @compared_by_type
+class StoresWaiting(NamedTuple):
+    """The stores ``conn`` made that wait for a commit passed their bound: the disk is behind.
+
+    Whoever sends them should wait until they are on disk (``StoresCommitted``).
+    """
+    conn: int
+
+
+@compared_by_type
+class StoresCommitted(NamedTuple):
+    """The stores of ``conn`` waiting for a commit fell back below half their bound."""
+    conn: int
+
+
+@compared_by_type
 class TimePassed(NamedTuple):
     """Nothing happened but time; due deadlines (login timeout, delays) fire."""
 

@@ -110,13 +110,14 @@ from .login import LoginRules
 from .login_gate import LoginGate
 from .partners import PartnerRules
 from .phases import LOGGED_IN_PHASES, TRANSITIONS, WAITING_PHASES, Phase
-from .reading import OWN_QUEUE, ReadingGate
+from .reading import DISK, OWN_QUEUE, ReadingGate
 from .store_view import StoreView
 from .events import (
     AccountLookedUp, AccountsRemoved, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, HungUp,
     InputEnded, LimitReached, LoggedOut, LoginChecked, SendQueueDrained, SendQueueFull,
-    ServerStopping, StoreFailed, StoreMessage, TimePassed, Undelivered, send,
+    ServerStopping, StoreFailed, StoreMessage, StoresCommitted, StoresWaiting, TimePassed,
+    Undelivered, send,
 )
 
 # An Enum member looked up on its class costs about 0.1 µs on CPython 3.11;
@@ -261,6 +262,8 @@ class ChatCore(object):
             StoreFailed: self._on_store_failed,
             SendQueueFull: self._on_send_queue_full,
             SendQueueDrained: self._on_send_queue_drained,
+            StoresWaiting: self._on_stores_waiting,
+            StoresCommitted: self._on_stores_committed,
             HungUp: self._on_hung_up,
             AccountsRemoved: self.partners.accounts_removed,
             Undelivered: self._on_undelivered,
@@ -411,6 +414,19 @@ class ChatCore(object):
         session = self._sessions.get(event.conn)
         if session is not None and not session.hung_up:
             self.reading.hung_up(session)
+
+    def _on_stores_waiting(self, event):
+        session = self._sessions.get(event.conn)
+        if session is None or DISK in session.pause_reasons:
+            return
+        self._emit(LimitReached(session.conn, "stores waiting for the disk", "its stored "
+                                "messages wait for a commit; pausing it until they are on disk"))
+        self.reading.pause(session, DISK)
+
+    def _on_stores_committed(self, event):
+        session = self._sessions.get(event.conn)
+        if session is not None:
+            self.reading.unpause(session, DISK)
 
     def _on_send_queue_drained(self, event):
         session = self._sessions.get(event.conn)

@@ -9,6 +9,10 @@ again (``ResumeReading``) when none is left:
 * ``OWN_QUEUE``: the reactor reported the connection's own send queue full
   (``SendQueueFull``): a client that does not read its replies is not given
   more to reply to;
+* ``DISK``: the messages it stored wait for the disk beyond their bound
+  (``StoresWaiting``, from the durability cork): a sender is not read
+  faster than its stores are committed, so a slow or frozen disk costs
+  bounded memory, whatever ``--store-limit`` allows;
 * ``(PARTNER_QUEUE, conn)``: the connection relayed a message to ``conn``
   while its send queue was full.  Only a connection that actually sends to
   a slow reader waits -- not everyone whose partner it is -- so a watcher
@@ -41,6 +45,7 @@ from .phases import LOGIN_PHASES, Phase
 
 HELD_INPUT = "held input"
 OWN_QUEUE = "own send queue"
+DISK = "stores waiting for the disk"
 PARTNER_QUEUE = "partner's send queue"
 
 

@@ -20,10 +20,25 @@ so no later reply overtakes it, and the core hears ``StoreFailed``.  Stores
 then fail at once for ``BACKOFF`` seconds, and so do deletes, so chat is not
 stalled on the lock again and again.
 
+Back-pressure from the disk
+---------------------------
+A cork holds a sender's output, not its input: a disk slower than the
+senders (a frozen file system, a lock another program holds, a huge store
+limit) would otherwise pile their stores up in memory without end.  So the
+cork counts what each sender's uncommitted stores hold (their text plus
+``STORE_OVERHEAD`` each) and tells the core ``StoresWaiting`` when that
+passes ``SENDER_BOUND``, or when all senders' together pass ``TOTAL_BOUND``
+(then for every sender with stores waiting): the core stops reading it.
+``StoresCommitted`` follows when its own count is below half its bound and
+the total below half of its.  So uncommitted stores hold at most about
+``TOTAL_BOUND``, plus one read (64 KiB) for each sender paused.
+
 Two more things wait for commits, so that what they read includes every
-store made before them: a login's stored delivery, when stores for that
-account are still on their way (``deliver``), and account lookups
-(``after_commits``).  And ``check_file`` notices a database file deleted or
+store made before them -- for their account, and nothing else, so a frozen
+disk stalls only those who depend on what it is writing: a login's stored
+delivery, when stores for that account are still on their way
+(``deliver``), and account lookups, when stores or deletes for that account
+are (``after_stores_of``).  And ``check_file`` notices a database file deleted or
 replaced under the running server: stores are refused from then on, since
 they would be lost at the stop.
 
@@ -38,13 +53,21 @@ loop it uses (``now``, ``clock``, ``warn``, ``feed``, ``writable``,
 import collections
 import logging
 
-from ..core.events import StoreFailed
+from ..core.events import StoreFailed, StoresCommitted, StoresWaiting
 from .workers import Batch
 
 log = logging.getLogger("chatnet.server")
 
 #: After a failed write, stores (and deletes) fail fast this long (seconds).
 BACKOFF = 1.0
+
+#: What one sender's stores may hold in memory while they wait for a commit,
+#: and all senders' together, before the senders are not read (bytes).  One
+#: sender still stores about 10 MB/s at a 5 ms commit.
+SENDER_BOUND = 64 * 1024
+TOTAL_BOUND = 8 * 1024 * 1024
+#: Counted per store besides its text: the action, its place in the batch.
+STORE_OVERHEAD = 256
 
 
 class DurabilityCork(object):
@@ -68,9 +91,12 @@ class DurabilityCork(object):
         self._next_number = 1
         #: conn -> its stores not yet committed (its transport is held while there are any).
         self.corked = collections.Counter()
+        self._waiting_bytes = collections.Counter()   # conn -> what its uncommitted stores hold
+        self._waiting_total = 0
+        self._behind = set()           # senders told StoresWaiting, not yet StoresCommitted
         self._recipients = collections.Counter()   # account -> stores for it not yet committed
         self._deliveries = {}          # account -> transports waiting to read its store
-        self._after = []               # (batch number, function, argument) to run after it
+        self._waiting_on = {}          # account -> [(function, argument)] to run once committed
         #: StoreMessages of undelivered messages waiting for a batch the database takes: never
         #: dropped, so bounded only by what the connections that ended held (each at most its
         #: send queue limit plus what its kernel held unacknowledged).
@@ -85,6 +111,10 @@ class DurabilityCork(object):
     def in_flight(self):
         return bool(self._in_flight or self._pass_stores or self._going_back
                     or self._stored.has_deletes())
+
+    def waiting_bytes(self):
+        """What the stores of connected senders waiting for a commit hold (``TOTAL_BOUND`` above)."""
+        return self._waiting_total
 
     def going_back(self):
         """Undelivered messages not yet stored again: waiting, or in a batch on its way."""
@@ -116,13 +146,36 @@ class DurabilityCork(object):
         if self.corked[action.sender_conn] == 1 and sender is not None:
             sender.hold(sender.CORK)
         self._recipients[action.recipient] += 1
+        self._count_waiting(action, +1)
+
+    def _count_waiting(self, action, sign):
+        """Count a sender's store waiting for a commit (+1) or done (-1); pause or resume it."""
+        conn, size = action.sender_conn, sign * (len(action.text) + STORE_OVERHEAD)
+        self._waiting_bytes[conn] += size
+        self._waiting_total += size
+        if sign > 0:
+            if conn not in self._behind and (self._waiting_bytes[conn] >= SENDER_BOUND
+                                             or self._waiting_total >= TOTAL_BOUND):
+                self._behind.add(conn)
+                self._feed(StoresWaiting(conn))
+            return
+        if not self._waiting_bytes[conn]:
+            del self._waiting_bytes[conn]
+
+    def _resume_caught_up(self):
+        """Senders whose stores are (nearly) on disk are read again."""
+        if self._waiting_total >= TOTAL_BOUND // 2:
+            return
+        for conn in [conn for conn in self._behind
+                     if self._waiting_bytes.get(conn, 0) < SENDER_BOUND // 2]:
+            self._behind.discard(conn)
+            self._feed(StoresCommitted(conn))
 
     def release(self):
         """The pass's commit step: hand this pass's stores and deletes to the storage thread."""
         deletes = []
         waiting = self._going_back or self._stored.has_deletes()
         if not waiting and not self._pass_stores:        # most passes: nothing to commit
-            self._run_after()
             return
         if waiting and self._now() >= self._down_until:
             if self._stored.has_deletes():
@@ -132,7 +185,6 @@ class DurabilityCork(object):
                 self._pass_stores[:0] = [(action, 0) for action in self._going_back]
                 self._going_back = []
         if not self._pass_stores and not deletes:       # most passes: nothing to commit
-            self._run_after()
             return
         batch = Batch(self._next_number, self._pass_stores, deletes)
         self._next_number += 1
@@ -176,12 +228,16 @@ class DurabilityCork(object):
                 self._uncork(action)
         for action, _ in failed:
             self._feed(StoreFailed(action.sender_conn, action.recipient))
-        self._run_after()
+        if self._behind:
+            self._resume_caught_up()
+        if self._waiting_on:
+            self._run_waiting_on()
 
     def _uncork(self, action):
         conn, recipient = action.sender_conn, action.recipient
         if conn is not None:
             self._uncork_sender(conn)
+            self._count_waiting(action, -1)
         self._recipients[recipient] -= 1
         if not self._recipients[recipient]:
             del self._recipients[recipient]
@@ -228,25 +284,27 @@ class DurabilityCork(object):
         if waiting:
             self._deliveries.setdefault(user_id, []).append(transport)
 
-    def after_commits(self, function, argument):
-        """Run ``function(argument)`` once every store and delete made so far is committed."""
-        if not self.in_flight():
+    def after_stores_of(self, account, function, argument):
+        """Run ``function(argument)`` once every store and delete for ``account`` made so far
+        is committed -- at once when none is on its way.
+
+        Only that account's: a lookup reads its count and whether it is
+        registered, and a commit of other accounts' messages cannot change
+        either.  So on a frozen disk a ``chatwith/`` to anyone whose store is
+        not being written is answered at once.
+        """
+        if not self._touches(account):
             function(argument)
             return
-        pass_work = self._pass_stores or self._stored.has_deletes()
-        last = self._next_number if pass_work else max(self._in_flight)
-        self._after.append((last, function, argument))
+        self._waiting_on.setdefault(account, []).append((function, argument))
 
-    def _run_after(self):
-        if not self._after:
-            return
-        oldest = min(self._in_flight) if self._in_flight else self._next_number + 1
-        if self._pass_stores:
-            oldest = min(oldest, self._next_number)
-        ready = [entry for entry in self._after if entry[0] < oldest]
-        if ready:
-            self._after = [entry for entry in self._after if entry[0] >= oldest]
-            for _, function, argument in ready:
+    def _touches(self, account):
+        """Are stores or deletes for ``account`` on their way to the disk?"""
+        return account in self._recipients or self._stored.deletes_pending_for(account)
+
+    def _run_waiting_on(self):
+        for account in [account for account in self._waiting_on if not self._touches(account)]:
+            for function, argument in self._waiting_on.pop(account):
                 function(argument)
 
     # ---------------------------------------------------------------- the file

@@ -37,6 +37,7 @@ The rules it keeps
   read_now=False)``, then ``refill``), so they come in order.
 """
 
+import collections
 import sqlite3
 
 from .. import wire
@@ -73,6 +74,8 @@ class StoredDeliveries(object):
         self._streams = {}             # conn -> StoredStream, while its rows are read
         self._in_delivery = set()      # row ids queued on some connection
         self._delivered = set()        # row ids delivered, not yet deleted by a commit
+        self._delivered_of = {}        # ... and whose store each was in (account, bytes)
+        self._deleting_for = collections.Counter()   # account -> its rows in ``_delivered``
         self._deleting = set()         # ... of which deletes are in a batch on its way
         self.delivered_total = 0       # rows delivered since the start (for the metrics)
 
@@ -134,7 +137,7 @@ class StoredDeliveries(object):
         delivered; the queue is refilled if it ran low."""
         for row_id in connection.rows_acknowledged():
             self._in_delivery.discard(row_id)
-            self._delivered.add(row_id)
+            self._mark_delivered(row_id, connection.user_id)
             self.delivered_total += 1
         stream = self._streams.get(connection.conn)
         if stream is not None and stream.readable and connection.queue_size() < REFILL_BELOW:
@@ -152,7 +155,13 @@ class StoredDeliveries(object):
         messages (``Transport.take_rows_at_close``); either way their stored copies go."""
         for row_id in connection.take_rows_at_close(acknowledgements_known):
             self._in_delivery.discard(row_id)
+            self._mark_delivered(row_id, connection.user_id)
+
+    def _mark_delivered(self, row_id, account):
+        if row_id not in self._delivered:
             self._delivered.add(row_id)
+            self._delivered_of[row_id] = account
+            self._deleting_for[account] += 1
 
     def forget(self, connection):
         """The socket is closed: rows not delivered stay stored."""
@@ -176,6 +185,15 @@ class StoredDeliveries(object):
         """A batch with these deletes committed."""
         self._delivered.difference_update(row_ids)
         self._deleting.difference_update(row_ids)
+        for row_id in row_ids:
+            account = self._delivered_of.pop(row_id, None)
+            self._deleting_for[account] -= 1
+            if not self._deleting_for[account]:
+                del self._deleting_for[account]
+
+    def deletes_pending_for(self, account):
+        """Are rows of ``account``'s store delivered and not yet deleted by a commit?"""
+        return account in self._deleting_for
 
     def not_deleted(self, row_ids):
         """A batch with these deletes failed: they are taken again later."""

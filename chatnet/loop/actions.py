@@ -108,12 +108,12 @@ class ActionRunner(object):
             self._checks.submit(action.conn, transport.host, action.user_id, action.password)
 
     def _look_up_account(self, action):
-        """Ask the lookup thread -- once the stores and deletes made so far are committed.
+        """Ask the lookup thread -- once the account's stores and deletes made so far are committed.
 
         The lookup thread reads what is committed, so the answer then counts
-        everything stored and delivered before the question was asked.
+        everything stored and delivered for it before the question was asked.
         """
-        self._cork.after_commits(self._submit_lookup, action)
+        self._cork.after_stores_of(action.user_id, self._submit_lookup, action)
 
     def _submit_lookup(self, action):
         self._lookups.submit(action.conn, action.user_id)
