@@ -105,6 +105,56 @@ def test_connections_refused_at_accept_count_as_limits_triggered(start_server):
     assert held.login(b"alice", b"pw") == b"1"
 
 
+# ---------------------------------------------------------------- the endpoint under attack
+# Found by attacking it: 16 slow requests (or 2,000 idle connections) took every
+# slot for 10 s, and every real scrape meanwhile was reset.
+
+def idle_connection(port, source):
+    from live_server import attacker_socket
+    sock = attacker_socket(port, source)
+    sock.sendall(b"GET /metr")                      # and nothing more: a slow request
+    return sock
+
+
+def scrape(port, source="127.0.0.1"):
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        for chunk in iter(lambda: sock.recv(65536), b""):
+            data += chunk
+        return data
+
+
+@pytest.mark.parametrize("addresses", [1, 16])
+def test_slow_requests_cannot_lock_a_scraper_out(start_server, addresses):
+    server = start_server("--metrics", "127.0.0.1:0")
+    port = server.metrics_port()
+    slow = [idle_connection(port, "127.0.8.%d" % (1 + number % addresses)) for number in range(16)]
+    for _ in range(3):                              # a scrape gets in, again and again
+        assert scrape(port).startswith(b"HTTP/1.1 200 OK")
+    for sock in slow:
+        sock.close()
+
+
+def test_thousands_of_idle_connections_cannot_lock_a_scraper_out(start_server):
+    server = start_server("--metrics", "127.0.0.1:0")
+    port = server.metrics_port()
+    idle = []
+    for number in range(2000):
+        try:
+            idle.append(idle_connection(port, "127.0.9.%d" % (1 + number % 250)))
+        except OSError:
+            break                                   # the accept queue is full: enough
+    started = time.monotonic()
+    assert scrape(port).startswith(b"HTTP/1.1 200 OK")
+    print("\n%d idle connections; the scrape took %.3f s" % (len(idle), time.monotonic() - started))
+    for sock in idle:
+        sock.close()
+
+
 def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -13,6 +13,13 @@ connection beside the chat clients, with no thread and no framework.  A
 request is read up to its blank line (at most ``MAX_REQUEST`` bytes, within
 ``REQUEST_TIMEOUT``); anything but a well-formed ``GET /metrics`` gets a
 short HTTP error; every answer ends with a close.
+
+A scraper always gets in: a request is read as soon as it is accepted (a
+scraper's has usually arrived by then, so it is answered at once), and when
+``MAX_SCRAPERS`` requests are open, or ``PER_ADDRESS`` from the newcomer's
+address, the oldest one still being read -- from the address holding the
+most -- is closed to make room.  Slow or idle connections only push each
+other out.
 """
 
 import bisect
@@ -20,7 +27,8 @@ import selectors
 import time
 
 MAX_REQUEST = 8192
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 5.0
+PER_ADDRESS = 4                # requests open at once from one address
 
 #: Buckets (seconds) of the loop-lag and commit-latency histograms.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -163,10 +171,11 @@ def _label(text):
 class MetricsRequest(object):
     """One HTTP connection to the metrics listener."""
 
-    __slots__ = ("sock", "received", "reply", "deadline")
+    __slots__ = ("sock", "host", "received", "reply", "deadline")
 
-    def __init__(self, sock, deadline):
+    def __init__(self, sock, host, deadline):
         self.sock = sock
+        self.host = host               # the client's address: its share of the requests
         self.received = b""
         self.reply = None
         self.deadline = deadline
@@ -177,8 +186,9 @@ class MetricsEndpoint(object):
 
     It registers its listener and its requests in the loop's selector with
     itself or a ``MetricsRequest`` as the key's data; the loop hands those
-    events to ``ready``.  At most ``MAX_SCRAPERS`` requests at once; each is
-    closed after its reply, or at ``REQUEST_TIMEOUT``.
+    events to ``ready``.  At most ``MAX_SCRAPERS`` requests at once, and
+    ``PER_ADDRESS`` from one address (the module docstring says who makes
+    room); each is closed after its reply, or at ``REQUEST_TIMEOUT``.
     """
 
     MAX_SCRAPERS = 16
@@ -189,7 +199,8 @@ class MetricsEndpoint(object):
         self._render = render
         self._now = now                    # the time of this pass
         self._call_at = call_at            # the loop's timers
-        self._requests = set()
+        self._requests = {}                # host -> its open requests, oldest first
+        self._open = 0
         selector.register(sock, selectors.EVENT_READ, self)
 
     def address(self):
@@ -201,13 +212,14 @@ class MetricsEndpoint(object):
             self._accept()
         elif target.reply is None:
             if self._receive(target):
-                self._selector.modify(target.sock, selectors.EVENT_WRITE, target)
+                self._answer_now(target)
         elif self._send(target):
             self._close(target)
 
     def close(self):
-        for request in list(self._requests):
-            self._close(request)
+        for requests in list(self._requests.values()):
+            for request in list(requests):
+                self._close(request)
         try:
             self._selector.unregister(self.sock)
         except (KeyError, ValueError):
@@ -217,24 +229,58 @@ class MetricsEndpoint(object):
     def _accept(self):
         for _ in range(self.MAX_SCRAPERS):
             try:
-                sock, _ = self.sock.accept()
+                sock, address = self.sock.accept()
             except OSError:                    # nothing more, or out of descriptors: next time
                 return
-            if len(self._requests) >= self.MAX_SCRAPERS:
-                sock.close()
+            host = address[0] if isinstance(address, tuple) else ""
+            if not self._make_room(host):
+                sock.close()                   # every slot is sending a reply: next time
                 continue
             sock.setblocking(False)
-            request = MetricsRequest(sock, self._now() + REQUEST_TIMEOUT)
-            self._requests.add(request)
+            request = MetricsRequest(sock, host, self._now() + REQUEST_TIMEOUT)
+            self._requests.setdefault(host, []).append(request)
+            self._open += 1
             self._selector.register(sock, selectors.EVENT_READ, request)
             self._call_at(request.deadline, self._expire, request)
+            if self._receive(request):         # a scraper's request is usually here already
+                self._answer_now(request)
+
+    def _make_room(self, host):
+        """Close the oldest request still being read -- of ``host`` if it has its share, else
+        of the address holding the most -- when a newcomer needs the room.  False if none can go."""
+        own = self._requests.get(host, ())
+        if len(own) >= PER_ADDRESS:
+            candidates = [own]
+        elif self._open >= self.MAX_SCRAPERS:
+            candidates = sorted(self._requests.values(), key=len, reverse=True)
+        else:
+            return True
+        for requests in candidates:
+            for request in requests:
+                if request.reply is None:
+                    self._close(request)
+                    return True
+        return False
+
+    def _answer_now(self, request):
+        """The reply is ready: send what the kernel takes now, the rest when writable."""
+        if self._send(request):
+            self._close(request)
+        else:
+            self._selector.modify(request.sock, selectors.EVENT_WRITE, request)
 
     def _expire(self, request):
-        if request in self._requests:
+        if request in self._requests.get(request.host, ()):
             self._close(request)
 
     def _close(self, request):
-        self._requests.discard(request)
+        requests = self._requests.get(request.host)
+        if requests is None or request not in requests:
+            return
+        requests.remove(request)
+        if not requests:
+            del self._requests[request.host]
+        self._open -= 1
         try:
             self._selector.unregister(request.sock)
         except (KeyError, ValueError):
