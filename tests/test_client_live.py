@@ -84,6 +84,23 @@ def test_no_server_exits_3_with_one_line():
     assert "cannot connect" in result.stderr.decode()
 
 
+def test_a_server_that_never_answers_the_login_is_status_3_with_one_line():
+    """Issue 22 item 5: a server that accepts but never answers kept the client for ever."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)                     # the kernel accepts; nobody answers
+    try:
+        started = time.monotonic()
+        result = client(listener.getsockname()[1], "alice", "pw\nhello\n", "--login-timeout", "1")
+        took = time.monotonic() - started
+    finally:
+        listener.close()
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        "python -m chatnet.client: cannot connect: the server did not answer the login within 1 s"]
+    assert took < 10
+
+
 def test_a_lost_connection_exits_5_with_one_line(database):
     server = LiveServer(database).start()
     proc = start_client(server.port, "alice")

@@ -7,7 +7,7 @@ import pytest
 from chatnet import wire
 from chatnet.client.protocol import Info, LoggedIn, Message, NoSuchUser, PartnerChanged, Problem, SendBytes
 from chatnet.client.lifecycle import (
-    CONNECT_TIMEOUT, FIRST_RETRY, LAST_RETRY, LINGER, ClientLifecycle, Connect, Disconnect, Exit,
+    CONNECT_TIMEOUT, FIRST_RETRY, LAST_RETRY, LINGER, LOGIN_TIMEOUT, ClientLifecycle, Connect, Disconnect, Exit,
     ExitStatus, HalfClose, Link, RetryAt, Status,
 )
 
@@ -62,6 +62,30 @@ def test_a_connect_that_takes_too_long_is_given_up():
     assert s.timer(CONNECT_TIMEOUT - 0.1) == []
     effects = s.timer(CONNECT_TIMEOUT)
     assert effects == [Disconnect(), Exit(ExitStatus.CANNOT_CONNECT, "cannot connect: timed out")]
+
+
+def test_a_login_the_server_never_answers_is_given_up():
+    """Issue 22 item 5: a server that accepts but never answers kept the client waiting for ever."""
+    s = session(interactive=False)
+    s.start(0.0)
+    s.connected(0.5)
+    s.flushed(0.5)
+    assert s.deadline() == 0.5 + LOGIN_TIMEOUT
+    assert s.timer(0.5 + LOGIN_TIMEOUT - 0.1) == []
+    effects = s.timer(0.5 + LOGIN_TIMEOUT)
+    assert effects == [Disconnect(), Exit(ExitStatus.CANNOT_CONNECT,
+                                          "cannot connect: the server did not answer the login "
+                                          "within %.0f s" % LOGIN_TIMEOUT)]
+
+
+def test_an_answered_login_has_no_deadline_and_a_retry_gets_a_new_one():
+    s = session()
+    logged_in(s)
+    assert s.deadline() is None
+    s.lost("connection lost", 1.0)
+    s.timer(s.deadline())                            # the retry connects ...
+    s.connected(5.0)
+    assert s.deadline() == 5.0 + LOGIN_TIMEOUT       # ... and its login has a deadline again
 
 
 # ---------------------------------------------------------------- the exit-status table, row by row

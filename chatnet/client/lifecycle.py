@@ -48,6 +48,7 @@ from .protocol import (
 from ..values import compared_by_type
 
 CONNECT_TIMEOUT = 10.0        # TCP connect and TLS handshake together
+LOGIN_TIMEOUT = 30.0          # from the frame going out to its answer (the server's own default)
 FIRST_RETRY = 1.0             # reconnect back-off: 1 s, doubling ...
 LAST_RETRY = 60.0             # ... up to a minute, each with +-20 % jitter
 LINGER = 5.0                  # scripted: how long to wait for the server after stdin ends
@@ -147,7 +148,7 @@ class ClientLifecycle(object):
     """One person's session, across connections.  See the module docstring."""
 
     def __init__(self, user_id, password, interactive, reconnect, rng, partner=None,
-                 secure=False):
+                 secure=False, login_timeout=LOGIN_TIMEOUT):
         ClientCore(user_id, password)            # ValueError now, not at the first connect
         self.user_id, self._password = user_id, password
         self.interactive = interactive
@@ -169,6 +170,8 @@ class ClientLifecycle(object):
         self._stream_end = 0                     # bytes handed out on this connection
         self._in_flight = []                     # (stream end, typed line) the server may not have
         self._connect_deadline = self._retry_at = self._linger_until = None
+        self._login_timeout = login_timeout
+        self._login_deadline = None              # the login's answer is due by then
         self._shown = ("", None)                 # the status line's words, and the next try
         self._effects = []
         self._just_logged_in = False             # a LoggedIn among the effects being applied
@@ -190,6 +193,7 @@ class ClientLifecycle(object):
     def connected(self, now):
         """The connection is open (and, with TLS, verified): log in."""
         self._connect_deadline = None
+        self._login_deadline = now + self._login_timeout
         self._stream_end = 0
         self.core = ClientCore(self.user_id, self._password,
                                bare_line_picks_partner=self.interactive)
@@ -284,8 +288,8 @@ class ClientLifecycle(object):
 
     def deadline(self):
         """When ``timer`` must run next, or None."""
-        times = [when for when in (self._connect_deadline, self._retry_at, self._linger_until)
-                 if when is not None]
+        times = [when for when in (self._connect_deadline, self._login_deadline, self._retry_at,
+                                   self._linger_until) if when is not None]
         return min(times) if times else None
 
     def timer(self, now, acked=None):
@@ -297,6 +301,11 @@ class ClientLifecycle(object):
             self._effects.append(Disconnect())
             self._drop_connection()
             self._after_loss("cannot connect: timed out", ExitStatus.CANNOT_CONNECT, now)
+        if self._login_deadline is not None and now >= self._login_deadline:
+            self._effects.append(Disconnect())
+            self._drop_connection()
+            self._after_loss("cannot connect: the server did not answer the login within %.0f s"
+                             % self._login_timeout, ExitStatus.CANNOT_CONNECT, now)
         if self._retry_at is not None and now >= self._retry_at:
             self._connect(now)
         if self._linger_until is not None and now >= self._linger_until:
@@ -360,6 +369,7 @@ class ClientLifecycle(object):
         self._effects.append(Connect())
 
     def _drop_connection(self):
+        self._login_deadline = None
         self._enter("dropped")
         if self.core is not None:
             self.core.closed()
@@ -415,9 +425,11 @@ class ClientLifecycle(object):
 
     def _on_logged_in(self, effect):
         self._just_logged_in = True
+        self._login_deadline = None
         return True
 
     def _on_login_refused(self, effect):
+        self._login_deadline = None
         self._refused()
         return False
 

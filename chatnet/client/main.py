@@ -39,7 +39,7 @@ import sys
 
 from .. import cli, wire
 from ..net import tls
-from .lifecycle import ClientLifecycle, ExitStatus
+from .lifecycle import LOGIN_TIMEOUT, ClientLifecycle, ExitStatus
 from .protocol import Info
 from .screen import BELL_IDLE, CursesScreen, Presenter, PlainScreen
 from .shell import PROG, ChatLoop, ClientExit, CursesKeyboard, PipeInput, PlainKeyboard
@@ -77,7 +77,8 @@ def new_session(options, user, password, interactive):
     """The one login path: interactive, scripted and reconnecting alike."""
     reconnect = options.reconnect if options.reconnect is not None else interactive
     return ClientLifecycle(user.encode("utf-8"), password, interactive, reconnect, random.Random(),
-                         partner=options.to, secure=options.tls_context is not None)
+                         partner=options.to, secure=options.tls_context is not None,
+                         login_timeout=options.login_timeout)
 
 
 def run_interactive(options):
@@ -235,6 +236,9 @@ def add_session_flags(parser):
                         "retry (with back-off) and log in again; the default when interactive")
     parser.add_argument("--no-reconnect", dest="reconnect", action="store_const", const=False,
                         help="do not retry; the screen stays until you leave (/connect retries)")
+    parser.add_argument("--login-timeout", metavar="SECONDS", type=cli.positive_float,
+                        default=LOGIN_TIMEOUT, help="give a login the server does not answer up "
+                        "after this long, as if it could not connect (default %(default).0f)")
     parser.add_argument("--keepalive", metavar="SECONDS", type=float, default=30.0,
                         help="probe an idle connection after this long, to notice a network "
                         "that went away within about twice that (default 30; 0: never)")
