@@ -10,7 +10,6 @@ cannot be used, 2 for a bad flag.
 
 import logging
 import signal
-import ssl
 import sys
 
 from . import cli, systemd
@@ -20,7 +19,7 @@ from .core.machine import ChatCore, CoreConfig
 from .loop.reactor import Reactor, ReactorLimits
 from .durable.storage import MEMORY, Storage, StorageError
 from .loop.metrics import parse_address
-from .net.tls import TLSContext
+from .net.tls import KeyPairError, TLSContext
 
 log = logging.getLogger("chatnet.server")
 
@@ -300,7 +299,9 @@ def open_tls(args):
         return None
     try:
         tls = TLSContext(args.tls_cert, args.tls_key)
-    except (ssl.SSLError, OSError) as error:
+    except KeyPairError as error:
+        raise cli.CommandError("cannot use TLS: %s" % error)
+    except OSError as error:
         raise cli.CommandError("cannot use the TLS certificate %s and key %s: %s" % (
             args.tls_cert, args.tls_key, tls_reason(error)))
     if not tls.key_is_private():
@@ -309,8 +310,8 @@ def open_tls(args):
 
 
 def tls_reason(error):
-    if isinstance(error, ssl.SSLError) and "KEY_VALUES_MISMATCH" in str(error):
-        return "the key does not belong to the certificate"
+    if isinstance(error, KeyPairError):
+        return str(error)
     return getattr(error, "strerror", None) or getattr(error, "reason", None) or str(error)
 
 
@@ -328,7 +329,7 @@ def hangup_handler(args, log_handler, tls, notifier):
             try:
                 tls[1].reload()
                 log.info("reloaded the TLS certificate %s and key %s", args.tls_cert, args.tls_key)
-            except (ssl.SSLError, OSError) as error:
+            except (KeyPairError, OSError) as error:
                 log.warning("cannot reload the TLS certificate %s and key %s (%s); keeping the "
                             "old pair", args.tls_cert, args.tls_key, tls_reason(error))
         if notifier is not None:

@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 
@@ -450,6 +451,55 @@ def test_startup_errors_are_one_line(database, tmp_path):
     assert "does not belong" in mismatch.stderr.decode()
     alone = run_module("chatnet.server", "--db", database, "--no-plain")
     assert alone.returncode == 2
+
+
+def protected_key(tmp_path):
+    """The test key, protected by a passphrase (``openssl pkey -aes256``), mode 0600."""
+    import shutil
+    if shutil.which("openssl") is None:
+        pytest.skip("making a passphrase-protected key needs the openssl command")
+    path = str(tmp_path / "protected-key.pem")
+    subprocess.run(["openssl", "pkey", "-in", TLS_KEY, "-aes256", "-passout", "pass:secret",
+                    "-out", path], check=True, timeout=30, capture_output=True)
+    os.chmod(path, 0o600)
+    return path
+
+
+def test_wrong_files_and_a_protected_key_are_named_in_one_line_and_never_prompt(database, tmp_path):
+    """Issue 22 items 6 and 12: OpenSSL asked for a passphrase at the server's terminal
+    (under systemd: the prompt twice, then "Invalid argument"), and a file of the wrong
+    kind was "PEM lib (_ssl.c:3905)"."""
+    from live_server import python_env
+    protected = protected_key(tmp_path)
+    cases = [("is protected by a passphrase", TLS_CERT, protected, protected),
+             ("holds no certificate", TLS_KEY, TLS_KEY, TLS_KEY),
+             ("holds no private key", TLS_CERT, TLS_CERT, TLS_CERT)]
+    for words, cert, key, named in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "chatnet.server", "--db", database, "--port", "0",
+             "--tls-cert", cert, "--tls-key", key], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env(), timeout=30,
+            start_new_session=True)                 # no terminal to prompt at, as under systemd
+        lines = result.stderr.decode().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, lines
+        assert words in lines[0] and named in lines[0], lines
+
+
+def test_a_protected_key_at_sighup_is_a_warning_and_the_old_pair_stays(start_server, tmp_path):
+    import shutil
+    import signal
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    shutil.copy(TLS_CERT, cert)
+    shutil.copy(TLS_KEY, key)
+    os.chmod(key, 0o600)
+    server = start_server("--tls-cert", cert, "--tls-key", key, "--tls-port", "0",
+                          "--log-level", "info")
+    shutil.copy(protected_key(tmp_path), key)
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log("cannot reload the TLS certificate", "is protected by a passphrase")
+    assert server.login("alice", "pw").sync() == []         # the loop never waited at a prompt
+    secure = RawClient(tls_port(server), tls=True)
+    assert secure.login("bob", "secret") == b"1"             # the old pair still serves
 
 
 def test_many_handshakes_at_once_while_a_pair_chats(tls_server):

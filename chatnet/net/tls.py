@@ -160,7 +160,7 @@ class TLSContext(object):
         self.context = server_context(cert_file, key_file)
 
     def reload(self):
-        """Load the pair again; on failure keep the old one and raise ``ssl.SSLError``/``OSError``."""
+        """Load the pair again; on failure keep the old one and raise ``KeyPairError``/``OSError``."""
         self.context = server_context(self.cert_file, self.key_file)
 
     def key_is_private(self):
@@ -168,16 +168,59 @@ class TLSContext(object):
         return not os.stat(self.key_file).st_mode & 0o077
 
 
+class KeyPairError(ValueError):
+    """The certificate or key cannot be used; the message names the file and says why."""
+
+
+class _PassphraseWanted(Exception):
+    pass
+
+
+def _never_ask():
+    # OpenSSL's default would prompt at the process's terminal: a server
+    # stopped at "Enter PEM pass phrase:" in the middle of a SIGHUP serves
+    # nobody, and under systemd there is no terminal at all.
+    raise _PassphraseWanted()
+
+
 def server_context(cert_file, key_file):
-    """TLS 1.2 or newer with the standard library's defaults; raises ``ssl.SSLError``/``OSError``."""
+    """TLS 1.2 or newer with the standard library's defaults.
+
+    Raises ``KeyPairError`` (a file of the wrong kind, a key protected by a
+    passphrase -- never asked for -- or a key that is not the certificate's)
+    or ``OSError`` (a file that cannot be read).
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # A client that closes its side without close_notify has ended its input,
     # exactly as over plaintext (seeds/PROTOCOL.md 1.1); OpenSSL 3 would
     # otherwise fail the whole connection, and its replies with it.
     context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
-    context.load_cert_chain(cert_file, key_file)
+    try:
+        context.load_cert_chain(cert_file, key_file, password=_never_ask)
+    except _PassphraseWanted:
+        raise KeyPairError("the key %s is protected by a passphrase, which chatnet never asks "
+                           "for; decrypt it (openssl pkey -in KEY -out NEWKEY) and keep it "
+                           "chmod 600 instead" % key_file) from None
+    except ssl.SSLError as error:
+        raise KeyPairError(_pair_problem(cert_file, key_file, error)) from None
     return context
+
+
+def _pair_problem(cert_file, key_file, error):
+    """OpenSSL's "PEM lib (_ssl.c:3905)" in words: which file is not what it should be."""
+    if "KEY_VALUES_MISMATCH" in str(error):
+        return "the key %s does not belong to the certificate %s" % (key_file, cert_file)
+    for path, marker, what in ((cert_file, b"-----BEGIN CERTIFICATE-----", "certificate"),
+                               (key_file, b"PRIVATE KEY-----", "private key")):
+        try:
+            with open(path, "rb") as pem:
+                text = pem.read()
+        except OSError:
+            continue                   # load_cert_chain read it; a race: say what OpenSSL said
+        if marker not in text:
+            return "%s holds no %s in PEM form (-----BEGIN ...-----)" % (path, what)
+    return "%s and %s: %s" % (cert_file, key_file, _reason(error))
 
 
 def client_context(ca_file=None, pinned=False):
