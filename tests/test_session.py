@@ -156,6 +156,22 @@ def test_status_6_when_the_certificate_is_refused_even_while_reconnecting():
         Exit(ExitStatus.TLS_FAILED, "cannot verify the certificate")]
 
 
+def test_a_key_that_changed_after_a_login_keeps_the_screen_and_the_waiting_lines():
+    """Issue 22 item 7: a pinned client whose server came back with another key exited 6, its
+    screen and scrollback gone and a line typed while the server was down lost."""
+    s = session()
+    logged_in(s)
+    s.lost("the server closed the connection", 1.0)
+    s.typed("typed while it was down", 1.5)
+    s.timer(s.deadline())                          # the retry connects ...
+    effects = s.tls_refused("the server's key is not the pinned one")     # ... to another key
+    assert not of(Exit, effects) and s.link is Link.DOWN
+    assert s.deadline() is None                    # no retry, no connect timeout
+    assert "not reconnecting" in of(Info, effects)[-1].text
+    assert s.waiting == ["typed while it was down"]
+    assert s.typed("/quit", 9.0) == [Exit(ExitStatus.TLS_FAILED)]
+
+
 def test_status_7_when_a_script_had_lines_that_could_not_be_delivered():
     s = session(interactive=False)
     logged_in(s)

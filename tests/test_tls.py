@@ -369,9 +369,10 @@ def scripted(port, user, script, *flags):
                       *flags, stdin=script.encode(), timeout=30)
 
 
-def server_fingerprint():
-    with open(TLS_CERT) as pem:
-        return tls.fingerprint(ssl.PEM_cert_to_DER_cert(pem.read()))
+def server_fingerprint(path=TLS_CERT, of="certificate"):
+    with open(path) as pem:
+        der = ssl.PEM_cert_to_DER_cert(pem.read())
+    return tls.fingerprint(der) if of == "certificate" else tls.key_fingerprint(der)
 
 
 def test_the_client_chats_over_tls_trusting_a_private_ca(tls_server):
@@ -383,10 +384,10 @@ def test_the_client_chats_over_tls_trusting_a_private_ca(tls_server):
     assert "alice: encrypted 안녕" in got.stdout.decode()
 
 
-@pytest.mark.parametrize("case", ["colons", "bare lower case"])
+@pytest.mark.parametrize("case", ["colons", "bare lower case", "the public key"])
 def test_the_client_pins_a_certificate_by_fingerprint(tls_server, case):
-    pin = server_fingerprint()
-    if case != "colons":
+    pin = server_fingerprint(of="key" if case == "the public key" else "certificate")
+    if case == "bare lower case":
         pin = pin.replace(":", "").lower()
     result = scripted(tls_port(tls_server), "alice", "pw\n", "--tls-fingerprint", pin)
     assert result.returncode == 0, result.stderr
@@ -397,13 +398,31 @@ def test_an_unverifiable_certificate_is_one_line_naming_the_fingerprint_to_pin(t
     assert result.returncode == 6
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1 and "Traceback" not in lines[0]
-    assert server_fingerprint() in lines[0] and "--tls-fingerprint" in lines[0]
+    assert server_fingerprint(of="key") in lines[0] and "--tls-fingerprint" in lines[0]
 
 
 def test_a_wrong_pin_is_refused_and_names_the_fingerprint_seen(tls_server):
     result = scripted(tls_port(tls_server), "alice", "pw\n", "--tls-fingerprint", "AB" * 32)
     assert result.returncode == 6
-    assert server_fingerprint() in result.stderr.decode()
+    words = result.stderr.decode()
+    assert server_fingerprint(of="key") in words and "intercepting" in words
+
+
+def test_the_public_key_pin_survives_a_renewal_that_keeps_the_key(start_server, tmp_path):
+    """Issue 22 item 7: pinning the certificate broke every pinned client at each renewal."""
+    import shutil
+    if shutil.which("openssl") is None:
+        pytest.skip("making a renewed certificate needs the openssl command")
+    renewed = str(tmp_path / "same-key-cert.pem")
+    subprocess.run(["openssl", "req", "-new", "-x509", "-key", TLS_KEY, "-subj", "/CN=localhost",
+                    "-days", "2", "-out", renewed], check=True, timeout=30, capture_output=True)
+    assert server_fingerprint(renewed) != server_fingerprint()
+    from live_server import private_key_copy
+    server = start_server("--tls-cert", renewed, "--tls-key", private_key_copy(str(tmp_path / "db")),
+                          "--tls-port", "0")
+    pin = server_fingerprint(of="key")                     # pinned before the renewal
+    result = scripted(tls_port(server), "alice", "pw\n", "--tls-fingerprint", pin)
+    assert result.returncode == 0, result.stderr
 
 
 def test_sighup_renews_the_certificate_without_a_restart(start_server, database, tmp_path):

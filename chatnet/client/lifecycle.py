@@ -250,9 +250,18 @@ class ClientLifecycle(object):
         return self._take()
 
     def tls_refused(self, reason):
-        """The server's certificate could not be trusted: retrying would not change that."""
+        """The server's certificate could not be trusted: retrying would not change that.
+
+        After a login, interactively, the screen stays (the scrollback, the
+        lines waiting): the key may have changed for a good reason, and the
+        person decides; otherwise the client exits with ``reason``.
+        """
+        self._connect_deadline = None
         self._drop_connection()
-        self._exit(ExitStatus.TLS_FAILED, reason)
+        if self.interactive and self.logins:
+            self._stop(reason, ExitStatus.TLS_FAILED, "%s; not reconnecting" % reason)
+        else:
+            self._exit(ExitStatus.TLS_FAILED, reason)
         return self._take()
 
     # ---------------------------------------------------------------- the person

@@ -262,8 +262,8 @@ def add_tls_flags(parser):
     parser.add_argument("--tls-ca", metavar="FILE",
                         help="trust the CA (or self-signed certificate) in FILE (implies --tls)")
     parser.add_argument("--tls-fingerprint", metavar="HEX",
-                        help="trust exactly the certificate with this SHA-256 fingerprint, "
-                        "as openssl x509 -fingerprint -sha256 prints it (implies --tls)")
+                        help="trust exactly the server whose public key (or certificate) has "
+                        "this SHA-256 fingerprint, colons optional (implies --tls)")
 
 
 def check_tls(parser, options):

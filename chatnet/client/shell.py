@@ -390,24 +390,28 @@ def read_whole(source):
 # ================================================================ TLS, in words
 
 def tls_failure(error, options):
-    """The one line for a failed handshake: why, and the fingerprint that would pin the server."""
+    """The one line for a failed handshake: why, and the key fingerprint that would pin the server."""
     text = str(error)
     if not isinstance(getattr(error, "__cause__", None), ssl.SSLCertVerificationError):
         return "TLS with %s:%s failed: %s" % (options.host, options.port, text)
     seen = tls.fetch_fingerprint(options.host, options.port)
     return ("cannot verify the certificate of %s:%s (%s)%s" % (
         options.host, options.port, text.split(": ", 1)[-1],
-        "; its SHA-256 fingerprint is %s -- if you trust it, connect with --tls-fingerprint %s"
-        % (seen, seen) if seen else ""))
+        "; its public key's SHA-256 fingerprint is %s -- if you trust it (ask its operator), "
+        "connect with --tls-fingerprint %s" % (seen, seen) if seen else ""))
 
 
 def pin_problem(certificate, options):
-    """With --tls-fingerprint: why the server's certificate (DER) is not the pinned one, or None."""
-    if not options.tls_fingerprint:
+    """With --tls-fingerprint: why the server's certificate (DER) does not match the pin, or None.
+
+    A pin is the public key's SHA-256 (it survives renewals that keep the
+    key) or the certificate's; either matches.
+    """
+    if not options.tls_fingerprint or tls.pin_matches(certificate, options.tls_fingerprint):
         return None
-    seen = tls.fingerprint(certificate)
-    if seen.replace(":", "") == options.tls_fingerprint:
-        return None
-    return ("the certificate of %s:%s has the SHA-256 fingerprint %s, not the pinned one; if "
-            "the server's certificate changed, connect with --tls-fingerprint %s"
+    seen = tls.key_fingerprint(certificate)
+    return ("the server's key changed: %s:%s now shows a key whose SHA-256 fingerprint is %s, "
+            "not the pinned one. Either its operator made a new key, or someone is "
+            "intercepting the connection -- ask the operator before you trust it; if the new "
+            "key is right, connect with --tls-fingerprint %s"
             % (options.host, options.port, seen, seen))

@@ -243,6 +243,51 @@ def fingerprint(der):
     return ":".join(digest[index:index + 2] for index in range(0, len(digest), 2))
 
 
+def key_fingerprint(der):
+    """SHA-256 of a DER certificate's public key (its SubjectPublicKeyInfo), as ``AB:CD:...``.
+
+    It survives a renewal that keeps the key -- what ``ssh`` and HPKP pin --
+    and is what ``openssl x509 -pubkey -noout | openssl pkey -pubin -outform der
+    | openssl dgst -sha256`` prints.
+    """
+    return fingerprint(public_key_info(der))
+
+
+def public_key_info(der):
+    """The SubjectPublicKeyInfo element of a DER certificate (RFC 5280 4.1), whole.
+
+    ValueError if ``der`` is not a certificate.
+    """
+    try:
+        certificate, _ = _der_element(der, 0)
+        at, _ = _der_element(der, certificate)        # into tbsCertificate
+        if der[at] == 0xA0:                            # [0] version
+            at = _der_element(der, at)[1]
+        for _ in range(5):                             # serial, signature, issuer, validity, subject
+            at = _der_element(der, at)[1]
+        if der[at] != 0x30:
+            raise ValueError("no SubjectPublicKeyInfo")
+        return der[at:_der_element(der, at)[1]]
+    except IndexError:
+        raise ValueError("not a DER certificate") from None
+
+
+def _der_element(der, at):
+    """(where the content of the DER element at ``at`` starts, where the element ends)."""
+    length, start = der[at + 1], at + 2
+    if length & 0x80:                                  # long form: the next bytes say how long
+        count = length & 0x7F
+        length, start = int.from_bytes(der[start:start + count], "big"), start + count
+    if start + length > len(der):
+        raise ValueError("a DER element runs past the end")
+    return start, start + length
+
+
+def pin_matches(der, pin):
+    """Is ``pin`` (64 hex digits, normalized) the certificate's, or its public key's, SHA-256?"""
+    return pin in (fingerprint(der).replace(":", ""), key_fingerprint(der).replace(":", ""))
+
+
 def normalize_fingerprint(text):
     """``ab:cd...`` or ``ABCD...`` -> ``ABCD...`` (64 hex digits); ValueError otherwise."""
     digits = text.replace(":", "").strip().upper()
@@ -252,7 +297,7 @@ def normalize_fingerprint(text):
 
 
 def fetch_fingerprint(host, port, timeout=5.0):
-    """Connect without verifying and return the server's certificate fingerprint, or None.
+    """Connect without verifying and return the server's public key fingerprint, or None.
 
     Only to tell the person what to pin after a verification failed.
     """
@@ -264,6 +309,6 @@ def fetch_fingerprint(host, port, timeout=5.0):
             while not layer.handshake_done:
                 _, reply = layer.receive(sock.recv(65536))   # TLSFailed at the server's EOF
                 sock.sendall(reply)
-            return fingerprint(layer.peer_certificate())
+            return key_fingerprint(layer.peer_certificate())
     except (OSError, ValueError):
         return None
