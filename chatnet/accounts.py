@@ -33,6 +33,10 @@ BUSY_TIMEOUT = 10.0
 
 ID_RULE, PASSWORD_RULE = wire.ID_RULE, wire.PASSWORD_RULE
 
+#: The commands that only read: they open the file read-only, so they work on a
+#: file system the kernel remounted read-only -- when a backup matters most.
+READING = ("list", "backup", "check")
+
 
 def parse_args(argv):
     parser = cli.ArgumentParser(prog=PROG, description="Manage the accounts of a chatnet database.")
@@ -72,7 +76,8 @@ def main(argv=None):
         raise cli.CommandError("there is no database at %s (check --db; 'add' or 'import' "
                                "make a new one)" % args.db)
     try:
-        storage = Storage(args.db, busy_timeout_ms=int(args.busy_timeout * 1000))
+        storage = Storage(args.db, busy_timeout_ms=int(args.busy_timeout * 1000),
+                          read_only=args.verb in READING)
     except StorageError as error:
         raise cli.CommandError(str(error))
     try:

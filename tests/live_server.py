@@ -503,6 +503,11 @@ class LoopMount(object):
     def path(self, name):
         return os.path.join(self.mountpoint, name)
 
+    def remount(self, read_only):
+        """Remount it read-only (as the kernel does after an I/O error) or read-write again."""
+        subprocess.run(["mount", "-o", "remount,%s" % ("ro" if read_only else "rw"),
+                        self.mountpoint], check=True, timeout=30)
+
     def frozen(self):
         import contextlib
 

@@ -328,7 +328,7 @@ def test_a_database_the_server_may_not_open_says_permission_denied_and_names_bot
         if folder != str(tmp_path):
             shutil.rmtree(folder, ignore_errors=True)
     line = one_line_error(result)
-    assert "permission denied" in line and "runs as" in line and "belongs to" in line, line
+    assert "permission denied" in line and "running as" in line and "belongs to" in line, line
 
 
 def test_every_flag_of_every_command_has_help_text():

@@ -25,6 +25,7 @@ IDs are ``str`` here (they are ASCII by the protocol); message texts are
 readable with the ``sqlite3`` shell.
 """
 
+import errno
 import itertools
 import logging
 import os
@@ -71,8 +72,11 @@ class NoSuchAccount(StorageError):
 class Storage(object):
     """One SQLite connection, used from one thread."""
 
-    def __init__(self, path, synchronous="FULL", busy_timeout_ms=5000):
+    def __init__(self, path, synchronous="FULL", busy_timeout_ms=5000, read_only=False):
+        """``read_only``: only read (``accounts list``, ``check``, ``backup``), which works on
+        a file system mounted read-only too; otherwise writing is checked at once."""
         self.path = path
+        self.read_only = read_only
         self._lock_fd = None
         self._guard_fds = []           # locks held on the path after the file was replaced
         try:
@@ -80,19 +84,28 @@ class Storage(object):
                 # A named shared-cache database, so that a ``Reader`` on
                 # another thread sees the same one (it lives while we do).
                 path = self.path = _memory_name()
-            else:
+            elif not read_only:
+                if _on_read_only_file_system(path):
+                    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
                 _create_private(path)
-            self._db = _connect(path)
+            self._db = _connect(path) if not read_only else _connect_read_only(path)
             self._db.execute("PRAGMA busy_timeout = %d" % busy_timeout_ms)
             self._refuse_another_programs_database()
-            if not _is_memory(path):
-                self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = %s" % synchronous)
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._create_schema()
+            if read_only:
+                self._check_schema_version()
+            else:
+                if not _is_memory(path):
+                    self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = %s" % synchronous)
+                self._db.execute("PRAGMA foreign_keys = ON")
+                self._create_schema()
+                # SQLite opens a file it cannot write read-only without a word: find out now.
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("PRAGMA user_version = %d" % SCHEMA_VERSION)
+                self._db.execute("ROLLBACK")
         except (sqlite3.Error, OSError) as error:
             raise StorageError("cannot use database %s: %s" % (
-                path, _permission_problem(path) or _reason(error)))
+                path, _permission_problem(path, read_only) or _reason(error)))
         #: True while a write transaction is open (commit() or rollback() ends it).
         self.in_transaction = False
 
@@ -103,10 +116,14 @@ class Storage(object):
             raise sqlite3.DatabaseError("it is not a chatnet database (it holds another "
                                         "program's tables); nothing was changed")
 
-    def _create_schema(self):
+    def _check_schema_version(self):
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError("made by a newer chatnet (schema %d)" % version)
+        return version
+
+    def _create_schema(self):
+        version = self._check_schema_version()
 
         if version < SCHEMA_VERSION:
             self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA
@@ -150,7 +167,7 @@ class Storage(object):
         """
         try:
             self.commit()
-            if not _is_memory(self.path):
+            if not _is_memory(self.path) and not self.read_only:
                 try:
                     self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error as error:
@@ -440,20 +457,45 @@ def _create_private(path):
     os.close(fd)
 
 
-def _permission_problem(path):
-    """"permission denied: ..." naming who we are and whose the file is, or None.
+def _connect_read_only(path):
+    """A connection that never writes, even SQLite's own files: on a read-only file system
+    a WAL database is read with its -wal (and -shm) as they are."""
+    from urllib.parse import quote
+    uri = "file:%s?mode=ro" % quote(os.path.abspath(path))
+    if _on_read_only_file_system(path):
+        uri += "&immutable=1" if not os.path.exists(path + "-wal") else ""
+    return sqlite3.connect(uri, isolation_level=None, check_same_thread=False, uri=True)
 
-    SQLite says only "unable to open database file"; the usual cause under a
-    service manager is a file or folder that belongs to another user.
+
+def _on_read_only_file_system(path):
+    try:
+        return bool(os.statvfs(os.path.dirname(os.path.abspath(path))).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _permission_problem(path, read_only=False):
+    """Why the file cannot be used, in words -- a read-only file system, or "permission
+    denied" naming who we are and whose the file is -- or None.
+
+    SQLite says only "unable to open database file" or "attempt to write a
+    readonly database"; the usual causes are a file system the kernel
+    remounted read-only after an error, and, under a service manager, a file
+    or folder that belongs to another user.
     """
     if _is_memory(path):
         return None
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
-        return "permission denied: the server runs as %s, and %s belongs to %s (mode %03o)" % (
+    if not read_only and _on_read_only_file_system(path):
+        return ("read-only file system: %s is on a file system mounted read-only (the kernel "
+                "does that after a disk error: see dmesg); reading still works (accounts list, "
+                "check, backup)" % path)
+    wanted = os.R_OK if read_only else os.R_OK | os.W_OK
+    if os.path.exists(path) and not os.access(path, wanted):
+        return "permission denied: running as %s, and %s belongs to %s (mode %03o)" % (
             _user(os.geteuid()), path, _user(os.stat(path).st_uid), os.stat(path).st_mode & 0o777)
-    if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
-        return ("permission denied: the server runs as %s and cannot write in %s, which belongs "
+    if not read_only and os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+        return ("permission denied: running as %s, and cannot write in %s, which belongs "
                 "to %s (SQLite makes its -wal and -shm files there)"
                 % (_user(os.geteuid()), folder, _user(os.stat(folder).st_uid)))
     return None
@@ -471,4 +513,6 @@ def _reason(error):
     text = str(error) or type(error).__name__
     if isinstance(error, OSError) and error.strerror:
         text = error.strerror
+    if isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        text = "the database is busy (another program holds a lock), try again"
     return text
