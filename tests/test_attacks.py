@@ -379,3 +379,26 @@ def test_deleting_the_database_file_is_noticed_and_stores_are_refused(database, 
         pass
     assert second.proc.wait(10) == 1
     assert any("in use by another chatnet server" in line for line in second.stderr_lines if line)
+
+
+def test_a_new_database_at_the_path_of_a_running_servers_deleted_one_gets_no_second_server(
+        database, start_server):
+    """Issue 22 item 10: the files deleted, a new database made at once at the same path --
+    a second server started there while the first still ran."""
+    from conftest import ACCOUNTS
+    from live_server import LiveServer, make_database
+    server = start_server(*UNTRUSTED)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(database + suffix):
+            os.unlink(database + suffix)
+    make_database(database, ACCOUNTS)                      # before the first one can notice
+    second = LiveServer(database)
+    try:
+        second.start(timeout=10)
+    except AssertionError:
+        pass
+    assert second.proc.wait(10) == 1
+    line = [line for line in second.stderr_lines if line][-1]
+    assert "in use by another chatnet server" in line and "pid %d" % server.proc.pid in line, line
+    assert server.login("alice", "pw").sync() == []
+

@@ -30,6 +30,7 @@ import itertools
 import logging
 import os
 import sqlite3
+import sys
 
 log = logging.getLogger("chatnet.storage")
 
@@ -78,6 +79,7 @@ class Storage(object):
         self.path = path
         self.read_only = read_only
         self._lock_fd = None
+        self._lock_name = None         # the path's name lock (_PathLock), while a server holds it
         self._guard_fds = []           # locks held on the path after the file was replaced
         try:
             if path == MEMORY:
@@ -179,6 +181,9 @@ class Storage(object):
                 if fd is not None:
                     os.close(fd)
             self._lock_fd, self._guard_fds = None, []
+            if self._lock_name is not None:
+                self._lock_name.close()
+                self._lock_name = None
 
     def backup(self, destination):
         """Copy the database to ``destination`` (a new file, mode 0600), consistently.
@@ -207,15 +212,22 @@ class Storage(object):
         return ([] if problems == ["ok"] else problems), accounts, stored
 
     def lock_for_server(self):
-        """Make sure no other chatnet server uses this file; raise StorageError if one does.
+        """Make sure no other chatnet server uses this path; raise StorageError if one does.
 
         Two servers on one file would each believe they know who is online and
-        how full every store is.  The lock is an ``flock`` on the database
-        file, which SQLite's own (POSIX) locks do not see; it is held until
-        ``close``.
+        how full every store is.  Two locks, held until ``close``:
+
+        * an ``flock`` on the database file, which SQLite's own (POSIX) locks
+          do not see;
+        * on Linux, a name: an abstract Unix socket named after the file's
+          path.  The file can be deleted and a new one made at the same path
+          (``rm chat.db*`` and ``accounts add``) before the running server
+          notices; the name stays taken until that server's process ends, and
+          the one that finds it taken learns its pid (``SO_PEERCRED``).
         """
         if _is_memory(self.path):
             return
+        self._lock_name = _PathLock.take(self.path)
         import fcntl
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -455,6 +467,48 @@ def _create_private(path):
     except FileExistsError:
         return
     os.close(fd)
+
+
+class _PathLock(object):
+    """A name for a database path that one process at a time can hold: an abstract Unix socket.
+
+    Linux only (elsewhere ``take`` returns None and the file's ``flock`` is
+    the lock).  The socket listens, so a second server can ask who holds it.
+    """
+
+    @staticmethod
+    def take(path):
+        import hashlib
+        import socket
+        if not sys.platform.startswith("linux"):
+            return None
+        folder, name = os.path.split(os.path.abspath(path))
+        where = os.path.join(os.path.realpath(folder), name).encode("utf-8", "surrogateescape")
+        address = b"\0chatnet-db-" + hashlib.sha256(where).hexdigest().encode("ascii")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise StorageError("database %s is in use by another chatnet server%s"
+                               % (path, _holder(address)))
+        sock.listen(1)
+        return sock
+
+
+def _holder(address):
+    """" (pid N)" of the process holding the name ``address``, or "" if it cannot be told."""
+    import socket
+    import struct
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            probe.connect(address)
+            pid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                       struct.calcsize("3i")))[0]
+    except (OSError, AttributeError):
+        return ""
+    return " (pid %d)" % pid
 
 
 def _connect_read_only(path):
