@@ -16,7 +16,7 @@ from collections import defaultdict, deque
 from chatnet import wire
 from chatnet.core.machine import ChatCore, CoreConfig
 from chatnet.core.events import (
-    AccountLookedUp, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
+    AccountLookedUp, AccountsRemoved, CheckLogin, Close, Connected, ConnectionLost, DataReceived,
     DeliverStored, InputEnded, LimitReached, LoggedOut, LoginChecked, LoginFailed,
     LoginSucceeded, LookUpAccount, PauseReading, ReadAtMost, ResumeReading, Send,
     StoreFailed, StoreMessage, TimePassed,
@@ -161,6 +161,8 @@ class CoreHarness(object):
             if self.answer_checks:
                 self.answer_check()
         elif kind is LookUpAccount:
+            if action.asker not in self.accounts:      # as the lookup thread does: asker first
+                self._queue.append(AccountsRemoved((action.asker,)))
             registered = action.user_id in self.accounts
             answer = AccountLookedUp(action.conn, action.user_id, registered,
                                      len(self.stores.get(action.user_id, ())),

@@ -402,3 +402,17 @@ def test_a_new_database_at_the_path_of_a_running_servers_deleted_one_gets_no_sec
     assert "in use by another chatnet server" in line and "pid %d" % server.proc.pid in line, line
     assert server.login("alice", "pw").sync() == []
 
+
+def test_an_account_removed_while_online_is_not_answered_after_the_removal(database,
+                                                                            start_server):
+    """Issue 22 item 11, as found: bob, removed with chatnet.accounts while online, sent
+    chatwith/ right after the removal and got "2" (online implied registered)."""
+    from live_server import run_module
+    server = start_server()
+    bob, carol = server.login("bob", "secret"), server.login("carol", "pw")
+    assert run_module("chatnet.accounts", "--db", database, "remove", "bob").returncode == 0
+    bob.send(b"chatwith/carol\n")
+    assert bob.wait_closed() == wire.NOTICE_REMOVED
+    carol.send(b"chatwith/bob\n")
+    assert carol.line() == b"0"
+

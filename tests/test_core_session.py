@@ -48,7 +48,7 @@ def test_chatwith_an_online_account_is_looked_up_too(h):
     alice = h.login(b"alice")
     h.login(b"bob")
     assert chatwith(h, alice, b"bob") == [b"2", NOTICE_ONLINE]
-    assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob")]
+    assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob", b"alice")]
 
 
 def test_a_removed_account_that_is_online_is_closed_at_the_next_lookup(h):
@@ -60,6 +60,16 @@ def test_a_removed_account_that_is_online_is_closed_at_the_next_lookup(h):
     assert h.closed[bob] == "account removed"
     assert h.lines(carol) == [NOTICE_DESTROYED]          # its watchers see it go
     assert chatwith(h, carol, b"bob") == [b"0", NO_SUCH_USER]
+
+
+def test_a_removed_account_asking_chatwith_is_closed_not_answered(h):
+    """Issue 22 item 11: bob, removed while online, got "2" to the chatwith/ he sent right
+    after the removal.  A lookup asks after the asker's account too."""
+    bob, carol = h.login(b"bob"), h.login(b"carol")
+    del h.accounts[b"bob"]                              # chatnet.accounts remove bob
+    h.send(bob, b"chatwith/carol\n")
+    assert h.lines(bob) == [REMOVED]
+    assert h.closed[bob] == "account removed"
 
 
 def test_an_account_removed_and_added_again_starts_with_an_empty_store():
@@ -79,7 +89,7 @@ def test_an_account_removed_and_added_again_starts_with_an_empty_store():
 def test_chatwith_an_offline_account_asks_the_database(h):
     alice = h.login(b"alice")
     chatwith(h, alice, b"bob")
-    assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob")]
+    assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob", b"alice")]
 
 
 @pytest.mark.parametrize("spelled", [b" bob", b"bob ", b"\tbob  ", b" \t bob\t"])
@@ -429,7 +439,7 @@ def test_a_lookup_made_stale_by_a_login_is_asked_again(h):
     bob = h.login(b"bob")                              # bob's store empties ...
     h.hang_up(bob)                                     # ... and bob leaves again
     h.answer_lookup()                                  # the old answer says 1: asked again
-    assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob")] * 2
+    assert h.actions_of(LookUpAccount) == [LookUpAccount(alice, b"bob", b"alice")] * 2
     h.answer_lookup()
     assert h.core.store_count(b"bob") == 0
 

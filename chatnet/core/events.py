@@ -226,9 +226,14 @@ class CheckLogin(NamedTuple):
 
 @compared_by_type
 class LookUpAccount(NamedTuple):
-    """Find out whether ``user_id`` is registered; answer ``AccountLookedUp``."""
+    """Find out whether ``user_id`` is registered; answer ``AccountLookedUp``.
+
+    ``asker``: the account of ``conn``.  If it was removed meanwhile,
+    ``AccountsRemoved`` comes first, so no answer follows a removal.
+    """
     conn: int
     user_id: bytes
+    asker: bytes = b""
 
 
 @compared_by_type

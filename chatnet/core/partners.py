@@ -52,7 +52,7 @@ class PartnerRules(object):
             self._steps.enter(session, "chatwith")
             session.looking_up = target
             self._lookups.setdefault(target, set()).add(session.conn)
-            self._steps.emit(LookUpAccount(session.conn, target))
+            self._steps.emit(LookUpAccount(session.conn, target, session.user_id))
 
     def looked_up(self, event):
         """``AccountLookedUp``: answer the ``chatwith/`` that asked, unless the answer is stale."""
@@ -64,7 +64,7 @@ class PartnerRules(object):
             # The account logged in (and its store emptied) after the database
             # was asked: the count is out of date, so ask again.
             session.lookup_stale = False
-            self._steps.emit(LookUpAccount(session.conn, event.user_id))
+            self._steps.emit(LookUpAccount(session.conn, event.user_id, session.user_id))
             return
         self._forget_lookup(session)
         self._steps.enter(session, "looked up")

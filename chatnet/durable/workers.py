@@ -207,6 +207,7 @@ class StoredCount(NamedTuple):
 class _LookUp(NamedTuple):            # is this account registered, how full is its store?
     conn: int
     user_id: bytes
+    asker: bytes                      # ... and is the asker's account still there?
 
 
 class _CheckAccounts(NamedTuple):     # were any of these accounts removed?
@@ -233,8 +234,8 @@ class Lookups(object):
                                         name="chatnet-lookups", daemon=True)
         self._thread.start()
 
-    def submit(self, conn, user_id):
-        self._tasks.put(_LookUp(conn, user_id))
+    def submit(self, conn, user_id, asker=b""):
+        self._tasks.put(_LookUp(conn, user_id, asker))
 
     def check_accounts(self, user_ids):
         """Answer ``AccountsRemoved`` if any of ``user_ids`` (bytes) was removed since last time.
@@ -267,6 +268,10 @@ class Lookups(object):
 
     def _look_up(self, reader, task):
         try:
+            if task.asker and reader.missing_ids([task.asker.decode("ascii")]):
+                # Removed since it logged in: the removal comes first, and no answer
+                # follows it (the core closes the asker's session).
+                self._done.append(AccountsRemoved((task.asker,)))
             registered, stored, generation = reader.look_up(task.user_id.decode("ascii"))
             failed = False
         except Exception as error:

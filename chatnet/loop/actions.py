@@ -116,7 +116,7 @@ class ActionRunner(object):
         self._cork.after_stores_of(action.user_id, self._submit_lookup, action)
 
     def _submit_lookup(self, action):
-        self._lookups.submit(action.conn, action.user_id)
+        self._lookups.submit(action.conn, action.user_id, action.asker)
 
     def _deliver_stored(self, action):
         transport = self._transports.get(action.conn)
