@@ -15,7 +15,6 @@ line on stderr and status 1 (2 for a bad command line); ``import`` adds every
 account of its file or none.
 """
 
-import getpass
 import os
 import sqlite3
 import sys
@@ -183,10 +182,10 @@ def read_password(from_stdin, prompt):
     if not sys.stdin.isatty():
         raise cli.CommandError("standard input is not a terminal: use --password-stdin")
     try:
-        first = getpass.getpass(prompt)
-        second = getpass.getpass("Again: ")
-    except EOFError:
-        raise cli.CommandError("no password given")
+        first = cli.ask_password(prompt)
+        second = cli.ask_password("Again: ")
+    except cli.NoTerminal:
+        raise cli.CommandError("no terminal to ask for the password: use --password-stdin")
     if first != second:
         raise cli.CommandError("the two passwords differ")
     return checked_password(first.encode("utf-8"))

@@ -58,6 +58,29 @@ def run(main, prog, argv=None):
         return INTERRUPTED
 
 
+class NoTerminal(Exception):
+    """There is no terminal to ask a password at."""
+
+
+def ask_password(prompt):
+    """``getpass`` at the controlling terminal; ``NoTerminal`` without one.
+
+    Without a terminal, ``getpass`` would warn ("GetPassWarning: Can not
+    control echo") and read the password from standard input, echoed: the
+    caller says "use --password-stdin" in one line instead.
+    """
+    import getpass
+    import os
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        raise NoTerminal()
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        raise NoTerminal()
+
+
 def positive_int(text):
     value = _number(int, text)
     if value < 1:

@@ -137,7 +137,7 @@ def check_args(parser, args):
     if args.demo and args.db is not None:
         parser.error("--demo uses an in-memory database; leave out --db")
     if args.max_line < 16:
-        parser.error("argument --max-line: must be at least 16")
+        parser.error("argument --max-line: must be at least 16, not %d" % args.max_line)
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     if args.no_plain and not args.tls_cert:
@@ -271,6 +271,7 @@ def serve(args, storage, log_handler):
     if notifier is not None:
         tell_systemd(reactor, notifier)
     reactor.serve_forever()
+    print("stopped (%s)" % reactor.stopped_by, flush=True)
     return 0
 
 

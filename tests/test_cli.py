@@ -360,3 +360,53 @@ def test_every_flag_of_every_command_has_help_text():
                 elif action.help is None:
                     raise AssertionError("%s: %s has no help" % (current.prog, action.option_strings
                                                                  or action.dest))
+
+
+# ---------------------------------------------------------------- issue 22, item 12: small things
+
+def test_a_folder_given_as_the_database_is_named_as_one(tmp_path):
+    for module, args in (("chatnet.server", ["--port", "0"]), ("chatnet.accounts", ["list"])):
+        result = run_module(module, "--db", str(tmp_path), *args)
+        lines = result.stderr.decode().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, lines
+        assert "it is a folder" in lines[0] and "chatnet.db" in lines[0], lines
+
+
+def test_a_bad_max_line_names_the_value():
+    result = run_module("chatnet.server", "--port", "0", "--max-line", "1")
+    assert result.returncode == 2 and "not 1" in result.stderr.decode().splitlines()[-1]
+
+
+def test_an_empty_database_file_made_beforehand_becomes_private(tmp_path):
+    path = tmp_path / "made-by-touch.db"
+    path.touch(mode=0o644)
+    os.chmod(str(path), 0o644)
+    result = run_module("chatnet.accounts", "--db", str(path), "add", "zed", "--password-stdin",
+                        stdin=b"pw\n")
+    assert result.returncode == 0, result.stderr
+    assert os.stat(str(path)).st_mode & 0o777 == 0o600
+
+
+def test_no_terminal_for_the_password_is_one_line_without_a_warning(tmp_path):
+    database = str(tmp_path / "chat.db")
+    for module, args in (("chatnet.client", ["--user", "alice", "--port", "1"]),
+                         ("chatnet.accounts", ["--db", database, "add", "zed"])):
+        result = subprocess.run([sys.executable, "-m", module] + args, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=python_env(), timeout=30, start_new_session=True)
+        lines = result.stderr.decode().splitlines()
+        assert len(lines) == 1 and "--password-stdin" in lines[0], lines
+
+
+def test_the_server_says_it_stopped_on_ctrl_c(tmp_path):
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "chatnet.server", "--demo", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=python_env())
+    try:
+        assert b"listening on" in proc.stdout.readline() + proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and b"stopped (SIGINT)" in out

@@ -138,7 +138,8 @@ def test_status_5_when_the_connection_closes_before_the_login_is_answered():
     s.start(0.0)
     s.connected(0.0)
     assert s.lost("the server closed the connection", 0.1) == [
-        Exit(ExitStatus.CONNECTION_LOST, "the server closed the connection before the login was answered")]
+        Exit(ExitStatus.CONNECTION_LOST, "the server closed the connection before the login was "
+             "answered (if that port speaks TLS, connect with --tls)")]
 
 
 def test_status_5_when_a_script_is_replaced_by_a_login_elsewhere():

@@ -458,6 +458,14 @@ def test_sighup_renews_the_certificate_without_a_restart(start_server, database,
     assert scripted(port, "dave", "pw\n", "--tls-fingerprint", renewed).returncode == 0
 
 
+def test_the_wrong_port_for_the_wrong_kind_of_client_comes_with_a_hint(tls_server):
+    """Issue 22 item 12: a plaintext client on the TLS port, and --tls on the plaintext one."""
+    plain = scripted(tls_port(tls_server), "alice", "pw\n")
+    assert plain.returncode == 5 and "connect with --tls" in plain.stderr.decode()
+    secure = scripted(tls_server.port, "alice", "pw\n", "--tls", "--tls-ca", TLS_CERT)
+    assert secure.returncode == 6 and "without --tls" in secure.stderr.decode()
+
+
 def test_startup_errors_are_one_line(database, tmp_path):
     from live_server import run_module
     missing = run_module("chatnet.server", "--db", database, "--port", "0", "--tls-cert",

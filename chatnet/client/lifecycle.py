@@ -244,7 +244,8 @@ class ClientLifecycle(object):
             self._stop("logged in from another place", ExitStatus.CONNECTION_LOST,
                        "you logged in from another place; not reconnecting (/connect logs in here again)")
         elif was is Link.LOGGING_IN and not self.logins and not self.reconnect:
-            self._exit(ExitStatus.CONNECTION_LOST, reason + " before the login was answered")
+            self._exit(ExitStatus.CONNECTION_LOST, reason + " before the login was answered" + (
+                "" if self.secure else " (if that port speaks TLS, connect with --tls)"))
         else:
             self._after_loss(reason, ExitStatus.CONNECTION_LOST, now)
         return self._take()

@@ -32,7 +32,6 @@ lifecycle ``chatnet.client.lifecycle``, the protocol
 """
 
 import codecs
-import getpass
 import os
 import random
 import sys
@@ -64,7 +63,11 @@ def ask_credentials(user, stream=sys.stderr, again=False):
             print(wire.ID_RULE, file=stream)
             user = None
             continue
-        password = getpass.getpass("Password for %s: " % user).encode("utf-8")
+        try:
+            password = cli.ask_password("Password for %s: " % user).encode("utf-8")
+        except cli.NoTerminal:
+            raise ClientExit("no terminal to ask for the password: use --password-stdin",
+                             cli.USAGE_ERROR)
         if not wire.is_valid_password(password):
             print(wire.PASSWORD_RULE, file=stream)
             continue
@@ -172,8 +175,8 @@ def run_scripted(options):
         password = read_first_line(stdin_fd)
     else:
         try:
-            password = getpass.getpass("Password for %s: " % options.user).encode("utf-8")
-        except (EOFError, OSError):
+            password = cli.ask_password("Password for %s: " % options.user).encode("utf-8")
+        except (cli.NoTerminal, OSError):
             raise ClientExit("no terminal to ask for the password: use --password-stdin",
                              cli.USAGE_ERROR)
     if not wire.is_valid_password(password):

@@ -393,7 +393,9 @@ def tls_failure(error, options):
     """The one line for a failed handshake: why, and the key fingerprint that would pin the server."""
     text = str(error)
     if not isinstance(getattr(error, "__cause__", None), ssl.SSLCertVerificationError):
-        return "TLS with %s:%s failed: %s" % (options.host, options.port, text)
+        hint = (" (is that port plaintext? chatnet's TLS port is 7071 by default; without --tls "
+                "the client speaks in clear)" if "WRONG_VERSION_NUMBER" in text else "")
+        return "TLS with %s:%s failed: %s%s" % (options.host, options.port, text, hint)
     seen = tls.fetch_fingerprint(options.host, options.port)
     return ("cannot verify the certificate of %s:%s (%s)%s" % (
         options.host, options.port, text.split(": ", 1)[-1],

@@ -86,6 +86,9 @@ class Storage(object):
                 # A named shared-cache database, so that a ``Reader`` on
                 # another thread sees the same one (it lives while we do).
                 path = self.path = _memory_name()
+            elif os.path.isdir(path):
+                raise StorageError("cannot use database %s: it is a folder; name the database "
+                                   "file, e.g. %s" % (path, os.path.join(path, "chatnet.db")))
             elif not read_only:
                 if _on_read_only_file_system(path):
                     raise OSError(errno.EROFS, os.strerror(errno.EROFS))
@@ -127,6 +130,8 @@ class Storage(object):
     def _create_schema(self):
         version = self._check_schema_version()
 
+        if version == 0 and not _is_memory(self.path):
+            _make_private(self.path)          # an empty file someone made: ours, and 0600 now
         if version < SCHEMA_VERSION:
             self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA
                                    + "PRAGMA user_version = %d; COMMIT;" % SCHEMA_VERSION)
@@ -458,6 +463,16 @@ def _is_memory(path):
 def _connect(path):
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                            uri=path.startswith("file:"))
+
+
+def _make_private(path):
+    """Readable by its owner only (a new database in a file made with the default mode)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
+    except OSError:
+        pass                           # not ours to change: SQLite will say what it can do
 
 
 def _create_private(path):

@@ -198,6 +198,11 @@ class Reactor(object):
         """Make a waiting ``select`` return (safe from any thread)."""
         self._wakeup.wake()
 
+    @property
+    def stopped_by(self):
+        """Why the loop stopped: the signal's name (``SIGTERM``), or "asked to stop"."""
+        return self._wakeup.stopped_by
+
     def request_stop(self):
         """Ask ``serve_forever`` to shut down cleanly (safe from any thread)."""
         self._wakeup.request_stop()

@@ -24,6 +24,7 @@ class WakeUp(object):
         for end in (self.reader, self._writer):
             end.setblocking(False)
         self.stop_requested = False
+        self.stopped_by = "asked to stop"     # or the signal's name
         self.reload_requested = False
 
     def wake(self):
@@ -59,6 +60,7 @@ class WakeUp(object):
 
     def _on_stop_signal(self, signum, frame):
         self.stop_requested = True
+        self.stopped_by = signal.Signals(signum).name
 
     def _on_hangup_signal(self, signum, frame):
         self.reload_requested = True
