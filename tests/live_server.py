@@ -80,9 +80,10 @@ def _bytes(value):
 class LiveServer(object):
     """``python -m chatnet.server --db DB --host 127.0.0.1 --port 0 ARGS``."""
 
-    def __init__(self, db, *args, tls=False, env=None):
+    def __init__(self, db, *args, tls=False, env=None, code=REPO):
         self.db = db
         self.env = env                 # more environment variables for the server
+        self.code = code               # the checkout whose chatnet runs (another release's too)
         self.args = list(args)
         self.tls = tls                 # serve TLS only (the test certificate), and talk TLS to it
         if tls:
@@ -97,8 +98,9 @@ class LiveServer(object):
         command = [sys.executable, "-m", "chatnet.server", "--db", self.db,
                    "--host", "127.0.0.1", "--port", "0"] + self.args
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=dict(python_env(), **(self.env or {})),
-                                     cwd=REPO)
+                                     stderr=subprocess.PIPE, env=dict(
+                                         python_env(), PYTHONPATH=self.code, **(self.env or {})),
+                                     cwd=self.code)
         stdout_lines = queue.Queue()
 
         def keep(line):

@@ -34,7 +34,17 @@ import sys
 
 log = logging.getLogger("chatnet.storage")
 
-SCHEMA_VERSION = 1
+#: The database's schema version (``PRAGMA user_version``), and how a database
+#: of each older version becomes the next: one step per version, each in one
+#: transaction with its version bump, so an upgrade stopped half-way (a full
+#: disk, ``kill -9``) leaves the file at a version it can go on from.  A new
+#: database takes every step.  A newer version than this code knows is refused,
+#: untouched (README: "Upgrading and downgrading").
+SCHEMA_VERSION = 2
+
+#: SQLite's ``application_id`` for chatnet's files ("chat"): since schema 2 the
+#: file says whose it is, and another program's database is told by it.
+APPLICATION_ID = 0x63686174
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -54,6 +64,11 @@ CREATE TABLE IF NOT EXISTS stored_messages (
 CREATE INDEX IF NOT EXISTS stored_messages_by_recipient
     ON stored_messages (recipient, id);
 """
+
+MIGRATIONS = {
+    0: _SCHEMA,                                            # the tables (2026-11)
+    1: "PRAGMA application_id = %d;" % APPLICATION_ID,     # the file says it is chatnet's (2026-12)
+}
 
 MEMORY = ":memory:"
 
@@ -117,24 +132,33 @@ class Storage(object):
     def _refuse_another_programs_database(self):
         """Some other program's SQLite file: adding our tables (or WAL) would alter it."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0 and self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        application = self._db.execute("PRAGMA application_id").fetchone()[0]
+        if application not in (0, APPLICATION_ID) or version == 0 and self._db.execute(
+                "SELECT count(*) FROM sqlite_master").fetchone()[0]:
             raise sqlite3.DatabaseError("it is not a chatnet database (it holds another "
                                         "program's tables); nothing was changed")
 
     def _check_schema_version(self):
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError("made by a newer chatnet (schema %d)" % version)
+            raise sqlite3.DatabaseError(
+                "made by a newer chatnet (schema %d; this one knows up to %d) and left "
+                "untouched: run that version or newer, or restore the backup made before "
+                "upgrading" % (version, SCHEMA_VERSION))
         return version
 
     def _create_schema(self):
+        """Make a new database's tables, or upgrade an older one, step by step (``MIGRATIONS``)."""
         version = self._check_schema_version()
-
         if version == 0 and not _is_memory(self.path):
             _make_private(self.path)          # an empty file someone made: ours, and 0600 now
-        if version < SCHEMA_VERSION:
-            self._db.executescript("BEGIN IMMEDIATE;" + _SCHEMA
-                                   + "PRAGMA user_version = %d; COMMIT;" % SCHEMA_VERSION)
+        while version < SCHEMA_VERSION:
+            self._db.executescript("BEGIN IMMEDIATE;" + MIGRATIONS[version]
+                                   + "PRAGMA user_version = %d; COMMIT;" % (version + 1))
+            if version:
+                log.info("upgraded the database %s from schema %d to %d",
+                         self.path, version, version + 1)
+            version += 1
 
     # ---------------------------------------------------------------- transactions
 
