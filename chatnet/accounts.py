@@ -74,6 +74,8 @@ def main(argv=None):
     if args.verb not in ("add", "import") and not os.path.exists(args.db):
         raise cli.CommandError("there is no database at %s (check --db; 'add' or 'import' "
                                "make a new one)" % args.db)
+    if args.verb not in READING:
+        refuse_root_on_anothers_database(args.db)
     try:
         storage = Storage(args.db, busy_timeout_ms=int(args.busy_timeout * 1000),
                           read_only=args.verb in READING)
@@ -92,6 +94,28 @@ def main(argv=None):
             storage.close()
         except sqlite3.Error:
             pass            # a lock still held elsewhere: nothing was left to commit
+
+
+def refuse_root_on_anothers_database(path):
+    """Root writing to a service's database would leave files of root's behind.
+
+    SQLite makes the ``-wal`` and ``-shm`` files as whoever writes first; owned
+    by root, they lock the service's own user out at its next start.  So
+    root is told to run the command as the file's owner instead.
+    """
+    if os.geteuid() != 0 or not os.path.exists(path):
+        return
+    owner = os.stat(path).st_uid
+    if owner == 0:
+        return
+    try:
+        import pwd
+        name = pwd.getpwuid(owner).pw_name
+    except (ImportError, KeyError):
+        name = "#%d" % owner
+    raise cli.CommandError("%s belongs to %s: run this as that user, so the database's files "
+                           "stay its (runuser -u %s -- python3 -m chatnet.accounts ...)"
+                           % (path, name, name))
 
 
 # ---------------------------------------------------------------- verbs
