@@ -404,3 +404,31 @@ def test_room_freed_in_the_budget_lets_waiting_connections_read_again():
     assert h.core.unauthenticated_bytes() <= 3000
     h.drop(holders[0])                                   # its held bytes are freed ...
     assert not set(holders[1:]) <= h.paused               # ... and someone may read again
+
+
+def test_room_goes_to_the_waiting_connections_in_order_and_a_storm_stays_linear():
+    """Issue 23: every change in the budget offered the room to every waiting session --
+    a storm of 1,000 logins cost 180,000 checks.  Now first come, first served, and the
+    offers stop at the first that finds none."""
+    from chatnet.core import reading
+    from chatnet.core.events import ReadAtMost
+    h = CoreHarness(accounts=ACCOUNTS, hold_limit=1000, unauthenticated_budget=3000,
+                    failure_delays=(10.0,))
+    holders = [h.connect() for _ in range(300)]
+    for conn in holders:
+        h.offer(conn, frame(b"nobody", b"bad") + b"y" * 2000)
+    calls, limit = [0], reading.ReadingGate.limit
+
+    def counted(gate, session):
+        calls[0] += 1
+        return limit(gate, session)
+    reading.ReadingGate.limit = counted
+    before = len(h.actions)
+    try:
+        h.drop(holders[0])                               # room frees ...
+    finally:
+        reading.ReadingGate.limit = limit
+    granted = [action.conn for action in h.actions[before:]
+               if type(action) is ReadAtMost and action.size]
+    assert granted == holders[1:1 + len(granted)] and granted     # ... for the first in line
+    assert calls[0] <= len(granted) + 2                  # not one offer per waiting session

@@ -132,6 +132,7 @@ class DurabilityCork(object):
         never delivered it) is never refused: it waits for the next batch the
         database takes (``_going_back``).
         """
+        self._stored.noted_store(action.recipient)       # its store is read at the next login
         if action.sender_conn is None:
             self._recipients[action.recipient] += 1       # a login's delivery waits for it
             self._going_back.append(action)

@@ -31,6 +31,11 @@ The rules it keeps
   remembered as delivered until a commit has removed them, so they are never
   delivered twice unless the process crashes first (seeds/PROTOCOL.md
   section 6: at least once).
+* **An empty store is not read.**  It knows which accounts may have
+  stored messages: those that had some at the start, and every recipient
+  of a store since (``noted_store``, before its commit).  An account leaves
+  that set when a read of its whole store found nothing.  A login of any
+  other account -- most logins -- costs no database read at all.
 * **Read on the loop's own connection**, read-only: it sees what is
   committed.  A login whose account has stores still on their way to the
   disk starts reading only once they are committed (``start(...,
@@ -46,6 +51,16 @@ from .. import wire
 BATCH_ROWS = 32
 #: A streaming connection's queue is refilled when it holds fewer bytes than this.
 REFILL_BELOW = 64 * 1024
+
+
+class _Everyone(set):
+    """Every account may have stored messages (the start could not tell)."""
+
+    def __contains__(self, user_id):
+        return True
+
+
+_EVERYONE = _Everyone()
 
 
 class StoredStream(object):
@@ -78,6 +93,8 @@ class StoredDeliveries(object):
         self._deleting_for = collections.Counter()   # account -> its rows in ``_delivered``
         self._deleting = set()         # ... of which deletes are in a batch on its way
         self.delivered_total = 0       # rows delivered since the start (for the metrics)
+        #: Accounts (str) whose stores may hold a message: read at their login.
+        self._maybe_stored = self._read_recipients()
 
     # ---------------------------------------------------------------- streaming
 
@@ -91,6 +108,8 @@ class StoredDeliveries(object):
         if stream is not None:          # streaming already: more rows are coming for it
             stream.readable = stream.readable and read_now
             return
+        if read_now and user_id not in self._maybe_stored:
+            return                      # nothing stored, nothing on its way: nothing to read
         self._streams[connection.conn] = StoredStream(user_id, readable=read_now)
         connection.begin_stored()
         if read_now:
@@ -115,6 +134,8 @@ class StoredDeliveries(object):
             except sqlite3.Error as error:
                 self._warn("database read", "cannot read a message store: %s", error)
                 rows = []               # what is left stays stored for the next login
+            if not rows and not stream.after_row:
+                self._maybe_stored.discard(stream.user_id)   # the whole store: empty
             for row_id, sender, text in rows:
                 stream.after_row = row_id
                 if row_id in self._in_delivery or row_id in self._delivered:
@@ -124,6 +145,17 @@ class StoredDeliveries(object):
             if len(rows) < BATCH_ROWS:
                 self._finish(connection)
                 stream = None
+
+    def noted_store(self, recipient):
+        """A message for ``recipient`` (bytes) is on its way into its store."""
+        self._maybe_stored.add(recipient.decode("ascii"))
+
+    def _read_recipients(self):
+        try:
+            return self._reader.recipients()
+        except sqlite3.Error as error:
+            self._warn("database read", "cannot read which stores hold messages: %s", error)
+            return _EVERYONE
 
     def _finish(self, connection):
         """Every stored row is queued: what waited behind them follows."""

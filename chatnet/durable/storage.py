@@ -429,6 +429,11 @@ class Reader(object):
         """Like ``Storage.stored_messages``: what is committed."""
         return _stored_messages(self._db, recipient, after_row, limit)
 
+    def recipients(self):
+        """The IDs (str) whose stores hold a message now (one walk of the store's index)."""
+        return {row[0] for row in self._db.execute(
+            "SELECT DISTINCT recipient FROM stored_messages")}
+
     def close(self):
         self._db.close()
 

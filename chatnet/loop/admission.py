@@ -88,6 +88,7 @@ class Admission(object):
         self._limits = limits
         self._hooks = hooks            # AdmissionHooks: the loop, as far as admission needs it
         self._per_host = collections.Counter()
+        self._trusted = {}             # host -> on a trusted network (parsing costs ~20 µs)
         self._spare_fd = _open_spare_descriptor()
         self._refusing = {}            # TLSRefusal under way -> its deadline, oldest first
         self._sweep_due = False        # one timer ends the late ones (not one timer each)
@@ -139,7 +140,11 @@ class Admission(object):
 
     def _admit(self, sock, address, listener):
         host = host_of(address)
-        trusted = is_trusted(host, self._limits.trusted_networks)
+        trusted = self._trusted.get(host)
+        if trusted is None:
+            if len(self._trusted) >= 4096:          # many addresses: start over, bounded
+                self._trusted.clear()
+            trusted = self._trusted[host] = is_trusted(host, self._limits.trusted_networks)
         if self._hooks.connection_count() >= self._limits.max_connections:
             self._hooks.limit_reached("connections total")
             self._hooks.warn("server full", "connection from %s refused: %d connections, the maximum",

@@ -51,6 +51,7 @@ import functools
 import logging
 import selectors
 import socket
+import sys
 import time
 from typing import NamedTuple
 
@@ -172,6 +173,8 @@ class Reactor(object):
             self.metrics.limit_reached, self.connection_count))
         for each in listeners:
             each.sock.setblocking(False)
+            if OPTIONS_INHERITED:
+                _tune_socket(each.sock, self._limits.keepalive)   # once, for all it accepts
             self.watch(each.sock, each)
         self._selector.register(self._wakeup.reader, READ, _WAKEUP)
         hangups = self._connections.hangups
@@ -294,7 +297,8 @@ class Reactor(object):
 
     def _add_transport(self, sock, address, host, trusted, listener):
         sock.setblocking(False)
-        _tune_socket(sock, self._limits.keepalive)
+        if not OPTIONS_INHERITED:
+            _tune_socket(sock, self._limits.keepalive)
         conn, peer = next(self._conn_ids), format_peer(address)
         if listener.tls is None:
             transport = Transport(self._hooks, self._marks, conn, sock, host, peer, trusted,
@@ -530,6 +534,12 @@ class Reactor(object):
 
 
 # ================================================================ helpers
+
+#: Linux copies a listening socket's options (TCP_NODELAY, SO_SNDBUF, keepalive,
+#: TCP_USER_TIMEOUT) to every socket it accepts: set once on the listener, they
+#: cost no system call per connection (7 fewer per login).  Elsewhere, per socket.
+OPTIONS_INHERITED = sys.platform.startswith("linux")
+
 
 def _tune_socket(sock, keepalive):
     """TCP_NODELAY, a bounded send buffer, and keepalive so a vanished peer is noticed."""

@@ -37,7 +37,7 @@ class WakeUp(object):
     def drain(self):
         """Read the wake-up bytes (their number means nothing)."""
         try:
-            while self.reader.recv(4096):
+            while len(self.reader.recv(4096)) == 4096:    # usually one byte, one call
                 pass
         except (BlockingIOError, InterruptedError):
             pass
