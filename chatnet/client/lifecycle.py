@@ -77,6 +77,8 @@ class Link(enum.Enum):
     DOWN = "down"                #: down; no try until the person types /connect
     ENDED = "ended"              #: the client is leaving; nothing more happens
 
+    __hash__ = object.__hash__   # identity's, in C (as ``Phase``'s: Enum's is Python code)
+
 
 #: Every change of link: (link, cause) -> the next link, written as the
 #: server's ``chatnet.core.phases.TRANSITIONS``.  ``ClientLifecycle._enter`` is the

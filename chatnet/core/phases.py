@@ -18,6 +18,11 @@ class Phase(enum.Enum):
     LOOKING_UP = "looking up"    #: a ``chatwith/`` waits for its account lookup; input held
     CLOSED = "closed"            #: forgotten; nothing more happens
 
+    # Members are singletons compared by identity, so identity's hash will do:
+    # Enum's own ``__hash__`` is Python code, and phases are looked up in sets
+    # and tables on every input (13 calls per login, more per chunk read).
+    __hash__ = object.__hash__
+
 
 #: Every change of phase: (phase, cause) -> the next phase.  ``ChatCore._enter``
 #: refuses anything else, and a test walks the table.

@@ -100,9 +100,10 @@ class Departures(object):
         if transport.closed:
             return
         if transport.user_id is not None:
+            acked = transport.acknowledged()            # one TCP_INFO read serves both
             self._stored.stop(transport)
-            self._stored.settle(transport, transport.acknowledgements_known())
-            self.give_back(transport, transport.take_undelivered())
+            self._stored.settle(transport, acked is not None)
+            self.give_back(transport, transport.take_undelivered(acked))
         self._forget(transport)
         transport.close(clean)
 

@@ -336,28 +336,31 @@ class Transport(object):
         """The stream offset, in what TCP carries, after everything handed to it."""
         return self.sent
 
-    def acknowledgements_known(self):
-        """True where the kernel tells what the peer acknowledged (TCP_INFO)."""
-        return bytes_acked(self.sock) is not None
+    def acknowledged(self):
+        """What the peer's TCP acknowledged, in the units TCP carries; None where the kernel
+        cannot tell (no TCP_INFO)."""
+        return bytes_acked(self.sock)
 
-    def take_undelivered(self):
+    def take_undelivered(self, acked=None):
         """Closing: the relay messages the peer may not have, ``(sender, text)`` in order.
 
         The caller has asked the stored deliveries first: stored rows not yet
         sent left the queue (they stay stored), and a row half sent is among
         these (its stored copy is then deleted).  With messages to keep the
         socket will close with a reset, not a FIN: the kernel must not
-        deliver what goes elsewhere now.
+        deliver what goes elsewhere now.  ``acked``: ``acknowledged()``, if
+        the caller has just asked.
         """
-        messages = wire.relay_messages(self.undelivered())
+        messages = wire.relay_messages(self.undelivered(acked))
         if messages:
             tcp.set_option(self.sock, socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         return messages
 
-    def undelivered(self):
+    def undelivered(self, acked=None):
         """The bytes of every line the peer may not have: unacknowledged, then never sent
         (queued, then waiting behind)."""
-        acked = bytes_acked(self.sock)          # still open: the loop asks before it closes
+        if acked is None:
+            acked = bytes_acked(self.sock)      # still open: the loop asks before it closes
         unacked = b""
         if self.sent_log is not None and acked is not None:
             unacked = self.sent_log.unacknowledged(acked)
