@@ -44,9 +44,9 @@ class FakeTransport(object):
         self.told.append("wait")
 
 
-def handshakes(slots, steps=2):
+def handshakes(slots, steps=2, clock=lambda: 0.0):
     timers = []
-    gate = Handshakes(slots, lambda: 0.0, lambda when, f, arg=None: timers.append(f),
+    gate = Handshakes(slots, lambda: 0.0, lambda when, f, arg=None: timers.append(f), clock,
                       steps_per_pass=steps)
     return gate, timers
 
@@ -73,11 +73,15 @@ def test_slots_go_first_come_first_served_as_handshakes_finish_or_connections_cl
     assert (gate.pending, gate.waiting) == (0, 0)
 
 
-def test_a_pass_takes_only_its_share_of_handshake_steps():
-    gate, _ = handshakes(10, steps=2)
-    assert [gate.may_step() for _ in range(3)] == [True, True, False]
+def test_a_pass_takes_its_share_of_handshake_steps_and_more_only_within_its_slice():
+    from chatnet.loop.handshakes import SLICE
+    now = [0.0]
+    gate, _ = handshakes(10, steps=2, clock=lambda: now[0])
+    assert [gate.may_step() for _ in range(3)] == [True, True, True]   # cheap: more fit
+    now[0] += SLICE
+    assert [gate.may_step() for _ in range(2)] == [False, False]      # the slice is spent
     gate.new_pass()
-    assert gate.may_step()
+    assert [gate.may_step() for _ in range(2)] == [True, True]        # always the share
 
 
 def test_the_memory_of_a_burst_is_given_back_once_it_is_over():

@@ -141,7 +141,8 @@ class Reactor(object):
                                       self.call_at)
         self._hooks = TransportHooks(self._pass_time, self._connections.set_interest,
                                      self.stored.progress)
-        self.handshakes = Handshakes(limits.max_handshakes, self._pass_time, self.call_at)
+        self.handshakes = Handshakes(limits.max_handshakes, self._pass_time, self.call_at,
+                                     clock)
         self._watch(listener, tls, metrics)
         self._housekeeping = Housekeeping(self._pass_time, self.call_at, self._connections,
                                           self.cork, self._lookups, self.metrics,
