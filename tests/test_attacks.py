@@ -361,8 +361,19 @@ def test_a_locked_database_neither_stalls_chat_per_delivery_nor_delivers_twice(t
 
 # ---------------------------------------------------------------- item 8: the file is deleted
 
-def test_deleting_the_database_file_is_noticed_and_stores_are_refused(database, start_server):
+def refused_second_server(database):
+    """A second server started on ``database``: it must exit 1 (its stderr says why)."""
     from live_server import LiveServer
+    second = LiveServer(database)
+    try:
+        second.start(timeout=10)
+    except AssertionError:
+        pass
+    assert second.proc.wait(10) == 1
+    return second
+
+
+def test_deleting_the_database_file_is_noticed_and_stores_are_refused(database, start_server):
     server = start_server(*UNTRUSTED)
     alice = server.login("alice", "pw")
     alice.chatwith("bob", b"1")
@@ -372,12 +383,7 @@ def test_deleting_the_database_file_is_noticed_and_stores_are_refused(database, 
     server.wait_for_log("WARNING", "database file", timeout=5)
     alice.send(b"chat/into the void?\n")
     assert alice.sync() == [NOT_STORED]                    # refused, with the usual notice
-    second = LiveServer(database)
-    try:
-        second.start(timeout=10)
-    except AssertionError:
-        pass
-    assert second.proc.wait(10) == 1
+    second = refused_second_server(database)
     assert any("in use by another chatnet server" in line for line in second.stderr_lines if line)
 
 
@@ -386,18 +392,13 @@ def test_a_new_database_at_the_path_of_a_running_servers_deleted_one_gets_no_sec
     """Issue 22 item 10: the files deleted, a new database made at once at the same path --
     a second server started there while the first still ran."""
     from conftest import ACCOUNTS
-    from live_server import LiveServer, make_database
+    from live_server import make_database
     server = start_server(*UNTRUSTED)
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(database + suffix):
             os.unlink(database + suffix)
     make_database(database, ACCOUNTS)                      # before the first one can notice
-    second = LiveServer(database)
-    try:
-        second.start(timeout=10)
-    except AssertionError:
-        pass
-    assert second.proc.wait(10) == 1
+    second = refused_second_server(database)
     line = [line for line in second.stderr_lines if line][-1]
     assert "in use by another chatnet server" in line and "pid %d" % server.proc.pid in line, line
     assert server.login("alice", "pw").sync() == []

@@ -425,16 +425,23 @@ def test_the_public_key_pin_survives_a_renewal_that_keeps_the_key(start_server, 
     assert result.returncode == 0, result.stderr
 
 
-def test_sighup_renews_the_certificate_without_a_restart(start_server, database, tmp_path):
-    """Open connections keep chatting; new ones get the new certificate."""
+def server_with_own_pair(start_server, tmp_path):
+    """A server on copies of the test pair (so a test can replace them): (server, cert, key)."""
     import shutil
-    import signal
     cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
     shutil.copy(TLS_CERT, cert)
     shutil.copy(TLS_KEY, key)
     os.chmod(key, 0o600)
     server = start_server("--tls-cert", cert, "--tls-key", key, "--tls-port", "0",
                           "--log-level", "info")
+    return server, cert, key
+
+
+def test_sighup_renews_the_certificate_without_a_restart(start_server, database, tmp_path):
+    """Open connections keep chatting; new ones get the new certificate."""
+    import shutil
+    import signal
+    server, cert, key = server_with_own_pair(start_server, tmp_path)
     port = tls_port(server)
     alice = RawClient(port, tls=True)
     assert alice.login("alice", "pw") == b"1"
@@ -515,12 +522,7 @@ def test_wrong_files_and_a_protected_key_are_named_in_one_line_and_never_prompt(
 def test_a_protected_key_at_sighup_is_a_warning_and_the_old_pair_stays(start_server, tmp_path):
     import shutil
     import signal
-    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-    shutil.copy(TLS_CERT, cert)
-    shutil.copy(TLS_KEY, key)
-    os.chmod(key, 0o600)
-    server = start_server("--tls-cert", cert, "--tls-key", key, "--tls-port", "0",
-                          "--log-level", "info")
+    server, cert, key = server_with_own_pair(start_server, tmp_path)
     shutil.copy(protected_key(tmp_path), key)
     server.proc.send_signal(signal.SIGHUP)
     server.wait_for_log("cannot reload the TLS certificate", "is protected by a passphrase")
