@@ -630,7 +630,8 @@ class TLSTransport(Transport):
     Before the handshake is done nothing is encrypted: plaintext waits.
     """
 
-    __slots__ = ("tls", "cipher_out", "eof_follows", "wire_sent", "_handshakes", "_new_layer")
+    __slots__ = ("tls", "cipher_out", "eof_follows", "wire_sent", "readable", "_handshakes",
+                 "_new_layer")
 
     secure = True
 
@@ -646,13 +647,11 @@ class TLSTransport(Transport):
         self.wire_sent = 0             # ciphertext handed to TCP (or waiting in cipher_out)
         self._handshakes = handshakes or NO_HANDSHAKE_LIMITS
         self._new_layer = new_layer
+        #: Not while it waits for a handshake slot: its ClientHello waits in the kernel.
+        #: (An attribute, not a property: ``update_interest`` reads it on every change.)
+        self.readable = tls is not NOT_STARTED
 
     # ---------------------------------------------------------------- the handshake's turn
-
-    @property
-    def readable(self):
-        """Not while it waits for a handshake slot: its ClientHello waits in the kernel."""
-        return self.tls is not NOT_STARTED
 
     def wait_for_slot(self):
         """No handshake slot is free: read nothing, but learn if the peer leaves meanwhile."""
@@ -662,6 +661,7 @@ class TLSTransport(Transport):
         """Its slot came: OpenSSL's state is made now, and reading begins."""
         if not self.closed:
             self.tls = self._new_layer()
+            self.readable = True
             self.update_interest()
 
     # ---------------------------------------------------------------- reading
