@@ -359,7 +359,7 @@ class Transport(object):
     def undelivered(self, acked=None):
         """The bytes of every line the peer may not have: unacknowledged, then never sent
         (queued, then waiting behind)."""
-        if acked is None:
+        if acked is None:                       # not asked yet (or the kernel cannot tell)
             acked = bytes_acked(self.sock)      # still open: the loop asks before it closes
         unacked = b""
         if self.sent_log is not None and acked is not None:
@@ -627,7 +627,10 @@ class TLSTransport(Transport):
       and ``live_bytes_waiting`` counts ``cipher_out`` too;
     * a record draining is progress for the stall clock, like plaintext taken;
     * while ``cipher_out`` waits, ``EVENT_WRITE`` is watched.
-    Before the handshake is done nothing is encrypted: plaintext waits.
+    Before the handshake is done nothing is encrypted: plaintext waits.  Before
+    its handshake slot comes (``chatnet.loop.handshakes``) it has no layer at all
+    (``NOT_STARTED``), is not read (``readable`` False) and only its hang-up is
+    watched; ``begin_handshake`` makes the layer.
     """
 
     __slots__ = ("tls", "cipher_out", "eof_follows", "wire_sent", "readable", "_handshakes",
