@@ -20,7 +20,7 @@ A first reading (the README's "Reading the code" lists it with line counts):
 5. ``chatnet.loop.transport``     -- one connection's read and write path.
 
 Then the chapters: durability (``durable/``), acknowledgements
-(``net/acks``), TLS (``net/tls``, ``loop.transport.TLSTransport``), admission
+(``net/acks``), TLS (``net/tls``, ``loop.transport.LayeredTransport``), admission
 and limits (``loop/admission``, ``core/reading``, ``loop/departures``), and
 the client (``client/``: protocol, lifecycle, screen, shell, main).
 """

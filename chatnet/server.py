@@ -9,6 +9,7 @@ cannot be used, 2 for a bad flag.
 """
 
 import logging
+import re
 import signal
 import sys
 
@@ -20,6 +21,7 @@ from .loop.reactor import Reactor, ReactorLimits
 from .durable.storage import MEMORY, Storage, StorageError
 from .loop.metrics import parse_address
 from .net.tls import KeyPairError, TLSContext
+from .net.web import WebFront
 
 log = logging.getLogger("chatnet.server")
 
@@ -34,6 +36,8 @@ RESERVED_DESCRIPTORS = 64 + TLS_REFUSALS_AT_ONCE
 
 #: ``--demo`` accounts: (ID, password).
 DEMO_ACCOUNTS = (("alice", "alice"), ("bob", "bob"), ("carol", "carol"), ("dave", "dave"))
+#: ``--demo``'s web page, unless --web says otherwise.
+DEMO_WEB = ("127.0.0.1", 7080)
 
 #: A server's database connection waits at most this long for a lock held by
 #: ``chatnet.accounts``; it must not stall every client for long.
@@ -42,7 +46,7 @@ SERVER_BUSY_TIMEOUT_MS = 200
 
 def parse_args(argv):
     parser = cli.ArgumentParser(
-        prog=PROG, description="Run a chatnet chat server (seeds/PROTOCOL.md, version 1.1).")
+        prog=PROG, description="Run a chatnet chat server (seeds/PROTOCOL.md, version 1.2).")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; :: for every IPv6 and IPv4 address)")
     parser.add_argument("--port", type=cli.port_number, default=7070,
@@ -59,6 +63,13 @@ def parse_args(argv):
     parser.add_argument("--login-timeout", type=cli.positive_float, default=DEFAULTS.login_timeout,
                         metavar="SECONDS", help="time allowed to log in (default %(default)s)")
     add_limit_flags(parser)
+    parser.add_argument("--web", metavar="HOST:PORT", default=None,
+                        help="serve the browser client's page and chat over WebSocket on HOST:PORT "
+                        "(off by default, --demo: 127.0.0.1:7080; PORT 0 picks a free one; "
+                        "https and wss with --tls-cert)")
+    parser.add_argument("--web-origin", metavar="ORIGIN", action="append", default=[],
+                        help="also let pages from ORIGIN (e.g. https://chat.example.org) chat "
+                        "through --web; the page's own origin always may (repeatable)")
     parser.add_argument("--metrics", metavar="HOST:PORT", default=None,
                         help="serve GET /metrics (Prometheus' text format) on HOST:PORT "
                         "(off by default; PORT 0 picks a free one)")
@@ -142,11 +153,21 @@ def check_args(parser, args):
         parser.error("--tls-cert and --tls-key go together")
     if args.no_plain and not args.tls_cert:
         parser.error("--no-plain needs a TLS listener (--tls-cert and --tls-key)")
-    if args.metrics is not None:
-        try:
-            args.metrics = parse_address(args.metrics)
-        except ValueError as error:
-            parser.error("argument --metrics: %s" % error)
+    for flag in ("metrics", "web"):
+        if getattr(args, flag) is not None:
+            try:
+                setattr(args, flag, parse_address(getattr(args, flag)))
+            except ValueError as error:
+                parser.error("argument --%s: %s" % (flag, error))
+    args.web_by_default = args.demo and args.web is None
+    if args.web_by_default:
+        args.web = DEMO_WEB
+    if args.web_origin and args.web is None:
+        parser.error("--web-origin needs --web")
+    for origin in args.web_origin:
+        if not re.match(r"^https?://[^/\s]+/?$", origin):
+            parser.error("argument --web-origin: expected http://HOST[:PORT] or https://HOST[:PORT], "
+                         "not %r" % origin)
     if args.db is None:
         args.db = MEMORY if args.demo else "chatnet.db"
 
@@ -239,6 +260,7 @@ def serve(args, storage, log_handler):
     if tls is not None:
         tls = (listen(args.host, args.tls_port), tls)
     metrics = listen(*args.metrics) if args.metrics is not None else None
+    web = open_web(args, tls[1] if tls is not None else None)
     delay = args.failure_delay
     config = CoreConfig(store_limit=args.store_limit, max_line=args.max_line,
                         login_timeout=args.login_timeout,
@@ -253,7 +275,8 @@ def serve(args, storage, log_handler):
                            write_timeout=args.write_timeout, keepalive=args.keepalive,
                            refusal_timeout=args.login_timeout,
                            max_handshakes=args.max_handshakes)
-    reactor = Reactor(listener, ChatCore(config), storage, limits, tls=tls, metrics=metrics)
+    reactor = Reactor(listener, ChatCore(config), storage, limits, tls=tls, metrics=metrics,
+                      web=web)
     notifier = systemd.Notifier.from_environment()
     reactor.install_signal_handlers(on_hangup=hangup_handler(args, log_handler, tls, notifier))
     if args.demo:
@@ -262,8 +285,11 @@ def serve(args, storage, log_handler):
     elif not storage.account_count():
         log.warning("%s has no accounts yet; add one with: python -m chatnet.accounts --db %s add ID",
                     args.db, args.db)
-    for host, port, secure in reactor.listening():
-        address = format_address((host, port)) + (" (TLS)" if secure else "")
+    for host, port, kind in reactor.listening():
+        address = format_address((host, port)) + LISTENER_WORDS[kind]
+        if kind.startswith("web"):
+            address += " %s://%s/" % ("https" if kind == "web+tls" else "http",
+                                      format_address((host, port)))
         print("listening on %s" % address, flush=True)
         log.info("listening on %s, database %s", address, args.db)
     if metrics is not None:
@@ -285,6 +311,34 @@ def tell_systemd(reactor, notifier):
             notifier.watchdog()
             reactor.call_at(reactor.now + interval, beat)
         reactor.call_at(reactor.now, beat)
+
+
+#: What a listener's line says after its address.
+LISTENER_WORDS = {"plain": "", "tls": " (TLS)", "web": " (web)", "web+tls": " (web)"}
+
+
+def open_web(args, tls):
+    """The web listener: ``(socket, WebFront, TLSContext or None)``, or None.
+
+    --demo's own web port (7080) is a convenience: when it is taken, the demo
+    serves without a page and says so, instead of not starting.
+    """
+    if args.web is None:
+        return None
+    try:
+        front = WebFront(args.max_line, secure=tls is not None, origins=args.web_origin)
+    except OSError as error:
+        raise cli.CommandError("cannot read the web page's files: %s" % error)
+    try:
+        sock = open_listener(*args.web)
+    except OSError as error:
+        if args.web_by_default:
+            print("no web page: cannot listen on %s (%s); choose another with --web HOST:PORT"
+                  % (format_address(args.web), error.strerror or error), file=sys.stderr, flush=True)
+            return None
+        raise cli.CommandError("cannot listen on %s: %s" % (format_address(args.web),
+                                                              error.strerror or error))
+    return sock, front, tls
 
 
 def listen(host, port):

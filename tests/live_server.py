@@ -328,7 +328,7 @@ class TLSSocket(object):
         return data
 
     def sendall(self, data):
-        self.raw.sendall(self.layer.encrypt(data))
+        self.raw.sendall(self.layer.encode(data))
 
     send = sendall
 
@@ -342,7 +342,7 @@ class TLSSocket(object):
     def shutdown(self, how):
         """``SHUT_WR``: TLS's half-close (close_notify); the stream stays readable."""
         if how == socket.SHUT_WR:
-            self.raw.sendall(self.layer.close_notify())
+            self.raw.sendall(self.layer.goodbye())
         else:
             self.raw.shutdown(how)
 

@@ -75,7 +75,7 @@ class ServerEnd(object):
             self.pump()
 
     def say(self, data):
-        self.send(self.layer.encrypt(data))
+        self.send(self.layer.encode(data))
 
     def send(self, data):
         self.sock.sendall(data)
@@ -154,7 +154,7 @@ def test_what_the_server_says_with_its_last_handshake_flight_reaches_the_client(
                                                           server.pump_if_readable()))
     assert conn.state is ServerConnection.HANDSHAKING  # the server's Finished is not read yet
     server.say(b"chat/the server is full, try again later\n")   # its words come right after it
-    server.send(server.layer.close_notify())
+    server.send(server.layer.goodbye())
     waiting = server.sent - server.finished_at         # until all of it waits in one read
     until(lambda: len(conn.sock.recv(65536, socket.MSG_PEEK)) == waiting,
           lambda: wait_ready(conn, 0.01))

@@ -54,9 +54,9 @@ def shake_hands(client, server):
 def test_a_handshake_then_data_both_ways():
     client, server = client_layer(), server_layer()
     shake_hands(client, server)
-    plaintext, _ = server.receive(client.encrypt(b"alice\0\0\0pw\0\0\0\0\0\0chat/hi\n"))
+    plaintext, _ = server.receive(client.encode(b"alice\0\0\0pw\0\0\0\0\0\0chat/hi\n"))
     assert plaintext == b"alice\0\0\0pw\0\0\0\0\0\0chat/hi\n"
-    plaintext, _ = client.receive(server.encrypt("1\nchat/bob: 안녕 🙂\n".encode()))
+    plaintext, _ = client.receive(server.encode("1\nchat/bob: 안녕 🙂\n".encode()))
     assert plaintext == "1\nchat/bob: 안녕 🙂\n".encode()
     assert server.describe().startswith("TLSv1.")
 
@@ -91,7 +91,7 @@ def test_a_slow_reader_dropped_over_tls_gets_its_notice_encrypted():
 def test_plaintext_arrives_in_records_split_anywhere():
     client, server = client_layer(), server_layer()
     shake_hands(client, server)
-    records = client.encrypt(b"x" * 40000)
+    records = client.encode(b"x" * 40000)
     got = b""
     for start in range(0, len(records), 777):
         got += server.receive(records[start:start + 777])[0]
@@ -101,7 +101,7 @@ def test_plaintext_arrives_in_records_split_anywhere():
 def test_close_notify_ends_the_stream_cleanly():
     client, server = client_layer(), server_layer()
     shake_hands(client, server)
-    plaintext, _ = client.receive(server.encrypt(b"bye\n") + server.close_notify())
+    plaintext, _ = client.receive(server.encode(b"bye\n") + server.goodbye())
     assert plaintext == b"bye\n" and client.ended
 
 

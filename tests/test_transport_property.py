@@ -15,7 +15,7 @@ import struct
 import pytest
 
 from chatnet import wire
-from chatnet.loop.transport import TLSTransport, Transport, WaterMarks
+from chatnet.loop.transport import LayeredTransport, Transport, WaterMarks
 
 from test_tls import client_layer, server_layer, shake_hands
 from test_transport import FakeLoop
@@ -56,7 +56,7 @@ def make(tls, loop):
     if tls:
         server, client = server_layer(), client_layer()
         shake_hands(client, server)
-        transport = TLSTransport(loop.hooks, WaterMarks(64 * 1024), 1, kernel, "127.0.0.1",
+        transport = LayeredTransport(loop.hooks, WaterMarks(64 * 1024), 1, kernel, "127.0.0.1",
                                  "127.0.0.1:1", True, 65536, server)
     else:
         client = None

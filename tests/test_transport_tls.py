@@ -18,7 +18,7 @@ from test_transport import FakeLoop, FakeSocket
 def tls_transport(loop, limit=1024 * 1024):
     server, client = server_layer(), client_layer()
     shake_hands(client, server)
-    kind = getattr(transports, "TLSTransport", transports.Transport)
+    kind = transports.LayeredTransport
     transport = kind(loop.hooks, WaterMarks(limit), 7, FakeSocket(), "127.0.0.1",
                      "127.0.0.1:5555", True, 65536, server)
     transport.update_interest()

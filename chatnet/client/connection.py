@@ -4,7 +4,7 @@ The client's counterpart of the server's ``chatnet.loop.transport``, small
 because there is one connection.  ``ServerConnection`` owns the socket and
 the plaintext queue; ``TLSServerConnection`` puts a ``TLSLayer``
 (``chatnet.net.tls``, the same layer the server uses) between that queue and
-the socket, as the server's ``TLSTransport`` does -- ciphertext in, plaintext
+the socket, as the server's ``LayeredTransport`` does -- ciphertext in, plaintext
 out -- so nothing in the plaintext class asks whether it is TLS.
 
 Offsets (bytes since the connection opened):
@@ -253,7 +253,7 @@ class TLSServerConnection(ServerConnection):
         if self.cipher_out or not self.outgoing or not self.layer.handshake_done:
             return
         self.written += len(self.outgoing)
-        self._queue_cipher(self.layer.encrypt(self.outgoing))
+        self._queue_cipher(self.layer.encode(self.outgoing))
         self._records.append((self.written, self.wire_written))
         self.outgoing = bytearray()
         self._flush_cipher()
@@ -296,7 +296,7 @@ class TLSServerConnection(ServerConnection):
     def half_close(self):
         """TLS's half-close is ``close_notify``; TCP stays open, so the answers still come."""
         self.flush()
-        self._queue_cipher(self.layer.close_notify())
+        self._queue_cipher(self.layer.goodbye())
         self._flush_cipher()
 
     def flush_all(self):
@@ -308,7 +308,7 @@ class TLSServerConnection(ServerConnection):
         """A clean close: ``close_notify`` if the kernel takes it now, then the socket."""
         if self.sock is not None and self.layer is not None and self.layer.handshake_done:
             try:
-                self.sock.send(self.layer.close_notify())
+                self.sock.send(self.layer.goodbye())
             except OSError:
                 pass
         ServerConnection.close(self)

@@ -56,13 +56,18 @@ _OUT_OF_MEMORY = frozenset((errno.ENOBUFS, errno.ENOMEM))
 
 
 class Listener(object):
-    """One listening socket, and the TLS context of its connections (None: plaintext)."""
+    """One listening socket: the TLS context of its connections (None: plaintext), and its
+    web front (``chatnet.net.web.WebFront``; None: the chatnet protocol straight over TCP)."""
 
-    __slots__ = ("sock", "tls")
+    __slots__ = ("sock", "tls", "web", "kind")
 
-    def __init__(self, sock, tls=None):
+    def __init__(self, sock, tls=None, web=None):
         self.sock = sock
         self.tls = tls
+        self.web = web
+        self.kind = ("web+" if web is not None else "") + ("tls" if tls is not None else "plain")
+        if self.kind == "web+plain":
+            self.kind = "web"
 
     def address(self):
         return self.sock.getsockname()[:2]
@@ -182,7 +187,10 @@ class Admission(object):
             sock = None
         if sock is not None:
             # Its descriptor is the spare's: no handshake can keep it, so on the TLS port no word.
-            refuse(sock, NOTICE_SERVER_FULL if listener.tls is None else b"")
+            if listener.tls is None:
+                self._refuse(sock, NOTICE_SERVER_FULL, listener)
+            else:
+                refuse(sock, b"")
         self._spare_fd = _open_spare_descriptor()
         if sock is None:
             self._pause(listener, error)
@@ -190,7 +198,9 @@ class Admission(object):
         return True
 
     def _refuse(self, sock, notice, listener):
-        if listener.tls is None:
+        if listener.web is not None:               # an HTTP answer; over TLS, no word
+            refuse(sock, listener.web.refusal(notice) if listener.tls is None else b"")
+        elif listener.tls is None:
             refuse(sock, notice)
         elif len(self._refusing) >= TLS_REFUSALS_AT_ONCE:
             sock.close()
@@ -281,7 +291,7 @@ class TLSRefusal(object):
         """Answer the handshake; once done, say why and half-close.  False: give up."""
         _, reply = self.layer.receive(data)
         if self.layer.handshake_done:
-            reply += self.layer.encrypt(self.notice) + self.layer.close_notify()
+            reply += self.layer.encode(self.notice) + self.layer.goodbye()
             self.told = True
         if reply and self.sock.send(reply) < len(reply):
             return False

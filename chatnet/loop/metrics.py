@@ -86,29 +86,31 @@ class Metrics(object):
         """Rows delivered from the store since the start (``StoredDeliveries`` counts them)."""
         self.delivered_from_store = total
 
-    def render_for(self, core, transports, tls_listening, handshakes=None):
+    def render_for(self, core, transports, kinds, handshakes=None):
         """The page for a core and the open transports: connections by listener, bytes queued.
 
-        ``handshakes``: (under way, waiting for a slot) when TLS is served.
+        ``kinds``: the listeners' kinds ("plain", "tls", "web", "web+tls");
+        ``handshakes``: (under way, waiting for a slot), shown when one of them has handshakes.
         """
-        listeners = {"plain": 0, "tls": 0} if tls_listening else {"plain": 0}
+        listeners = dict.fromkeys(kinds, 0)
         queued = 0
         for transport in transports:
-            listeners["tls" if transport.secure else "plain"] += 1
+            listeners[transport.kind] += 1
             queued += transport.live_bytes_waiting()
+        shaking = any(kind != "plain" for kind in kinds)
         return self.render(dict(core.counts), listeners, len(core.online()), queued,
-                           handshakes if tls_listening else None)
+                           handshakes if shaking else None)
 
     def render(self, core_counts, connections, online, queued_bytes, handshakes=None):
-        """The exposition text.  ``connections``: {"plain": n, "tls": n}."""
+        """The exposition text.  ``connections``: {"plain": n, "tls": n, ...} by listener kind."""
         out = []
         gauge, counter = out_metric(out, "gauge"), out_metric(out, "counter")
         gauge("chatnet_connections_open", "Client connections open, by listener.",
               [('listener="%s"' % name, count) for name, count in sorted(connections.items())])
         gauge("chatnet_accounts_online", "Accounts logged in.", [("", online)])
         if handshakes is not None:
-            gauge("chatnet_tls_handshakes", "TLS handshakes under way, and waiting for a slot "
-                  "(--max-handshakes).", [('state="under_way"', handshakes[0]),
+            gauge("chatnet_tls_handshakes", "TLS handshakes and HTTP upgrades under way, and "
+                  "waiting for a slot (--max-handshakes).", [('state="under_way"', handshakes[0]),
                                           ('state="waiting"', handshakes[1])])
         counter("chatnet_logins_total", "Login attempts answered, by result.",
                 [('result="succeeded"', core_counts["logins_succeeded"]),

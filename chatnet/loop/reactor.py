@@ -70,14 +70,15 @@ from .metrics import Metrics, MetricsEndpoint
 from ..durable.deliveries import StoredDeliveries
 from .timers import Timers
 from ..net.tls import TLSFailed, TLSLayer
+from ..net.web import Stack
 from .wakeup import WakeUp
 from .handshakes import Handshakes
 from .transport import (
-    NOT_STARTED, READ, WRITE, TLSTransport, Transport, TransportHooks, WaterMarks,
+    NOT_STARTED, READ, WRITE, LayeredTransport, Transport, TransportHooks, WaterMarks,
 )
 
 #: What a selector key's data is when the event is for a client connection.
-TRANSPORTS = frozenset((Transport, TLSTransport))
+TRANSPORTS = frozenset((Transport, LayeredTransport))
 from ..durable.workers import Lookups, PasswordChecks, StorageWriter, StoredCount
 
 log = logging.getLogger("chatnet.server")
@@ -110,10 +111,12 @@ class Reactor(object):
     """Serve one listening socket with one ``ChatCore`` and one ``Storage``."""
 
     def __init__(self, listener, core, storage, limits=ReactorLimits(), workers=None,
-                 clock=time.monotonic, strict=False, selector=None, tls=None, metrics=None):
+                 clock=time.monotonic, strict=False, selector=None, tls=None, metrics=None,
+                 web=None):
         """``listener``: the plaintext listening socket (or None); ``tls``: a
         ``(listening socket, TLSContext)`` pair for the TLS listener, or None;
-        ``metrics``: the listening socket of ``GET /metrics``, or None."""
+        ``metrics``: the listening socket of ``GET /metrics``, or None; ``web``: a
+        ``(listening socket, WebFront, TLSContext or None)`` for the web listener, or None."""
         self._core = core
         self._limits = limits
         self._clock = clock
@@ -143,7 +146,7 @@ class Reactor(object):
                                      self.stored.progress)
         self.handshakes = Handshakes(limits.max_handshakes, self._pass_time, self.call_at,
                                      clock)
-        self._watch(listener, tls, metrics)
+        self._watch(listener, tls, metrics, web)
         self._housekeeping = Housekeeping(self._pass_time, self.call_at, self._connections,
                                           self.cork, self._lookups, self.metrics,
                                           limits.write_timeout, metrics is not None,
@@ -164,11 +167,13 @@ class Reactor(object):
         self._checks = PasswordChecks(storage.open_reader, self.wake, workers)
         self._lookups = Lookups(storage.open_reader, self.wake)
 
-    def _watch(self, listener, tls, metrics):
+    def _watch(self, listener, tls, metrics, web):
         """Register the listeners, the wake-up descriptor, the hang-up watch and /metrics."""
         listeners = [Listener(listener)] if listener is not None else []
         if tls is not None:
             listeners.append(Listener(tls[0], tls[1]))
+        if web is not None:
+            listeners.append(Listener(web[0], web[2], web[1]))
         self._admission = Admission(listeners, self._limits, AdmissionHooks(
             self.watch, self.unwatch, self.call_at, self._pass_time, self.warn,
             self.metrics.limit_reached, self.connection_count))
@@ -194,9 +199,8 @@ class Reactor(object):
         return self._admission.listeners[0].address()
 
     def listening(self):
-        """``[(host, port, tls)]`` of every listening socket."""
-        return [listener.address() + (listener.tls is not None,)
-                for listener in self._admission.listeners]
+        """``[(host, port, kind)]`` of every listening socket (kind: "plain", "tls", "web", "web+tls")."""
+        return [listener.address() + (listener.kind,) for listener in self._admission.listeners]
 
     def wake(self):
         """Make a waiting ``select`` return (safe from any thread)."""
@@ -301,15 +305,16 @@ class Reactor(object):
         if not OPTIONS_INHERITED:
             _tune_socket(sock, self._limits.keepalive)
         conn, peer = next(self._conn_ids), format_peer(address)
-        if listener.tls is None:
+        new_layer = _layer_maker(listener)
+        if new_layer is None:
             transport = Transport(self._hooks, self._marks, conn, sock, host, peer, trusted,
                                   RECV_SIZE)
         else:                                   # the handshake counts as login time
-            transport = TLSTransport(self._hooks, self._marks, conn, sock, host, peer, trusted,
-                                     RECV_SIZE, NOT_STARTED, self.handshakes.hooks,
-                                     functools.partial(TLSLayer, listener.tls.context))
+            transport = LayeredTransport(self._hooks, self._marks, conn, sock, host, peer, trusted,
+                                         RECV_SIZE, NOT_STARTED, self.handshakes.hooks, new_layer,
+                                         listener.kind)
         self._connections.add(transport)
-        if transport.secure:
+        if new_layer is not None:
             self.handshakes.admit(transport)    # its handshake begins now, or when a slot frees
         log.debug("connection %d from %s", transport.conn, transport.peer)
         self.feed(Connected(transport.conn, host, trusted))
@@ -454,8 +459,8 @@ class Reactor(object):
     def render_metrics(self):
         """The metrics page (``chatnet.loop.metrics``): counts of the core, the loop and the stores."""
         self.metrics.counted_deliveries(self.stored.delivered_total)
-        tls_listening = any(listener.tls is not None for listener in self._admission.listeners)
-        return self.metrics.render_for(self._core, self._connections.all(), tls_listening,
+        kinds = {listener.kind for listener in self._admission.listeners}
+        return self.metrics.render_for(self._core, self._connections.all(), kinds,
                                        (self.handshakes.pending, self.handshakes.waiting))
 
     def metrics_address(self):
@@ -540,6 +545,16 @@ class Reactor(object):
 #: TCP_USER_TIMEOUT) to every socket it accepts: set once on the listener, they
 #: cost no system call per connection (7 fewer per login).  Elsewhere, per socket.
 OPTIONS_INHERITED = sys.platform.startswith("linux")
+
+
+def _layer_maker(listener):
+    """What makes a new connection's layer on ``listener``: TLS, the web front, both; None: none."""
+    if listener.web is None:
+        return None if listener.tls is None else functools.partial(TLSLayer, listener.tls.context)
+    if listener.tls is None:
+        return listener.web.layer
+    tls, web = listener.tls, listener.web
+    return lambda: Stack(TLSLayer(tls.context), web.layer())
 
 
 def _tune_socket(sock, keepalive):

@@ -35,7 +35,7 @@ moving bytes through it, in the manner of asyncio's
 It must not make a protocol decision or touch the database.  Its loop is
 three callables (``TransportHooks``), so it is tested with a fake socket and
 a fake loop, without threads.  TLS is a layer around it:
-``TLSTransport`` below, the same shape as asyncio's ``sslproto``.
+``LayeredTransport`` below, the same shape as asyncio's ``sslproto``.
 
 The outgoing stream: offsets, units, invariants
 -----------------------------------------------
@@ -52,7 +52,7 @@ everything ever queued for that connection.  The plaintext transport keeps::
                   (``chatnet.net.acks``): ``start`` and each chunk's size, in
                   the units TCP carries (below)
 
-``TLSTransport`` adds ``wire_sent`` (ciphertext handed to TCP, TLS's own
+``LayeredTransport`` adds ``wire_sent`` (ciphertext handed to TCP, TLS's own
 records included) and ``cipher_out`` (ciphertext the kernel has not taken:
 at most about 64 KiB).  Over TLS the sent log's offsets are ciphertext;
 everywhere else, plaintext.  These always hold while the transport is open
@@ -133,9 +133,9 @@ class Transport(object):
         "_hooks", "_marks", "_max_read",
     )
 
-    secure = False               # TLSTransport: True
-    eof_follows = False          # TLSTransport: the stream ended right after the data just read
-    readable = True              # TLSTransport: False while it waits for a handshake slot
+    kind = "plain"               # LayeredTransport: its listener's ("tls", "web", "web+tls")
+    eof_follows = False          # LayeredTransport: the stream ended right after the data just read
+    readable = True              # LayeredTransport: False while it waits for a handshake slot
 
     #: The reasons to hold output, for those who push them without importing this module.
     LOGIN, CORK = LOGIN, CORK
@@ -607,52 +607,58 @@ class Transport(object):
 ENCRYPT_AT_ONCE = 4 * 16384
 
 
-class TLSTransport(Transport):
-    """A transport whose bytes cross a ``TLSLayer`` (``chatnet.net.tls``) on their way.
+class LayeredTransport(Transport):
+    """A transport whose bytes cross a layer on their way: TLS, WebSocket, or both.
 
-    The layer sits between the socket and the stream, as asyncio's ``sslproto``
-    sits between the socket transport and the protocol: ``read`` hands the
-    ciphertext received to the layer and returns the plaintext; ``_send``
-    encrypts the queue 64 KiB at a time and hands the records to the socket,
-    keeping what the kernel did not take of the last ones in ``cipher_out``.
-    Everything else -- the queue, the holds, the water marks, the stall clock,
-    acknowledgements, closing -- is the plaintext transport's, unchanged:
+    A layer (``chatnet.net.tls.TLSLayer``, ``chatnet.net.web.WebLayer``, or
+    ``chatnet.net.web.Stack`` of the two) turns the bytes TCP carries into the
+    stream and back, and never touches a socket.  It sits between the socket
+    and the stream, as asyncio's ``sslproto`` sits between the socket transport
+    and the protocol: ``read`` hands what was received to the layer and returns
+    the stream's bytes; ``_send`` encodes the queue 64 KiB at a time and hands
+    the result (records, frames) to the socket, keeping what the kernel did not
+    take in ``cipher_out``.  What a layer offers: ``receive(data)`` ->
+    ``(stream bytes, bytes to send back)``, ``encode(data)``, ``goodbye()``,
+    ``handshake_done``, ``ended``, ``describe()``; it raises an ``OSError``
+    (``TLSFailed``) when the stream cannot go on.  Everything else -- the queue,
+    the holds, the water marks, the stall clock, acknowledgements, closing --
+    is the plaintext transport's, unchanged:
 
-    * the stream offsets ``queued`` and ``sent`` stay in plaintext (``sent``
-      counts plaintext encrypted and handed on); ``wire_sent`` counts the
-      ciphertext handed to TCP, TLS's own records included, and is what the
-      peer's acknowledgements are compared with;
+    * the stream offsets ``queued`` and ``sent`` stay in the stream's bytes
+      (``sent`` counts bytes encoded and handed on); ``wire_sent`` counts what
+      was handed to TCP, the layer's own bytes included (TLS records, a pong),
+      and is what the peer's acknowledgements are compared with;
     * ``cipher_out`` holds at most about 64 KiB: the queue (``outgoing``)
-      keeps the rest in plaintext, so the water marks and the hard cap see it,
+      keeps the rest unencoded, so the water marks and the hard cap see it,
       and ``live_bytes_waiting`` counts ``cipher_out`` too;
-    * a record draining is progress for the stall clock, like plaintext taken;
+    * wire bytes draining are progress for the stall clock, like plaintext taken;
     * while ``cipher_out`` waits, ``EVENT_WRITE`` is watched.
-    Before the handshake is done nothing is encrypted: plaintext waits.  Before
-    its handshake slot comes (``chatnet.loop.handshakes``) it has no layer at all
-    (``NOT_STARTED``), is not read (``readable`` False) and only its hang-up is
-    watched; ``begin_handshake`` makes the layer.
+    Before the layer's handshake (TLS's, the HTTP upgrade) is done nothing is
+    encoded: the stream's bytes wait.  Before its handshake slot comes
+    (``chatnet.loop.handshakes``) it has no layer at all (``NOT_STARTED``), is
+    not read (``readable`` False) and only its hang-up is watched;
+    ``begin_handshake`` makes the layer.
     """
 
-    __slots__ = ("tls", "cipher_out", "eof_follows", "wire_sent", "readable", "_handshakes",
-                 "_new_layer")
+    __slots__ = ("layer", "cipher_out", "eof_follows", "wire_sent", "readable", "kind",
+                 "_handshakes", "_new_layer")
 
-    secure = True
-
-    def __init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size, tls,
-                 handshakes=None, new_layer=None):
-        """``tls``: the ``TLSLayer``, or ``NOT_STARTED`` until ``begin_handshake`` makes one
+    def __init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size, layer,
+                 handshakes=None, new_layer=None, kind="tls"):
+        """``layer``: the layer, or ``NOT_STARTED`` until ``begin_handshake`` makes one
         with ``new_layer()``; ``handshakes``: the ``HandshakeHooks`` of ``chatnet.loop.handshakes``
-        (None: no limits, for tests)."""
+        (None: no limits, for tests); ``kind``: its listener's, for the metrics."""
         Transport.__init__(self, hooks, marks, conn, sock, host, peer, trusted, read_size)
-        self.tls = tls                 # the TLSLayer (the handshake counts as login time)
-        self.cipher_out = None         # ciphertext of the last record the kernel did not take
+        self.layer = layer             # (its handshake counts as login time)
+        self.cipher_out = None         # wire bytes the kernel did not take yet
         self.eof_follows = False       # the stream ended right after the data just read
-        self.wire_sent = 0             # ciphertext handed to TCP (or waiting in cipher_out)
+        self.wire_sent = 0             # wire bytes handed to TCP (or waiting in cipher_out)
+        self.kind = kind
         self._handshakes = handshakes or NO_HANDSHAKE_LIMITS
         self._new_layer = new_layer
-        #: Not while it waits for a handshake slot: its ClientHello waits in the kernel.
+        #: Not while it waits for a handshake slot: its first bytes wait in the kernel.
         #: (An attribute, not a property: ``update_interest`` reads it on every change.)
-        self.readable = tls is not NOT_STARTED
+        self.readable = layer is not NOT_STARTED
 
     # ---------------------------------------------------------------- the handshake's turn
 
@@ -663,7 +669,7 @@ class TLSTransport(Transport):
     def begin_handshake(self):
         """Its slot came: OpenSSL's state is made now, and reading begins."""
         if not self.closed:
-            self.tls = self._new_layer()
+            self.layer = self._new_layer()
             self.readable = True
             self.update_interest()
 
@@ -675,14 +681,14 @@ class TLSTransport(Transport):
         ``TLSFailed`` (an OSError) when the handshake or a record failed.  A
         handshake step waits for a later pass when this one had its share.
         """
-        handshaking = not self.tls.handshake_done
+        handshaking = not self.layer.handshake_done
         if handshaking and not self._handshakes.may_step():
             return None                                # select reports it again next pass
         try:
             data = self.sock.recv(self.read_size)
         except (BlockingIOError, InterruptedError):
             return None
-        plaintext, ciphertext = self.tls.receive(data)
+        plaintext, ciphertext = self.layer.receive(data)
         if ciphertext:
             self.wire_sent += len(ciphertext)
             if self.sent_log is not None:
@@ -691,12 +697,12 @@ class TLSTransport(Transport):
                 self.sent_log.wire_sizes[-1] += len(ciphertext)
             self.cipher_out = (self.cipher_out or bytearray()) + ciphertext
             self._flush_cipher()
-        if handshaking and self.tls.handshake_done:
+        if handshaking and self.layer.handshake_done:
             self._handshakes.finished(self)            # its slot goes to the next in line
             self.update_interest()                     # plaintext may be sent now
         elif self.cipher_out:
             self.update_interest()
-        if self.tls.ended:
+        if self.layer.ended:
             if plaintext:
                 self.eof_follows = True                # the loop reports the EOF right after
                 return plaintext
@@ -726,7 +732,7 @@ class TLSTransport(Transport):
         0 while records of earlier plaintext still wait in ``cipher_out``;
         None if none of ``data`` reached TCP because the socket or the layer broke.
         """
-        if not self.tls.handshake_done:
+        if not self.layer.handshake_done:
             return 0
         if self.cipher_out:
             if not self._flush_cipher():
@@ -737,7 +743,7 @@ class TLSTransport(Transport):
         while taken < size:
             piece = data if size <= ENCRYPT_AT_ONCE else data[taken:taken + ENCRYPT_AT_ONCE]
             try:
-                records = self.tls.encrypt(piece)
+                records = self.layer.encode(piece)
             except OSError as error:                   # TLSFailed: the stream is over
                 self.failure = str(error)
                 return taken or None
@@ -793,10 +799,10 @@ class TLSTransport(Transport):
     # ---------------------------------------------------------------- interest and closing
 
     def _writing(self):
-        return self.cipher_out or (self.outgoing and self.tls.handshake_done and not self.holds)
+        return self.cipher_out or (self.outgoing and self.layer.handshake_done and not self.holds)
 
     def close_when_drained(self):
-        if not self.tls.handshake_done:
+        if not self.layer.handshake_done:
             self.outgoing = NOTHING                    # it never got as far as reading them
         return Transport.close_when_drained(self)
 
@@ -805,16 +811,16 @@ class TLSTransport(Transport):
 
     def close(self, clean=False):
         """``clean``: the stream ends with ``close_notify`` (best effort)."""
-        if not self.closed and clean and self.tls.handshake_done:
+        if not self.closed and clean and self.layer.handshake_done:
             try:
-                self.sock.send(self.tls.close_notify())
+                self.sock.send(self.layer.goodbye())
             except OSError:
                 pass
         Transport.close(self, clean)
         self.cipher_out = None
-        if not self.tls.handshake_done:
+        if not self.layer.handshake_done:
             self._handshakes.finished(self)            # its slot, or its place in line, is free
-        self.tls = GONE                                # OpenSSL's state goes now, not with the object
+        self.layer = GONE                                # OpenSSL's state goes now, not with the object
 
 
 class _NoLayer(object):

@@ -3,8 +3,8 @@
 ``TLSLayer`` wraps an ``ssl.SSLObject`` between two ``ssl.MemoryBIO``s, as
 asyncio's ``sslproto`` does.  It never touches a socket: the transport
 (``chatnet.loop.transport``) keeps the socket, reads ciphertext from it and hands
-it to ``receive``, and sends whatever ``encrypt``, ``receive`` or
-``close_notify`` give back.  So the loop stays the same loop -- no
+it to ``receive``, and sends whatever ``encode``, ``receive`` or
+``goodbye`` (its ``close_notify``) give back.  So the loop stays the same loop -- no
 ``SSLWantReadError`` dance around ``select`` -- and the layer can be tested
 with two layers wired to each other in memory.
 
@@ -66,7 +66,7 @@ class TLSLayer(object):
         # Usually nothing goes back (a handshake, a key update or an alert does).
         return plaintext, self._outgoing.read() if self._outgoing.pending else b""
 
-    def encrypt(self, plaintext):
+    def encode(self, plaintext):
         """The ciphertext records for ``plaintext`` (after the handshake)."""
         try:
             written = self._ssl.write(plaintext)     # a memory BIO takes it all at once ...
@@ -78,7 +78,7 @@ class TLSLayer(object):
             raise TLSFailed("TLS failed: %s" % _reason(error))
         return self._outgoing.read()
 
-    def close_notify(self):
+    def goodbye(self):
         """The ``close_notify`` alert to send for a clean close (best effort)."""
         try:
             self._ssl.unwrap()
