@@ -18,12 +18,12 @@ def database(tmp_path):
     return path
 
 
-def server_starter(database, tls=False):
+def server_starter(database, tls=False, web=False):
     """``start(*flags)`` starts a server on the test database; ``stop_all()`` checks and stops them."""
     servers = []
 
     def start(*flags, db=None):
-        server = LiveServer(db or database, *flags, tls=tls).start()
+        server = LiveServer(db or database, *flags, tls=tls, web=web).start()
         servers.append(server)
         return server
 

@@ -10,10 +10,13 @@ whatever came before that answer: the server handles a connection's lines in
 order, so anything caused earlier is already queued ahead of it.
 """
 
+import inspect
 import os
 import queue
 import signal
 import socket
+
+import pytest
 import struct
 import subprocess
 import sys
@@ -80,15 +83,18 @@ def _bytes(value):
 class LiveServer(object):
     """``python -m chatnet.server --db DB --host 127.0.0.1 --port 0 ARGS``."""
 
-    def __init__(self, db, *args, tls=False, env=None, code=REPO):
+    def __init__(self, db, *args, tls=False, web=False, env=None, code=REPO):
         self.db = db
         self.env = env                 # more environment variables for the server
         self.code = code               # the checkout whose chatnet runs (another release's too)
         self.args = list(args)
         self.tls = tls                 # serve TLS only (the test certificate), and talk TLS to it
+        self.web = web                 # serve --web too, and talk WebSocket to it (``websockets``)
         if tls:
             self.args += ["--tls-cert", TLS_CERT, "--tls-key", private_key_copy(db),
                           "--tls-port", "0", "--no-plain"]
+        if web:
+            self.args += ["--web", "127.0.0.1:0"]
         self.proc = None
         self.port = None
         self.stderr_lines = []
@@ -120,7 +126,8 @@ class LiveServer(object):
                 raise AssertionError("no 'listening on' line; stderr: %r" % self.stderr_lines)
             if line is None:
                 raise AssertionError("server exited early: %r" % self.stderr_lines)
-            if "listening on " in line and ("(TLS)" in line) == self.tls:
+            if "listening on " in line and ("(TLS)" in line) == self.tls and (
+                    "(web)" in line) == self.web:
                 self.port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
                 return self
 
@@ -131,6 +138,8 @@ class LiveServer(object):
         put(None)
 
     def client(self, timeout=5.0, **options):
+        if self.web:
+            options.setdefault("sock", WebSocketClient(self.port, timeout))
         return RawClient(self.port, timeout, tls=self.tls, **options)
 
     def login(self, user_id, password):
@@ -347,6 +356,65 @@ class TLSSocket(object):
             self.raw.shutdown(how)
 
     def __getattr__(self, name):           # settimeout, setsockopt, close, fileno
+        return getattr(self.raw, name)
+
+
+#: The most one WebSocket message carries from the test client (the default line limit).
+SEND_AT_MOST = 4096
+
+
+class WebSocketClient(object):
+    """The chatnet stream over the independent ``websockets`` client, with a socket's methods.
+
+    So ``RawClient`` runs the protocol rows over WebSocket exactly as over TCP.
+    There is no half-close in WebSocket: ``shutdown(SHUT_WR)`` skips the test.
+    """
+
+    def __init__(self, port, timeout=5.0, origin=None):
+        websockets = pytest.importorskip("websockets", reason="the websockets package (test-only) "
+                                         "is not installed")
+        from websockets.sync.client import connect
+        self._closed_errors = (websockets.exceptions.ConnectionClosed,)
+        options = {"origin": origin} if origin else {}
+        if "legacy" in inspect.signature(connect).parameters:
+            options["legacy"] = True               # used directly, not as a context manager
+        self.ws = connect("ws://127.0.0.1:%d/chat" % port, open_timeout=timeout, max_size=None,
+                          compression=None, close_timeout=2, **options)
+        self.raw = self.ws.socket
+        self.timeout = timeout
+        self.pending = b""
+
+    def sendall(self, data):
+        """Binary messages of at most one line's worth each (the server's frame bound), the
+        way TCP would cut a long write into segments: lines span messages."""
+        data = bytes(data)
+        for start in range(0, len(data), SEND_AT_MOST):
+            self.ws.send(data[start:start + SEND_AT_MOST])
+
+    send = sendall
+
+    def settimeout(self, timeout):
+        self.timeout = timeout
+
+    def recv(self, size):
+        if not self.pending:
+            try:
+                message = self.ws.recv(timeout=self.timeout)
+            except TimeoutError:
+                raise socket.timeout("timed out")
+            except self._closed_errors:
+                return b""
+            self.pending = message if isinstance(message, bytes) else message.encode()
+        data, self.pending = self.pending[:size], self.pending[size:]
+        return data
+
+    def shutdown(self, how):
+        pytest.skip("WebSocket has no half-close")
+
+    def close(self):
+        self.ws.close()
+
+    def __getattr__(self, name):           # setsockopt, fileno
         return getattr(self.raw, name)
 
 

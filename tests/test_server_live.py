@@ -14,10 +14,12 @@ from live_server import (
 NO_PARTNER = wire.body(wire.NOTICE_NO_PARTNER)
 
 
-@pytest.fixture(params=["plain", "tls"])
+@pytest.fixture(params=["plain", "tls", "web"])
 def start_server(request, database):
-    """Every test here runs twice: over plaintext, and over TLS (seeds/PROTOCOL.md section 1.1)."""
-    start, stop_all = server_starter(database, tls=request.param == "tls")
+    """Every test here runs three times: over plaintext, over TLS (seeds/PROTOCOL.md section 1.1)
+    and over WebSocket with an independent client, the ``websockets`` package (section 1.2)."""
+    start, stop_all = server_starter(database, tls=request.param == "tls",
+                                     web=request.param == "web")
     yield start
     stop_all()
 

@@ -178,10 +178,19 @@ def test_an_unmasked_frame_after_the_upgrade_is_closed_with_1002():
 
 
 def test_a_frame_over_one_lines_worth_is_closed_with_1009():
-    layer = WebLayer(WebFront(100))
+    layer = WebLayer(WebFront(8192))
     layer.receive(upgrade())
-    _, back = layer.receive(ws.frame(ws.BINARY, b"x" * 200, MASK))
+    _, back = layer.receive(ws.frame(ws.BINARY, b"x" * (8192 + 65), MASK))
     assert back[:4] == b"\x88\x02\x03\xf1" and layer.ended
+
+
+def test_a_frame_of_the_default_lines_worth_is_taken_whatever_the_line_limit():
+    """Clients cut what they send at 4096 bytes without knowing --max-line: a long line
+    must reach the core, to be dropped with the protocol's notice, not close the WebSocket."""
+    layer = WebLayer(WebFront(64))
+    layer.receive(upgrade())
+    payload, back = layer.receive(ws.frame(ws.BINARY, b"x" * 4096, MASK))
+    assert payload == b"x" * 4096 and back == b"" and not layer.ended
 
 
 def test_the_client_layer_and_the_server_layer_talk():

@@ -217,3 +217,11 @@ def test_masking_with_an_offset_continues_the_key():
     data = bytes(range(11))
     whole = apply_mask(data, MASK)
     assert apply_mask(data[:3], MASK) + apply_mask(data[3:], MASK, 3) == whole
+
+
+def test_nothing_is_encoded_after_the_close_frame():
+    """The peer reads nothing after a close: bytes sent then would be acknowledged and lost."""
+    reader = server()
+    reader.receive(masked(ws.CLOSE, b""))
+    with pytest.raises(OSError):
+        reader.encode(b"chat/bob: late\n")

@@ -66,6 +66,12 @@ PAGE_HEADERS = (("Content-Security-Policy", CONTENT_SECURITY_POLICY),
 #: What a frame may carry beyond one protocol line: the 16-byte login frame,
 #: a line's newline, room for a client that packs a few bytes more.
 FRAME_SLACK = 64
+#: A frame may always carry a line of the default limit: clients (the page
+#: included) cut what they send into messages of at most this many bytes,
+#: without knowing the server's ``--max-line``; a longer line then spans
+#: frames and gets the protocol's "line too long" notice, as over TCP.  (The
+#: bound is for the peer's sake: the layer never keeps a data frame whole.)
+CLIENT_MESSAGE_SIZE = 4096
 
 
 class WebFront(object):
@@ -74,7 +80,7 @@ class WebFront(object):
     def __init__(self, max_line, secure=False, origins=(), folder=PAGE_FOLDER):
         self.secure = secure
         self.origins = frozenset(normal_origin(origin) for origin in origins)
-        self.max_payload = max_line + FRAME_SLACK
+        self.max_payload = max(max_line, CLIENT_MESSAGE_SIZE) + FRAME_SLACK
         self.pages = {}
         for path, (name, kind) in PAGES.items():
             with open(os.path.join(folder, name), "rb") as page:

@@ -55,6 +55,10 @@ _SENDABLE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 101
 MAX_CONTROL = 125
 
 
+class WebSocketClosed(OSError):
+    """Data to send after the close frame went."""
+
+
 def accept_value(key):
     """``Sec-WebSocket-Accept`` for the client's ``Sec-WebSocket-Key`` (4.2.2): both ``str``."""
     digest = hashlib.sha1(key.encode("ascii") + GUID).digest()
@@ -271,7 +275,15 @@ class WebSocket(object):
     # ---------------------------------------------------------------- sending
 
     def encode(self, payload):
-        """The frame carrying ``payload`` (one message: boundaries mean nothing here)."""
+        """The frame carrying ``payload`` (one message: boundaries mean nothing here).
+
+        ``WebSocketClosed`` once this end sent its close frame: the peer reads
+        nothing after it (RFC 6455 section 5.5.1), so bytes sent then would
+        count as delivered and be lost.  The transport keeps them unsent;
+        they go back as undelivered.
+        """
+        if self.close_sent:
+            raise WebSocketClosed("the WebSocket is closed: nothing more can be sent")
         return self._frame(self._opcode, payload)
 
     def goodbye(self, code=NORMAL, reason=""):

@@ -22,6 +22,7 @@
   var NOTICE_REMOVED = "your account was removed";
   var FIRST_RETRY_MS = 1000, LAST_RETRY_MS = 30000;
   var MAX_PARTIAL = 65536;
+  var MESSAGE_SIZE = 4096;
 
   var encoder = new TextEncoder();
   var decoder = new TextDecoder("utf-8");
@@ -134,7 +135,11 @@
   }
 
   function send(bytes) {
-    socket.send(bytes);
+    // At most 4096 bytes a message: the server takes a frame of one default line's
+    // worth whatever its --max-line, and a longer line simply spans messages.
+    for (var start = 0; start < bytes.length; start += MESSAGE_SIZE) {
+      socket.send(bytes.subarray(start, start + MESSAGE_SIZE));
+    }
     sentBytes += bytes.length;
   }
 
