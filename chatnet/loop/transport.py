@@ -619,7 +619,8 @@ class LayeredTransport(Transport):
     the result (records, frames) to the socket, keeping what the kernel did not
     take in ``cipher_out``.  What a layer offers: ``receive(data)`` ->
     ``(stream bytes, bytes to send back)``, ``encode(data)``, ``goodbye()``,
-    ``handshake_done``, ``ended``, ``describe()``; it raises an ``OSError``
+    ``handshake_done``, ``ended``, ``output_closed`` (it sends nothing more: a
+    WebSocket after its close frame), ``describe()``; it raises an ``OSError``
     (``TLSFailed``) when the stream cannot go on.  Everything else -- the queue,
     the holds, the water marks, the stall clock, acknowledgements, closing --
     is the plaintext transport's, unchanged:
@@ -732,8 +733,9 @@ class LayeredTransport(Transport):
         0 while records of earlier plaintext still wait in ``cipher_out``;
         None if none of ``data`` reached TCP because the socket or the layer broke.
         """
-        if not self.layer.handshake_done:
-            return 0
+        layer = self.layer
+        if not layer.handshake_done or layer.output_closed:
+            return 0                                   # not yet; or never (then undelivered)
         if self.cipher_out:
             if not self._flush_cipher():
                 return None
@@ -743,7 +745,7 @@ class LayeredTransport(Transport):
         while taken < size:
             piece = data if size <= ENCRYPT_AT_ONCE else data[taken:taken + ENCRYPT_AT_ONCE]
             try:
-                records = self.layer.encode(piece)
+                records = layer.encode(piece)
             except OSError as error:                   # TLSFailed: the stream is over
                 self.failure = str(error)
                 return taken or None
@@ -799,7 +801,8 @@ class LayeredTransport(Transport):
     # ---------------------------------------------------------------- interest and closing
 
     def _writing(self):
-        return self.cipher_out or (self.outgoing and self.layer.handshake_done and not self.holds)
+        return self.cipher_out or (self.outgoing and self.layer.handshake_done and not self.holds
+                                   and not self.layer.output_closed)
 
     def close_when_drained(self):
         if not self.layer.handshake_done:
@@ -807,7 +810,15 @@ class LayeredTransport(Transport):
         return Transport.close_when_drained(self)
 
     def drained(self):
-        return not self.cipher_out and Transport.drained(self)
+        """Also: what the layer will never send (after a WebSocket's close frame) waits for
+        nothing -- it goes back as undelivered -- but what was sent before is waited for."""
+        if self.cipher_out:
+            return False
+        if self.outgoing and self.layer.output_closed:
+            if self.sent_log is not None:
+                self.check_acks()
+            return self.sent_log is None or not can_still_ack(self.sock)
+        return Transport.drained(self)
 
     def close(self, clean=False):
         """``clean``: the stream ends with ``close_notify`` (best effort)."""
@@ -824,11 +835,12 @@ class LayeredTransport(Transport):
 
 
 class _NoLayer(object):
-    """Where a ``TLSLayer`` is not (yet, or any more): no handshake done, nothing ended."""
+    """Where a layer is not (yet, or any more): no handshake done, nothing ended."""
 
     __slots__ = ()
     handshake_done = False
     ended = False
+    output_closed = False
 
 
 NOT_STARTED = _NoLayer()       # waiting for a handshake slot

@@ -34,6 +34,8 @@ class TLSLayer(object):
 
     __slots__ = ("_incoming", "_outgoing", "_ssl", "handshake_done", "ended")
 
+    output_closed = False          # TLS can send after the peer's close_notify (a half-close)
+
     def __init__(self, context, server_side=True, server_hostname=None):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()

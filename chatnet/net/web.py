@@ -150,7 +150,8 @@ def normal_origin(origin):
 class WebLayer(object):
     """One web connection's layer: its request, then its WebSocket.  See the module docstring."""
 
-    __slots__ = ("_front", "_head", "_socket", "handshake_done", "ended", "failure")
+    __slots__ = ("_front", "_head", "_socket", "handshake_done", "ended", "failure",
+                 "output_closed")
 
     def __init__(self, front):
         self._front = front
@@ -159,6 +160,7 @@ class WebLayer(object):
         self.handshake_done = False    # upgraded: the stream flows
         self.ended = False
         self.failure = None            # why the stream ended badly, if it did
+        self.output_closed = False     # its close frame went: nothing more may be sent
 
     def describe(self):
         return "WebSocket" if self._socket is not None else "HTTP"
@@ -170,6 +172,7 @@ class WebLayer(object):
             payload, reply = socket.receive(data)
             if socket.ended:
                 self.ended, self.failure = True, socket.failure
+            self.output_closed = socket.close_sent
             return payload, reply
         if not data:
             self.ended = True                          # it left before asking anything
@@ -197,7 +200,10 @@ class WebLayer(object):
 
     def goodbye(self):
         """The closing frame (nothing before the upgrade)."""
-        return self._socket.goodbye() if self._socket is not None else b""
+        if self._socket is None:
+            return b""
+        self.output_closed = True
+        return self._socket.goodbye()
 
 
 class Stack(object):
@@ -216,6 +222,10 @@ class Stack(object):
     @property
     def ended(self):
         return self.outer.ended or self.inner.ended
+
+    @property
+    def output_closed(self):
+        return self.inner.output_closed
 
     def describe(self):
         return "%s over %s" % (self.inner.describe(), self.outer.describe())
@@ -245,6 +255,8 @@ class WebClientLayer(object):
     """A client's end of a web connection: the upgrade request, then a masked WebSocket."""
 
     __slots__ = ("_request", "_key", "_head", "_socket", "handshake_done", "ended")
+
+    output_closed = False
 
     def __init__(self, host, port, origin=None, path=CHAT_PATH):
         self._key = new_key()

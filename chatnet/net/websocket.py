@@ -121,6 +121,11 @@ class WebSocket(object):
 
     handshake_done = True          # the upgrade is behind it
 
+    @property
+    def output_closed(self):
+        """The close frame went: nothing more may be sent."""
+        return self.close_sent
+
     def __init__(self, client=False, max_payload=None, binary=True):
         self._client = client
         self._max_payload = max_payload
