@@ -89,12 +89,12 @@ class LiveServer(object):
         self.code = code               # the checkout whose chatnet runs (another release's too)
         self.args = list(args)
         self.tls = tls                 # serve TLS only (the test certificate), and talk TLS to it
-        self.web = web                 # serve --web too, and talk WebSocket to it (``websockets``)
+        self.web = bool(web)           # serve --web too, and talk WebSocket to it (``websockets``)
         if tls:
             self.args += ["--tls-cert", TLS_CERT, "--tls-key", private_key_copy(db),
                           "--tls-port", "0", "--no-plain"]
-        if web:
-            self.args += ["--web", "127.0.0.1:0"]
+        if web:                        # True: a free port; or "HOST:PORT"
+            self.args += ["--web", web if isinstance(web, str) else "127.0.0.1:0"]
         self.proc = None
         self.port = None
         self.stderr_lines = []
