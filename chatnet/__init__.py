@@ -4,10 +4,12 @@ The folders are the layers, bottom to top (nothing imports upward):
 
 ``wire``, ``values``   the bytes on the wire; values that compare by type
 ``core/``              the server's pure rules: events in, actions out
-``net/``               TLS as a layer of bytes, TCP options, acknowledgements
+``net/``               layers of bytes (TLS, WebSocket, the web front), TCP options,
+                       acknowledgements
 ``durable/``           SQLite, password hashing, the worker threads, the cork
 ``loop/``              the ``selectors`` loop and everything it owns
 ``client/``            the terminal client, built the same way
+``page/``              the browser client: one page, its style, its script (served by ``--web``)
 ``server``, ``accounts``, ``bench``, ``cli``, ``systemd``   the commands
 
 A first reading (the README's "Reading the code" lists it with line counts):
@@ -20,9 +22,10 @@ A first reading (the README's "Reading the code" lists it with line counts):
 5. ``chatnet.loop.transport``     -- one connection's read and write path.
 
 Then the chapters: durability (``durable/``), acknowledgements
-(``net/acks``), TLS (``net/tls``, ``loop.transport.LayeredTransport``), admission
+(``net/acks``), layers of bytes (``net/tls``, ``net/websocket``, ``net/web``,
+``loop.transport.LayeredTransport``), admission
 and limits (``loop/admission``, ``core/reading``, ``loop/departures``), and
 the client (``client/``: protocol, lifecycle, screen, shell, main).
 """
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"

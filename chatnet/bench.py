@@ -26,7 +26,8 @@ chatnet.accounts --db DB import -`` (``--local`` does it itself).
 This module is a tool, not part of the server: it reads clocks and opens
 sockets freely, and imports nothing from the server but the wire format.  Its
 connections are the client's own (``chatnet.client.connection``, TLS
-included), so the load speaks exactly as ``chatnet-client`` does.
+included; ``--web``: a WebSocket layer under the same connection), so the
+load speaks exactly as ``chatnet-client`` does.
 """
 
 import multiprocessing
@@ -42,8 +43,9 @@ import threading
 import time
 
 from . import cli, wire
-from .client.connection import ServerConnection, TLSServerConnection
+from .client.connection import LayeredServerConnection, ServerConnection, tls_layer
 from .net import tls
+from .net.web import WebClientLayer
 
 PROG = cli.program_name("chatnet.bench", "chatnet-bench")
 SCENARIOS = ("relay", "latency", "conns", "storm")
@@ -77,10 +79,10 @@ class Client(object):
 class Worker(object):
     """A selectors loop driving many clients (runs in its own process)."""
 
-    def __init__(self, host, port, password, tls_context=None):
+    def __init__(self, host, port, password, make_layer=None):
         self.address = (host, port)
         self.password = password
-        self.tls_context = tls_context           # TLS for every connection (not verified)
+        self.make_layer = make_layer             # TLS or WebSocket for every connection, or None
         self.selector = selectors.DefaultSelector()
         self.latencies = []
         self.errors = []
@@ -89,8 +91,8 @@ class Worker(object):
 
     def open(self, client):
         host, port = self.address
-        conn = (ServerConnection(host, port, 0) if self.tls_context is None
-                else TLSServerConnection(host, port, 0, self.tls_context))
+        conn = (ServerConnection(host, port, 0) if self.make_layer is None
+                else LayeredServerConnection(host, port, 0, self.make_layer))
         client.conn = conn
         client.started = time.perf_counter()
         client.state = "connecting"
@@ -275,10 +277,10 @@ class Worker(object):
 class PairPinger(threading.Thread):
     """Two clients chatting with each other, timing round trips until told to stop."""
 
-    def __init__(self, host, port, password, first, second, tls_context=None):
+    def __init__(self, host, port, password, first, second, make_layer=None):
         threading.Thread.__init__(self, daemon=True)
         self.address, self.password = (host, port), password
-        self.tls_context = tls_context
+        self.make_layer = make_layer
         self.users = (first, second)
         self.round_trips = []
         self.ready = threading.Event()
@@ -289,16 +291,16 @@ class PairPinger(threading.Thread):
         try:
             one, two = [self.connect(user) for user in self.users]
             for client, partner in ((one, self.users[1]), (two, self.users[0])):
-                client[0].sendall(b"chatwith/" + partner + b"\n")
-                self.read_line(client)
-                self.read_line(client)
+                client.sendall(b"chatwith/" + partner + b"\n")
+                client.line()
+                client.line()
             self.ready.set()
             while not self.stop.is_set():
                 started = time.perf_counter()
-                one[0].sendall(b"chat/ping\n")
-                self.read_line(two)
-                two[0].sendall(b"chat/pong\n")
-                self.read_line(one)
+                one.sendall(b"chat/ping\n")
+                two.line()
+                two.sendall(b"chat/pong\n")
+                one.line()
                 self.round_trips.append(time.perf_counter() - started)
                 time.sleep(0.002)
         except (OSError, ValueError) as error:
@@ -306,32 +308,52 @@ class PairPinger(threading.Thread):
             self.ready.set()
 
     def connect(self, user):
-        sock = socket.create_connection(self.address, timeout=10)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls_context is not None:
-            sock = self.tls_context.wrap_socket(sock, server_hostname=self.address[0])
-        sock.sendall(wire.login_frame(user, self.password))
-        client = (sock, [b""])
-        if self.read_line(client) != b"1":
+        client = BlockingLink(self.address, self.make_layer)
+        client.sendall(wire.login_frame(user, self.password))
+        if client.line() != b"1":
             raise ValueError("the pair could not log in")
         return client
 
-    @staticmethod
-    def read_line(client):
-        sock, buffer = client
-        while b"\n" not in buffer[0]:
-            data = sock.recv(65536)
-            if not data:
-                raise ValueError("closed by the server")
-            buffer[0] += data
-        line, _, buffer[0] = buffer[0].partition(b"\n")
+
+class BlockingLink(object):
+    """A blocking connection through a client layer (TLS, WebSocket) or none: the pair's."""
+
+    def __init__(self, address, make_layer=None):
+        self.sock = socket.create_connection(address, timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.layer = make_layer() if make_layer is not None else None
+        self.incoming = b""
+        if self.layer is not None:
+            self.sock.sendall(self.layer.start())
+            while not self.layer.handshake_done:
+                self._pump()
+
+    def _pump(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise ValueError("closed by the server")
+        if self.layer is None:
+            self.incoming += data
+            return
+        payload, back = self.layer.receive(data)
+        if back:
+            self.sock.sendall(back)
+        self.incoming += payload
+
+    def sendall(self, data):
+        self.sock.sendall(self.layer.encode(data) if self.layer is not None else data)
+
+    def line(self):
+        while b"\n" not in self.incoming:
+            self._pump()
+        line, _, self.incoming = self.incoming.partition(b"\n")
         return line
 
 
-def run_worker(task, host, port, password, results, use_tls=False):
+def run_worker(task, host, port, password, results, link="plain"):
     """Entry point of a worker process: one scenario part, results onto ``results``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent handles Ctrl-C
-    worker = Worker(host, port, password, bench_tls_context() if use_tls else None)
+    worker = Worker(host, port, password, layer_maker(link, host, port))
     kind = task["kind"]
     clients = [Client(user_id) for user_id in task["users"]]
     outcome = {"kind": kind}
@@ -361,6 +383,15 @@ def run_worker(task, host, port, password, results, use_tls=False):
 def bench_tls_context():
     """TLS without verification: the bench measures a server, it does not trust one."""
     return tls.client_context(pinned=True)
+
+
+def layer_maker(link, host, port):
+    """``make_layer`` for the bench's connections: None (plain), TLS, or a WebSocket."""
+    if link == "tls":
+        return tls_layer(bench_tls_context(), host)
+    if link == "web":
+        return lambda: WebClientLayer(host, port)
+    return None
 
 
 def split(users, parts):
@@ -403,7 +434,7 @@ class Bench(object):
     def run_tasks(self, tasks, on_holding=None):
         results = self.context.Queue()
         processes = [self.context.Process(target=run_worker, args=(task, self.options.host,
-                     self.options.port, self.options.password.encode(), results, self.options.tls),
+                     self.options.port, self.options.password.encode(), results, self.options.link),
                      daemon=True)
                      for task in tasks]
         for process in processes:
@@ -470,7 +501,7 @@ class Bench(object):
         o = self.options
         first, second = self.users(2, offset=o.storm)
         pinger = PairPinger(o.host, o.port, o.password.encode(), first, second,
-                            bench_tls_context() if o.tls else None)
+                            layer_maker(o.link, o.host, o.port))
         pinger.start()
         pinger.ready.wait(30)
         calm = len(pinger.round_trips)
@@ -517,8 +548,12 @@ def start_local_server(options):
                "--host", "127.0.0.1", "--port", "0"]
     if options.tls:
         command += ["--no-plain", "--tls-port", "0"] + throw_away_certificate(directory)
+    if options.web:
+        command += ["--web", "127.0.0.1:0"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     line = server.stdout.readline().decode()
+    while options.web and "(web)" not in line and line:
+        line = server.stdout.readline().decode()         # the plaintext port's line comes first
     if "listening on" not in line:
         server.kill()
         raise cli.CommandError("the local server did not start")
@@ -553,10 +588,13 @@ def parse_args(argv):
                         help="start a throw-away server on 127.0.0.1 and measure it")
     parser.add_argument("--host", default="127.0.0.1", help="the server (default %(default)s)")
     parser.add_argument("--port", type=cli.port_number, default=None,
-                        help="its port (default 7070; 7071 with --tls)")
+                        help="its port (default 7070; 7071 with --tls, 7080 with --web)")
     parser.add_argument("--tls", action="store_true",
                         help="every connection over TLS (the certificate is not checked); with "
                         "--local, the server gets a throw-away certificate (needs openssl)")
+    parser.add_argument("--web", action="store_true",
+                        help="every connection over WebSocket, to the server's --web port; with "
+                        "--local, the server gets one")
     parser.add_argument("--prefix", default="u", help="bench account IDs: PREFIX0, PREFIX1, ...")
     parser.add_argument("--password", default="pw", help="their password (default %(default)s)")
     add_scenario_flags(parser)
@@ -586,8 +624,11 @@ def add_scenario_flags(parser):
 
 def check_args(parser, options):
     """What argparse cannot check alone: a usage error in one line, or the defaults filled in."""
+    if options.tls and options.web:
+        parser.error("--tls and --web: one at a time")
+    options.link = "tls" if options.tls else "web" if options.web else "plain"
     if options.port is None:
-        options.port = 7071 if options.tls else 7070
+        options.port = 7071 if options.tls else 7080 if options.web else 7070
     options.scenarios = [name for name in options.scenarios.split(",") if name]
     for name in options.scenarios:
         if name not in SCENARIOS:

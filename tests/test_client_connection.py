@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from chatnet.client.connection import ServerConnection, TLSServerConnection
+from chatnet.client.connection import LayeredServerConnection, ServerConnection, tls_layer
 from chatnet.net import tls
 
 from test_tls import TLS_CERT, TLS_KEY, trusting_context
@@ -83,7 +83,8 @@ class ServerEnd(object):
 
 
 def open_tls(listener, version=None):
-    conn = TLSServerConnection("127.0.0.1", listener.getsockname()[1], 0, trusting_context())
+    conn = LayeredServerConnection("127.0.0.1", listener.getsockname()[1], 0,
+                                   tls_layer(trusting_context(), "127.0.0.1"))
     conn.open()
     server = ServerEnd(listener, version)
     wait_ready(conn)

@@ -2,10 +2,11 @@
 
 The client's counterpart of the server's ``chatnet.loop.transport``, small
 because there is one connection.  ``ServerConnection`` owns the socket and
-the plaintext queue; ``TLSServerConnection`` puts a ``TLSLayer``
-(``chatnet.net.tls``, the same layer the server uses) between that queue and
-the socket, as the server's ``LayeredTransport`` does -- ciphertext in, plaintext
-out -- so nothing in the plaintext class asks whether it is TLS.
+the plaintext queue; ``LayeredServerConnection`` puts a layer -- a
+``TLSLayer`` (``chatnet.net.tls``, the same layer the server uses), or a
+WebSocket -- between that queue and the socket, as the server's
+``LayeredTransport`` does -- ciphertext in, plaintext out -- so nothing in the
+plaintext class asks whether it is TLS.
 
 Offsets (bytes since the connection opened):
 
@@ -32,6 +33,7 @@ decides nothing about the protocol inside the stream.
 """
 
 import errno
+import functools
 import os
 import selectors
 import socket
@@ -173,20 +175,23 @@ class ServerConnection(object):
         self.sock = self.fd = self.state = None
 
 
-class TLSServerConnection(ServerConnection):
-    """A connection whose bytes cross a ``TLSLayer`` between the queue and the socket.
+class LayeredServerConnection(ServerConnection):
+    """A connection whose bytes cross a layer between the queue and the socket.
 
-    After the TCP connect the layer's first flight goes out and the state is
-    HANDSHAKING until the layer says the handshake is done.  ``flush``
-    encrypts the queue and keeps the records the kernel did not take in
-    ``cipher_out``; ``recv`` hands ciphertext to the layer and returns the
-    plaintext.  The queue, ``written`` and the states are the plaintext
-    class's, unchanged.
+    The layer is TLS (``tls_layer``: ``chatnet.net.tls.TLSLayer``, the one the
+    server uses) or a WebSocket (``chatnet.net.web.WebClientLayer``, for the
+    bench and the tests); ``make_layer()`` makes one per connection.  After the
+    TCP connect the layer's first flight (a ClientHello, an upgrade request)
+    goes out and the state is HANDSHAKING until the layer says its handshake
+    is done.  ``flush`` encodes the queue and keeps what the kernel did not
+    take in ``cipher_out``; ``recv`` hands what arrived to the layer and
+    returns the stream's bytes.  The queue, ``written`` and the states are the
+    plaintext class's, unchanged.
     """
 
-    def __init__(self, host, port, keepalive, context):
+    def __init__(self, host, port, keepalive, make_layer):
         ServerConnection.__init__(self, host, port, keepalive)
-        self.context = context
+        self.make_layer = make_layer
         self.layer = None
         self.cipher_out = bytearray()
         self.wire_written = 0
@@ -202,7 +207,7 @@ class TLSServerConnection(ServerConnection):
         self._early = b""
 
     def _connected(self):
-        self.layer = TLSLayer(self.context, server_side=False, server_hostname=self.host)
+        self.layer = self.make_layer()
         self.state = self.HANDSHAKING
         self._queue_cipher(self.layer.start())
         self._flush_cipher()
@@ -294,7 +299,8 @@ class TLSServerConnection(ServerConnection):
         return self.layer.peer_certificate()
 
     def half_close(self):
-        """TLS's half-close is ``close_notify``; TCP stays open, so the answers still come."""
+        """TLS's half-close is ``close_notify``; TCP stays open, so the answers still come.
+        (A WebSocket has none: its close frame ends both ways.)"""
         self.flush()
         self._queue_cipher(self.layer.goodbye())
         self._flush_cipher()
@@ -312,3 +318,8 @@ class TLSServerConnection(ServerConnection):
             except OSError:
                 pass
         ServerConnection.close(self)
+
+
+def tls_layer(context, host):
+    """``make_layer`` for TLS to ``host`` (checked against its certificate as ``context`` says)."""
+    return functools.partial(TLSLayer, context, server_side=False, server_hostname=host)

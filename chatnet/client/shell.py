@@ -21,7 +21,7 @@ import time
 
 from .. import cli
 from ..net import tls
-from .connection import ServerConnection, TLSServerConnection
+from .connection import LayeredServerConnection, ServerConnection, tls_layer
 from .protocol import SendBytes
 from .screen import EscapeSequence
 from .lifecycle import Connect, Disconnect, Exit, HalfClose
@@ -173,8 +173,9 @@ class ChatLoop(object):
         if options.tls_context is None:
             self.server = ServerConnection(options.host, options.port, options.keepalive)
         else:
-            self.server = TLSServerConnection(options.host, options.port, options.keepalive,
-                                              options.tls_context)
+            self.server = LayeredServerConnection(
+                options.host, options.port, options.keepalive,
+                tls_layer(options.tls_context, options.host))
         self.selector = selectors.DefaultSelector()
         self.exit = None                         # the session's Exit, once it comes
         #: The session's effects that are I/O, by type; any other is shown.

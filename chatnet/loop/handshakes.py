@@ -1,4 +1,9 @@
-"""Pending TLS handshakes: how many hold OpenSSL's state at once, and how many steps one pass takes.
+"""Pending handshakes: how many hold OpenSSL's state (or a web request) at once, and how many
+steps one pass takes.
+
+A web connection (``--web``) counts as a handshake too, from its accept until
+its WebSocket upgrade: its request head (at most 8 KiB, ``chatnet.net.http``)
+and, over https, its TLS handshake are held in its slot.
 
 A TLS connection costs about 51 KiB of OpenSSL state from its first
 ClientHello until its handshake is done (about 17 KiB after); doing a

@@ -129,12 +129,13 @@ class Housekeeping(object):
                 continue
             if transport.user_id is not None:
                 logged_in.append(transport.user_id)
-            if transport.sent_log is not None:
-                if transport.closing:
-                    if transport.drained():
-                        self._close(transport, clean=True)
-                else:
-                    transport.check_acks()
+            if transport.closing:
+                # Waiting for acknowledgements, or (a WebSocket after its close frame)
+                # with bytes it will never send: ``drained`` says when it may close.
+                if transport.drained():
+                    self._close(transport, clean=True)
+            elif transport.sent_log is not None:
+                transport.check_acks()
         return logged_in
 
 

@@ -815,9 +815,10 @@ class LayeredTransport(Transport):
         if self.cipher_out:
             return False
         if self.outgoing and self.layer.output_closed:
-            if self.sent_log is not None:
-                self.check_acks()
-            return self.sent_log is None or not can_still_ack(self.sock)
+            # Everything handed to TCP acknowledged?  (Not the sent log's test: it keeps a
+            # line's start until the line's end is acknowledged, and this end never goes.)
+            acked = bytes_acked(self.sock)
+            return acked is None or acked >= self.wire_sent or not can_still_ack(self.sock)
         return Transport.drained(self)
 
     def close(self, clean=False):
