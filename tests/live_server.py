@@ -126,8 +126,8 @@ class LiveServer(object):
                 raise AssertionError("no 'listening on' line; stderr: %r" % self.stderr_lines)
             if line is None:
                 raise AssertionError("server exited early: %r" % self.stderr_lines)
-            if "listening on " in line and ("(TLS)" in line) == self.tls and (
-                    "(web)" in line) == self.web:
+            if "listening on " in line and (("(web)" in line) if self.web else (
+                    ("(TLS)" in line) == self.tls and "(web)" not in line)):
                 self.port = int(line.split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
                 return self
 
@@ -138,8 +138,9 @@ class LiveServer(object):
         put(None)
 
     def client(self, timeout=5.0, **options):
-        if self.web:
-            options.setdefault("sock", WebSocketClient(self.port, timeout))
+        if self.web:                   # over TLS too: wss (the web port speaks https then)
+            return RawClient(self.port, timeout, sock=WebSocketClient(
+                self.port, timeout, secure=self.tls), **options)
         return RawClient(self.port, timeout, tls=self.tls, **options)
 
     def login(self, user_id, password):
@@ -370,7 +371,7 @@ class WebSocketClient(object):
     There is no half-close in WebSocket: ``shutdown(SHUT_WR)`` skips the test.
     """
 
-    def __init__(self, port, timeout=5.0, origin=None):
+    def __init__(self, port, timeout=5.0, origin=None, secure=False):
         websockets = pytest.importorskip("websockets", reason="the websockets package (test-only) "
                                          "is not installed")
         from websockets.sync.client import connect
@@ -378,8 +379,11 @@ class WebSocketClient(object):
         options = {"origin": origin} if origin else {}
         if "legacy" in inspect.signature(connect).parameters:
             options["legacy"] = True               # used directly, not as a context manager
-        self.ws = connect("ws://127.0.0.1:%d/chat" % port, open_timeout=timeout, max_size=None,
-                          compression=None, close_timeout=2, **options)
+        if secure:
+            options["ssl"] = trusting_context()
+        self.ws = connect("%s://127.0.0.1:%d/chat" % ("wss" if secure else "ws", port),
+                          open_timeout=max(timeout, 15), max_size=None, compression=None,
+                          close_timeout=2, **options)
         self.raw = self.ws.socket
         self.timeout = timeout
         self.pending = b""

@@ -135,6 +135,17 @@ class Page(object):
                       "no message %r (%s); have %r" % (text, kind, self.messages()[-5:]))
 
 
+def terminal_client(port, user, password, *lines):
+    """``chatnet.client`` as a script: the password, then ``lines``; it prints what it receives."""
+    import subprocess
+    import sys
+    from live_server import REPO, python_env
+    return subprocess.run(
+        [sys.executable, "-m", "chatnet.client", "--host", "127.0.0.1", "--port", str(port),
+         "--user", user, "--password-stdin"], input="\n".join((password,) + lines) + "\n",
+        capture_output=True, text=True, timeout=30, cwd=REPO, env=dict(python_env(), PYTHONPATH=REPO))
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -171,15 +182,16 @@ def test_two_pages_and_a_terminal_client_chat_through_restarts(browser, database
         bob.type_into("#line", "hello alice")
         alice.wait_for_message("bob: hello alice", "theirs")
 
-        # The terminal client: dave chats with the page both ways.
-        dave = server.login(b"dave", b"pw")
-        dave.chatwith(b"bob", b"2")
-        dave.send(b"chat/from the terminal\n")
+        # The terminal client (chatnet.client, as a script): dave and the page, both ways.
+        said = terminal_client(server.port, "dave", "pw", "/chatwith bob", "from the terminal")
+        assert said.returncode == 0, said.stderr
         bob.wait_for_message("dave: from the terminal", "other")
         bob.type_into("#partner", "dave")
+        bob.wait_for(lambda: "dave (offline" in bob.find("#partner-now").text)
         bob.type_into("#line", "hi from the browser")
-        dave.expect(b"chat/bob: hi from the browser")
-        dave.close()
+        bob.wait_for_message("me → dave: hi from the browser", "mine")
+        heard = terminal_client(server.port, "dave", "pw")       # stored: it comes at login
+        assert heard.returncode == 0 and "bob: hi from the browser" in heard.stdout, heard
         bob.type_into("#partner", "alice")
 
         if SCREENSHOT:

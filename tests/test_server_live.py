@@ -14,12 +14,13 @@ from live_server import (
 NO_PARTNER = wire.body(wire.NOTICE_NO_PARTNER)
 
 
-@pytest.fixture(params=["plain", "tls", "web"])
+@pytest.fixture(params=["plain", "tls", "web", "wss"])
 def start_server(request, database):
-    """Every test here runs three times: over plaintext, over TLS (seeds/PROTOCOL.md section 1.1)
-    and over WebSocket with an independent client, the ``websockets`` package (section 1.2)."""
-    start, stop_all = server_starter(database, tls=request.param == "tls",
-                                     web=request.param == "web")
+    """Every test here runs four times: over plaintext, over TLS (seeds/PROTOCOL.md section 1.1),
+    and over WebSocket (section 1.2), plain and over TLS, with an independent client: the
+    ``websockets`` package."""
+    start, stop_all = server_starter(database, tls=request.param in ("tls", "wss"),
+                                     web=request.param in ("web", "wss"))
     yield start
     stop_all()
 

@@ -287,3 +287,37 @@ def test_a_websocket_closed_by_its_peer_keeps_what_came_after_the_close(web_serv
     at_login = server.login(b"bob", b"secret").sync()
     print("\nread before the close: %d, at the next login: %d" % (len(relayed), len(at_login)))
     assert check_complete(numbered(count), relayed, at_login) == count
+
+
+def test_with_tls_the_web_port_speaks_https_and_wss(database):
+    from live_server import trusting_context
+    server = LiveServer(database, tls=True, web=True).start()
+    try:
+        line = [line for line in server.stdout_lines if line and "(web)" in line][0]
+        assert line.endswith("(web) https://127.0.0.1:%d/" % server.port)
+
+        def over_tls(request):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+                with trusting_context().wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                    sock.sendall(request)
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    return data
+
+        assert over_tls(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+        own = "https://127.0.0.1:%d" % server.port
+        assert over_tls(upgrade_request(server.port, origin=own)).startswith(b"HTTP/1.1 101 ")
+        plain_origin = "http://127.0.0.1:%d" % server.port             # another scheme
+        assert over_tls(upgrade_request(server.port, origin=plain_origin)).startswith(
+            b"HTTP/1.1 403 ")
+        alice, bob = server.login(b"alice", b"pw"), server.login(b"bob", b"secret")   # wss
+        alice.chatwith(b"bob", b"2")
+        alice.send("chat/over wss 🙂\n".encode())
+        bob.expect("chat/alice: over wss 🙂".encode())
+        assert not server.problems()
+    finally:
+        assert server.stop() == 0

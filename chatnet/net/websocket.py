@@ -53,6 +53,17 @@ _SENDABLE = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 101
 
 #: The longest a control frame's payload may be (5.5).
 MAX_CONTROL = 125
+#: The longest a frame header is: 2 bytes, a 64-bit length, a mask.
+MAX_HEADER = 14
+
+
+def _header_size(head):
+    """The size of the header that ``head`` begins with (2 until its second byte is known)."""
+    if len(head) < 2:
+        return 2
+    second = head[1]
+    length = second & 0x7F
+    return (2 if length < 126 else 4 if length == 126 else 10) + (4 if second & 0x80 else 0)
 
 
 class WebSocketClosed(OSError):
@@ -63,6 +74,23 @@ def accept_value(key):
     """``Sec-WebSocket-Accept`` for the client's ``Sec-WebSocket-Key`` (4.2.2): both ``str``."""
     digest = hashlib.sha1(key.encode("ascii") + GUID).digest()
     return base64.b64encode(digest).decode("ascii")
+
+
+class _MaskPool(object):
+    """Masking keys for a client's frames: 4 bytes each from ``os.urandom``, drawn 4 KiB at a
+    time (RFC 6455 section 5.3 wants them unpredictable; one system call per key is not needed)."""
+
+    def __init__(self):
+        self._keys, self._at = b"", 0
+
+    def __call__(self):
+        if self._at >= len(self._keys):
+            self._keys, self._at = os.urandom(4096), 0
+        self._at += 4
+        return self._keys[self._at - 4:self._at]
+
+
+_next_mask = _MaskPool()
 
 
 def new_key():
@@ -103,8 +131,9 @@ def apply_mask(data, mask, offset=0):
     turn = offset % 4
     if turn:
         mask = mask[turn:] + mask[:turn]
-    key = (mask * (size // 4 + 1))[:size]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+    whole = (size + 3) & ~3                          # the key's length: whole turns of the mask
+    key = int.from_bytes(mask * (whole // 4), "little")
+    return (int.from_bytes(data, "little") ^ key).to_bytes(whole, "little")[:size]
 
 
 class WebSocket(object):
@@ -115,7 +144,7 @@ class WebSocket(object):
     any length).  ``binary``: send data as binary frames (else text).
     """
 
-    __slots__ = ("_client", "_max_payload", "_opcode", "_head", "_remaining", "_mask",
+    __slots__ = ("_client", "_masked_in", "_max_payload", "_opcode", "_head", "_remaining", "_mask",
                  "_offset", "_frame_opcode", "_fin", "_control", "_message", "_utf8",
                  "close_sent", "ended", "failure", "close_code")
 
@@ -128,6 +157,7 @@ class WebSocket(object):
 
     def __init__(self, client=False, max_payload=None, binary=True):
         self._client = client
+        self._masked_in = 0 if client else 1    # the mask bit the peer's frames must carry
         self._max_payload = max_payload
         self._opcode = BINARY if binary else TEXT
         self._head = b""               # the header of the frame under way, until it is whole
@@ -155,22 +185,27 @@ class WebSocket(object):
             self.ended = True                           # TCP (or TLS) ended under it
             return b"", b""
         payload, reply = [], []
-        view, position, size = memoryview(data), 0, len(data)
+        position, size = 0, len(data)
+        whole_data_frame = self._whole_data_frame
         while position < size and not self.ended:
-            if self._frame_opcode is None:                # a header under way
-                need = self._header_size() or 2
-                if len(self._head) < need:
-                    take = need - len(self._head)
-                    self._head += bytes(view[position:position + take])
-                    position += take
-                    if len(self._head) < (self._header_size() or 2):
-                        continue                       # its length or mask is still to come
-                self._begin_frame(reply)
+            if self._frame_opcode is None and not self._head and self._message is None:
+                # The usual case, taken in one step: a whole unfragmented binary frame.
+                whole = whole_data_frame(data, position, size)
+                if whole is not None:
+                    start, end = whole
+                    chunk = data[start:end]
+                    if self._masked_in:
+                        chunk = apply_mask(chunk, data[start - 4:start])
+                    payload.append(chunk)
+                    position = end
+                    continue
+            if self._frame_opcode is None:              # between frames: a header
+                position = self._take_header(data, position, reply)
                 if self._frame_opcode is not None and not self._remaining:
-                    self._end_frame(payload, reply)
+                    self._end_frame(payload, reply)     # an empty frame
                 continue
             take = min(self._remaining, size - position)
-            chunk = bytes(view[position:position + take])
+            chunk = data[position:position + take]
             position += take
             if self._mask is not None:
                 chunk = apply_mask(chunk, self._mask, self._offset)
@@ -186,17 +221,40 @@ class WebSocket(object):
                 self._end_frame(payload, reply)
         return b"".join(payload), b"".join(reply)
 
-    def _header_size(self):
-        """The whole header's size once its first two bytes are known, else None."""
-        head = self._head
-        if len(head) < 2:
+    def _whole_data_frame(self, data, position, size):
+        """``(payload start, frame end)`` if the frame at ``position`` is a whole
+        unfragmented binary frame of at most 65,535 bytes (and ``max_payload``), masked as
+        it must be, all in ``data``; else None (the general path takes it)."""
+        if size - position < 4 or data[position] != 0x82:
             return None
-        length = head[1] & 0x7F
-        extra = 2 if length == 126 else 8 if length == 127 else 0
-        return 2 + extra + (4 if head[1] & 0x80 else 0)
+        second = data[position + 1]
+        if (second >> 7) != self._masked_in:
+            return None
+        length, start = second & 0x7F, position + 2
+        if length == 126:
+            length, start = (data[position + 2] << 8) | data[position + 3], position + 4
+        elif length == 127:
+            return None
+        if self._max_payload is not None and length > self._max_payload:
+            return None
+        start += 4 * self._masked_in
+        end = start + length
+        return (start, end) if end <= size else None
 
-    def _begin_frame(self, reply):
-        head, self._head = self._head, b""
+    def _take_header(self, data, position, reply):
+        """Gather the header at ``position`` (a part may wait in ``_head``); once it is whole,
+        begin its frame.  Returns the position after what was taken."""
+        kept = self._head
+        head = kept + data[position:position + MAX_HEADER - len(kept)]
+        need = _header_size(head)
+        if len(head) < need:
+            self._head = bytes(head)                   # at most 13 bytes wait for the rest
+            return position + len(head) - len(kept)
+        self._head = b""
+        self._begin_frame(head[:need], reply)
+        return position + need - len(kept)
+
+    def _begin_frame(self, head, reply):
         first, second = head[0], head[1]
         fin, opcode, masked = bool(first & 0x80), first & 0x0F, bool(second & 0x80)
         length = second & 0x7F
@@ -299,4 +357,4 @@ class WebSocket(object):
         return self._frame(CLOSE, close_payload(code, reason))
 
     def _frame(self, opcode, payload):
-        return frame(opcode, bytes(payload), os.urandom(4) if self._client else None)
+        return frame(opcode, payload, _next_mask() if self._client else None)
