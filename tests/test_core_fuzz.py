@@ -33,7 +33,7 @@ import pytest
 
 from chatnet import wire
 from chatnet.core.phases import LOGIN_PHASES, Phase
-from chatnet.core.events import SendQueueDrained, SendQueueFull, ServerStopping
+from chatnet.core.events import SendQueueDrained, SendQueueFull, ServerStopped, ServerStopping
 from core_harness import CoreHarness, frame
 
 USERS = [b"ann", b"ben", b"cat", b"dan", b"eve"]
@@ -258,6 +258,8 @@ def run_case(seed):
             case.check_invariants()
         case.note("shutdown")
         case.h.feed(ServerStopping())
+        case.check_invariants()
+        case.h.feed(ServerStopped())
         case.check_invariants()
         assert case.h.core.sessions() == []
     except Exception as error:

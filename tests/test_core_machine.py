@@ -11,7 +11,7 @@ import chatnet.core.machine
 from chatnet.core.phases import Phase
 from chatnet.core.events import (
     AccountLookedUp, Connected, ConnectionLost, DataReceived, InputEnded,
-    LoginChecked, ServerStopping, StoreFailed, TimePassed,
+    LoginChecked, ServerStopped, ServerStopping, StoreFailed, TimePassed,
 )
 from core_harness import CoreHarness, frame
 
@@ -56,6 +56,7 @@ def inputs_for(conn):
         StoreFailed(conn, b"bob"),
         TimePassed(),
         ServerStopping(),
+        ServerStopped(),
     ]
 
 

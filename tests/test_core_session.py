@@ -417,8 +417,10 @@ def test_an_unfinished_line_at_eof_is_dropped(h):
     assert h.lines(bob) == []
 
 
-def test_server_stopping_says_goodbye_to_sessions_and_closes_everyone(h):
-    from chatnet.core.events import ServerStopping
+def test_server_stopping_says_goodbye_and_still_handles_what_was_on_its_way(h):
+    """The goodbye closes nobody logged in: a line its client sent before it heard it was
+    acknowledged by TCP, so it is handled as ever; ``ServerStopped`` closes everyone."""
+    from chatnet.core.events import ServerStopped, ServerStopping
     alice, bob = h.login(b"alice"), h.login(b"bob")
     waiting = h.connect()
     chatwith(h, alice, b"bob")
@@ -426,7 +428,12 @@ def test_server_stopping_says_goodbye_to_sessions_and_closes_everyone(h):
     assert h.lines(alice) == [wire.body(wire.NOTICE_SHUTDOWN)]
     assert h.lines(bob) == [wire.body(wire.NOTICE_SHUTDOWN)]
     assert h.lines(waiting) == []
+    assert set(h.closed) == {waiting}                 # not logged in: nothing to wait for
+    h.send(alice, b"chat/sent before the goodbye arrived\n")
+    assert h.lines(bob) == [b"chat/alice: sent before the goodbye arrived"]
+    h.feed(ServerStopped())
     assert set(h.closed) == {alice, bob, waiting}
+    assert h.lines(alice) == h.lines(bob) == []       # no "connection is destroyed"
     assert h.core.online() == {}
 
 

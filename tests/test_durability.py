@@ -284,3 +284,30 @@ def test_at_sigterm_messages_going_back_wait_for_a_locked_database(database):
         assert server.stop() == 0
     got = [line for line in first + second if line.startswith(b"chat/alice: ")]
     assert got == expected
+
+
+def test_a_line_sent_while_the_server_says_goodbye_is_read_and_kept(database):
+    """The stop's race, made certain: a client that sends a line right after the goodbye
+    notice (its TCP then acknowledges it) must find it stored -- the server keeps reading
+    until the client closes, not only until its goodbye is sent.
+
+    A reader that never reads keeps the server in its last flush long enough to see it.
+    """
+    from live_server import attacker_socket, frame
+    server = LiveServer(database).start()
+    slow = attacker_socket(server.port)
+    slow.sendall(frame(b"carol", b"pw"))
+    assert slow.recv(2) == b"1\n"
+    alice = server.login(b"alice", b"pw")
+    alice.chatwith(b"carol", b"2")
+    # 300 KB for carol, who reads nothing: her kernel buffers fill, the rest waits in her
+    # queue (below the mark that would hold alice back), and the last flush waits for it.
+    alice.send(b"".join(b"chat/%04d " % n + b"x" * 500 + b"\n" for n in range(600)))
+    assert alice.sync() == []
+    alice.chatwith(b"dave", b"1")
+    server.proc.send_signal(signal.SIGTERM)
+    assert alice.line(timeout=10) == wire.body(wire.NOTICE_SHUTDOWN)
+    alice.send(b"chat/sent after the goodbye\n")   # its TCP acknowledges this at once
+    alice.wait_closed(timeout=15)
+    assert server.proc.wait(30) == 0
+    assert ("dave", "alice", "sent after the goodbye") in stored_rows(database)

@@ -102,7 +102,7 @@ def test_login_timeout_closes_with_one_notice(start_server):
 
 
 def test_the_login_timeout_spares_logged_in_sessions(start_server):
-    server = start_server("--login-timeout", "0.3")
+    server = start_server("--login-timeout", "1")     # alice's TLS and upgrade must fit in it
     alice = server.login(b"alice", b"pw")
     server.client().wait_closed()                      # someone else's timeout passed
     assert alice.sync() == []

@@ -174,7 +174,17 @@ class TimePassed(NamedTuple):
 
 @compared_by_type
 class ServerStopping(NamedTuple):
-    """The server is shutting down: say goodbye to everyone and close."""
+    """The server is shutting down: say goodbye to everyone logged in, close the others.
+
+    Sessions stay: what their clients sent before they heard the goodbye
+    still arrives (their TCP was told it did), and is handled as ever until
+    ``ServerStopped``.
+    """
+
+
+@compared_by_type
+class ServerStopped(NamedTuple):
+    """The last call is over: everyone leaves at once, and every session closes."""
 
 
 def data_received(conn, data, _new=tuple.__new__):

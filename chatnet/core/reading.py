@@ -180,6 +180,8 @@ class ReadingGate(object):
         for senders in self._held_back.values():
             senders.discard(session.conn)
 
-    def forget_hold_backs(self):
-        """The server stops: nobody is held back for anybody."""
-        self._held_back.clear()
+    def release_all_held_back(self):
+        """The server stops: nobody is held back for anybody -- a slow reader will not drain
+        now, and what its senders sent before the goodbye must still be read."""
+        for full_conn in list(self._held_back):
+            self.release_held_back(full_conn)

@@ -59,7 +59,7 @@ from ..durable import passwords
 from ..net import tcp
 from .admission import LOOPBACK, Admission, AdmissionHooks, Listener, TLSRefusal, format_peer
 from ..core.events import (
-    Connected, HungUp, InputEnded, ServerStopping, TimePassed, data_received,
+    Connected, HungUp, InputEnded, ServerStopped, ServerStopping, TimePassed, data_received,
 )
 from .actions import ActionRunner
 from .connections import Connections
@@ -85,7 +85,8 @@ log = logging.getLogger("chatnet.server")
 
 RECV_SIZE = 64 * 1024          # bytes read per readable connection per pass
 SEND_BUFFER = 128 * 1024       # SO_SNDBUF of client sockets (the kernel makes it 256 KiB)
-SHUTDOWN_GRACE = 2.0           # time to flush goodbyes on shutdown
+SHUTDOWN_GRACE = 2.0           # stopping: time for clients to hear the goodbye and close
+FINAL_FLUSH = 1.0              # ... then for what is left to be sent and acknowledged
 WRITER_GRACE = 10.0            # ... and then for the database to finish its last writes
 GOING_BACK_REMINDER = 10.0     # exiting, undelivered messages wait for the database: say so this often
 WARNING_INTERVAL = 10.0        # a repeated warning is logged at most this often
@@ -469,7 +470,7 @@ class Reactor(object):
     # ================================================================ closing
 
     def _shut_down(self):
-        """Stop accepting, say goodbye, flush for a moment, commit."""
+        """Stop accepting, say goodbye, take the last call, close, flush for a moment, commit."""
         log.info("shutting down")
         if self._on_stopping is not None:
             self._on_stopping()
@@ -477,7 +478,9 @@ class Reactor(object):
         self.now = self._clock()
         self._read_what_arrived()
         self.feed(ServerStopping())
-        give_up_at = self._clock() + SHUTDOWN_GRACE
+        self._last_call(self._clock() + SHUTDOWN_GRACE)
+        self.feed(ServerStopped())
+        give_up_at = self._clock() + FINAL_FLUSH
         while (len(self._connections) or self.cork.in_flight()) and self._clock() < give_up_at:
             self.cork.release()
             self._writable.extend(t for t in self._connections.all() if t.outgoing)
@@ -490,6 +493,24 @@ class Reactor(object):
             self._departures.close(transport)
         self.cork.release()                   # what the last writes delivered
         self._store_what_goes_back()
+
+    def _last_call(self, until):
+        """After the goodbye: read and handle what clients sent before they heard it.
+
+        Their TCP was told those lines arrived, so their clients will not
+        send them again: a stop must read until each client stops sending.
+        The loop runs as ever -- read, time, commit, write -- and each
+        connection's write side is shut (``finish_output``: a FIN) once its
+        goodbye is sent; its client closes then, and that ends its session.
+        Until every session has ended, or ``until``.
+        """
+        while self._clock() < until:
+            sessions = [transport for transport in self._connections.all() if transport.core_knows]
+            if not sessions:
+                return
+            for transport in sessions:
+                transport.finish_output()
+            self.run_once(max_wait=min(0.05, max(0.0, until - self._clock())))
 
     def _store_what_goes_back(self):
         """Messages no connection delivered are stored again before the exit, however long the

@@ -13,9 +13,10 @@ moving bytes through it, in the manner of asyncio's
   ``Send``.  Otherwise, or for what the kernel did not take, the bytes go to
   the queue, and ``write_ready()`` sends from it when the socket is writable.
   Output is *held* for a reason its owner pushes and releases: ``LOGIN`` (a
-  login's ``1`` waits to leave with its stored messages, as one block) and
+  login's ``1`` waits to leave with its stored messages, as one block),
   ``CORK`` (the durability cork: a message this client stored is not on disk
-  yet).  ``_send`` is the one place queued bytes leave;
+  yet) and, never released, ``SHUT`` (stopping: ``finish_output`` sent the
+  FIN).  ``_send`` is the one place queued bytes leave;
 * **water marks**: after each, the bytes waiting for the client are compared
   with the marks, and the *edge* is returned -- ``FULL`` (above the high
   mark), ``DRAINED`` (back below the low one), ``OVERFLOW`` (over the hard
@@ -97,6 +98,7 @@ FINISHED = "finished"    # closing, and everything was sent and acknowledged: cl
 # Reasons to hold output in the queue (``hold``/``release``; bits of ``holds``).
 LOGIN = 1                # a login's "1" waits to leave with its stored messages (one block)
 CORK = 2                 # a message this client stored waits for its commit (the durability cork)
+SHUT = 4                 # stopping: the write side is shut (a FIN went); nothing more is sent
 
 #: The send queue of a connection with nothing queued: one shared empty value,
 #: so an idle connection holds no buffer (``enqueue`` makes one on demand).
@@ -542,6 +544,31 @@ class Transport(object):
         """Does it need ``EVENT_WRITE``?  While bytes wait that it may send."""
         return self.outgoing and not self.holds
 
+    def finish_output(self):
+        """Stopping: once nothing waits to be sent, shut the write side (a FIN).  True once done.
+
+        The client hears the end after everything it was sent, the goodbye
+        last; it closes, and the loop reads that.  Until then its lines are
+        still read and handled -- its TCP was told they arrived.  What is
+        written to it afterwards stays queued (``SHUT`` holds it for good)
+        and goes back as undelivered at the close.
+        """
+        if self.holds & SHUT:
+            return True
+        if self.outgoing or self.behind is not None or self.closed:
+            return False
+        self._say_goodbye()
+        self.hold(SHUT)
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass                                       # it is gone already: the close will tell
+        self.update_interest()
+        return True
+
+    def _say_goodbye(self):
+        """A layer's last words before the FIN (TLS's close_notify, a WebSocket's close)."""
+
     def close_when_drained(self):
         """Stop reading; close once everything was sent and acknowledged.  True: that is now.
 
@@ -557,8 +584,11 @@ class Transport(object):
         return True
 
     def drained(self):
-        """Nothing left to send, and (where TCP_INFO tells) nothing left unacknowledged."""
-        if self.outgoing:
+        """Nothing left to send, and (where TCP_INFO tells) nothing left unacknowledged.
+
+        (Output held by ``SHUT`` is never sent: it is not waited for.)
+        """
+        if self.outgoing and not self.holds & SHUT:
             return False
         if self.sent_log is not None:
             self.check_acks()
@@ -814,16 +844,28 @@ class LayeredTransport(Transport):
         nothing -- it goes back as undelivered -- but what was sent before is waited for."""
         if self.cipher_out:
             return False
-        if self.outgoing and self.layer.output_closed:
+        if self.outgoing and (self.layer.output_closed or self.holds & SHUT):
             # Everything handed to TCP acknowledged?  (Not the sent log's test: it keeps a
             # line's start until the line's end is acknowledged, and this end never goes.)
             acked = bytes_acked(self.sock)
             return acked is None or acked >= self.wire_sent or not can_still_ack(self.sock)
         return Transport.drained(self)
 
+    def finish_output(self):
+        if self.cipher_out:
+            return False                               # the last records first
+        return Transport.finish_output(self)
+
+    def _say_goodbye(self):
+        if self.layer.handshake_done:
+            try:
+                self.sock.send(self.layer.goodbye())   # a few bytes: the kernel has room now
+            except OSError:
+                pass
+
     def close(self, clean=False):
         """``clean``: the stream ends with ``close_notify`` (best effort)."""
-        if not self.closed and clean and self.layer.handshake_done:
+        if not self.closed and clean and self.layer.handshake_done and not self.holds & SHUT:
             try:
                 self.sock.send(self.layer.goodbye())
             except OSError:
