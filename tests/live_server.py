@@ -313,17 +313,18 @@ def trusting_context():
     return tls.client_context(ca_file=TLS_CERT)
 
 
-class TLSSocket(object):
-    """A blocking socket that speaks TLS through chatnet's own ``TLSLayer``.
+class LayeredSocket(object):
+    """A blocking socket that speaks through one of chatnet's client layers: TLS
+    (``TLSLayer``) or a WebSocket (``WebClientLayer``).
 
     It offers the socket methods the tests use, so ``RawClient`` works the
-    same over TLS; ``shutdown(SHUT_WR)`` is TLS's half-close (close_notify).
+    same over either; ``shutdown(SHUT_WR)`` is the layer's goodbye (TLS's
+    close_notify, a half-close); ``raw`` is the socket under it.
     """
 
-    def __init__(self, sock, context, server_hostname="127.0.0.1"):
-        from chatnet.net.tls import TLSLayer
+    def __init__(self, sock, layer):
         self.raw = sock
-        self.layer = TLSLayer(context, server_side=False, server_hostname=server_hostname)
+        self.layer = layer
         self.plaintext = b""
         self.raw.sendall(self.layer.start())
         while not self.layer.handshake_done:
@@ -350,7 +351,7 @@ class TLSSocket(object):
         return data
 
     def shutdown(self, how):
-        """``SHUT_WR``: TLS's half-close (close_notify); the stream stays readable."""
+        """``SHUT_WR``: the layer's goodbye (over TLS a half-close: the stream stays readable)."""
         if how == socket.SHUT_WR:
             self.raw.sendall(self.layer.goodbye())
         else:
@@ -440,7 +441,9 @@ class RawClient(object):
         else:
             self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         if tls:
-            self.sock = TLSSocket(self.sock, trusting_context())
+            from chatnet.net.tls import TLSLayer
+            self.sock = LayeredSocket(self.sock, TLSLayer(
+                trusting_context(), server_side=False, server_hostname="127.0.0.1"))
         self.timeout = timeout
         self.buffer = b""
 

@@ -213,36 +213,35 @@ def test_two_pages_and_a_terminal_client_chat_through_restarts(browser, database
         server.kill()
 
 
-def test_a_wrong_password_is_said_and_nothing_is_kept(browser, database):
-    web = "127.0.0.1:%d" % free_port()
-    server = LiveServer(database, "--web", web).start()
-    try:
-        page = browser.page("http://%s/" % web)
-        page.type_into("#user", "alice", submit=False)
-        page.type_into("#password", "nope")
-        page.wait_for(lambda: page.find("#login-problem").text == "wrong ID or password")
-        assert page.find("#password").get_attribute("value") == ""
-        assert page.driver.execute_script("return localStorage.length + sessionStorage.length") == 0
-    finally:
-        server.kill()
+@pytest.fixture
+def page_url(database):
+    """A server with --web; the page's URL."""
+    server = LiveServer(database, "--web", "127.0.0.1:%d" % free_port()).start()
+    line = [line for line in server.stdout_lines if line and "(web)" in line][0]
+    yield line.split()[-1]
+    server.kill()
 
 
-def test_the_page_works_from_the_keyboard_alone_on_a_phone_width_screen(browser, database):
+def test_a_wrong_password_is_said_and_nothing_is_kept(browser, page_url):
+    page = browser.page(page_url)
+    page.type_into("#user", "alice", submit=False)
+    page.type_into("#password", "nope")
+    page.wait_for(lambda: page.find("#login-problem").text == "wrong ID or password")
+    assert page.find("#password").get_attribute("value") == ""
+    assert page.driver.execute_script("return localStorage.length + sessionStorage.length") == 0
+
+
+def test_the_page_works_from_the_keyboard_alone_on_a_phone_width_screen(browser, page_url):
     from selenium.webdriver.common.keys import Keys
-    web = "127.0.0.1:%d" % free_port()
-    server = LiveServer(database, "--web", web).start()
-    try:
-        page = browser.page("http://%s/" % web)
-        page.driver.set_window_size(360, 740)
-        page.find("#user").click()
-        active = page.driver.switch_to.active_element
-        active.send_keys("alice" + Keys.TAB + "pw" + Keys.ENTER)   # Tab to the password, Enter
-        page.wait_for(lambda: "logged in as alice" in page.status())
-        page.driver.switch_to.active_element.send_keys("alice" + Keys.ENTER)   # focus: partner
-        page.wait_for(lambda: "alice (online)" in page.find("#partner-now").text)
-        page.driver.switch_to.active_element.send_keys("to myself" + Keys.ENTER)  # focus: line
-        page.wait_for_message("alice: to myself", "theirs")
-        width = page.driver.execute_script("return document.documentElement.scrollWidth")
-        assert width <= 360                                       # nothing wider than the phone
-    finally:
-        server.kill()
+    page = browser.page(page_url)
+    page.driver.set_window_size(360, 740)
+    page.find("#user").click()
+    active = page.driver.switch_to.active_element
+    active.send_keys("alice" + Keys.TAB + "pw" + Keys.ENTER)       # Tab to the password, Enter
+    page.wait_for(lambda: "logged in as alice" in page.status())
+    page.driver.switch_to.active_element.send_keys("alice" + Keys.ENTER)   # focus: partner
+    page.wait_for(lambda: "alice (online)" in page.find("#partner-now").text)
+    page.driver.switch_to.active_element.send_keys("to myself" + Keys.ENTER)   # focus: line
+    page.wait_for_message("alice: to myself", "theirs")
+    width = page.driver.execute_script("return document.documentElement.scrollWidth")
+    assert width <= 360                                           # nothing wider than the phone

@@ -15,7 +15,7 @@ import pytest
 
 from chatnet.net import websocket as ws
 from chatnet.net.web import WebClientLayer
-from live_server import LiveServer, attacker_socket, frame, reset
+from live_server import LayeredSocket, LiveServer, RawClient, attacker_socket, frame, reset
 from test_undelivered import check_complete, numbered
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -60,38 +60,11 @@ def upgrade_request(port, origin=None, key=KEY):
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-class WebPeer(object):
-    """A blocking WebSocket client on an attacker's socket, through chatnet's own client layer."""
-
-    def __init__(self, port, source="127.0.0.1", receive_buffer=1 << 20, timeout=5.0):
-        self.sock = attacker_socket(port, source, receive_buffer=receive_buffer, timeout=timeout)
-        self.layer = WebClientLayer("127.0.0.1", port)
-        self.sock.sendall(self.layer.start())
-        self.stream = b""
-        while not self.layer.handshake_done:
-            self._pump()
-
-    def _pump(self):
-        data = self.sock.recv(65536)
-        payload, reply = self.layer.receive(data)
-        if reply:
-            self.sock.sendall(reply)
-        self.stream += payload
-        return data
-
-    def send(self, data):
-        self.sock.sendall(self.layer.encode(data))
-
-    def line(self):
-        while b"\n" not in self.stream:
-            if not self._pump():
-                raise AssertionError("closed; have %r" % self.stream[:200])
-        line, _, self.stream = self.stream.partition(b"\n")
-        return line
-
-    def login(self, user_id, password):
-        self.send(frame(user_id, password))
-        return self.line()
+def web_peer(port, receive_buffer=1 << 20):
+    """A protocol client on an attacker's socket over WebSocket, through chatnet's own client
+    layer; ``.sock.raw`` is its TCP socket, ``.sock.layer`` its WebSocket."""
+    sock = attacker_socket(port, receive_buffer=receive_buffer)
+    return RawClient(port, sock=LayeredSocket(sock, WebClientLayer("127.0.0.1", port)))
 
 
 # ---------------------------------------------------------------- the page
@@ -161,12 +134,12 @@ def test_a_cross_origin_page_gets_no_101(web_server):
 def test_an_unmasked_frame_is_closed_with_1002_and_nothing_else_is_touched(web_server):
     server = web_server()
     bob = server.login(b"bob", b"secret")
-    peer = WebPeer(server.port)
+    peer = web_peer(server.port)
     assert peer.login(b"alice", b"pw") == b"1"
-    peer.sock.sendall(ws.frame(ws.BINARY, b"chatwith/bob\n"))          # no mask
+    peer.sock.raw.sendall(ws.frame(ws.BINARY, b"chatwith/bob\n"))          # no mask
     data = b""
     while True:
-        chunk = peer.sock.recv(4096)
+        chunk = peer.sock.raw.recv(4096)
         if not chunk:
             break
         data += chunk
@@ -176,22 +149,22 @@ def test_an_unmasked_frame_is_closed_with_1002_and_nothing_else_is_touched(web_s
 
 def test_an_oversized_frame_is_closed_with_1009(web_server):
     server = web_server()
-    peer = WebPeer(server.port)
-    peer.sock.sendall(ws.frame(ws.BINARY, b"x" * 100000, b"abcd")[:20])
-    data = peer.sock.recv(4096)
+    peer = web_peer(server.port)
+    peer.sock.raw.sendall(ws.frame(ws.BINARY, b"x" * 100000, b"abcd")[:20])
+    data = peer.sock.raw.recv(4096)
     assert data[:4] == b"\x88\x02\x03\xf1"                              # close, 1009
 
 
 def test_a_ping_is_answered_with_a_pong(web_server):
     server = web_server()
-    peer = WebPeer(server.port)
-    peer.sock.sendall(ws.frame(ws.PING, b"are you there", b"abcd"))
-    assert peer.sock.recv(4096) == b"\x8a\x0dare you there"
+    peer = web_peer(server.port)
+    peer.sock.raw.sendall(ws.frame(ws.PING, b"are you there", b"abcd"))
+    assert peer.sock.raw.recv(4096) == b"\x8a\x0dare you there"
 
 
 def test_a_page_chats_with_a_tcp_client_both_ways(web_server):
     server = web_server()
-    peer = WebPeer(server.port)
+    peer = web_peer(server.port)
     assert peer.login(b"alice", b"pw") == b"1"
     bob = server.login(b"bob", b"secret")
     bob.chatwith(b"alice", b"2")
@@ -242,7 +215,7 @@ def test_half_finished_requests_from_many_addresses_do_not_slow_a_pair(web_serve
 def test_a_websocket_that_stops_reading_and_resets_gets_the_rest_at_its_next_login(web_server):
     """Acknowledged delivery over WebSocket: what its TCP never acknowledged goes back."""
     server = web_server("--log-level", "info")
-    bob = WebPeer(server.port, receive_buffer=4096)                  # a small receive buffer
+    bob = web_peer(server.port, receive_buffer=4096)                  # a small receive buffer
     assert bob.login(b"bob", b"secret") == b"1"
     alice = server.login(b"alice", b"pw")
     alice.chatwith(b"bob", b"2")
@@ -251,7 +224,7 @@ def test_a_websocket_that_stops_reading_and_resets_gets_the_rest_at_its_next_log
     before = [bob.line() for _ in range(20)]                          # it reads twenty ...
     alice.send(b"".join(b"chat/%04d " % number + b"x" * 200 + b"\n" for number in range(20, count)))
     alice.sync()                                                      # ... then stops reading
-    reset(bob.sock)                                                   # ... and vanishes
+    reset(bob.sock.raw)                                                   # ... and vanishes
     server.wait_for_log("undelivered; kept", timeout=15)
     again = server.login(b"bob", b"secret")                           # over TCP, this time
     at_login = again.sync()
@@ -262,19 +235,19 @@ def test_a_websocket_closed_by_its_peer_keeps_what_came_after_the_close(web_serv
     """Bytes for it after the server's answering close frame would be acknowledged by TCP
     and never read: they go back to the store instead."""
     server = web_server("--log-level", "info")
-    bob = WebPeer(server.port, receive_buffer=4096)                  # slow: a backlog builds
+    bob = web_peer(server.port, receive_buffer=4096)                  # slow: a backlog builds
     assert bob.login(b"bob", b"secret") == b"1"
     alice = server.login(b"alice", b"pw")
     alice.chatwith(b"bob", b"2")
     count = 2000                                                      # more than the kernel holds
     alice.send(b"".join(b"chat/%04d " % number + b"x" * 200 + b"\n" for number in range(count)))
     alice.sync()                                                      # relayed or queued
-    bob.sock.sendall(bob.layer.goodbye())                             # it closes, unread
+    bob.sock.raw.sendall(bob.sock.layer.goodbye())                             # it closes, unread
     read = b""
-    bob.sock.settimeout(5)
+    bob.sock.raw.settimeout(5)
     while True:
         try:
-            chunk = bob.sock.recv(65536)
+            chunk = bob.sock.raw.recv(65536)
         except ConnectionResetError:     # messages go back: the server closes with a reset
             break
         if not chunk:
