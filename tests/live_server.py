@@ -97,6 +97,9 @@ class LiveServer(object):
             self.args += ["--web", web if isinstance(web, str) else "127.0.0.1:0"]
         self.proc = None
         self.port = None
+        #: The websockets clients made: closed before the server stops.  (Each has a reader
+        #: thread; an SSL socket closed under it by the garbage collector crashed Python 3.8.)
+        self.web_clients = []
         self.stderr_lines = []
         self.stdout_lines = []
 
@@ -139,8 +142,9 @@ class LiveServer(object):
 
     def client(self, timeout=5.0, **options):
         if self.web:                   # over TLS too: wss (the web port speaks https then)
-            return RawClient(self.port, timeout, sock=WebSocketClient(
-                self.port, timeout, secure=self.tls), **options)
+            web_client = WebSocketClient(self.port, timeout, secure=self.tls)
+            self.web_clients.append(web_client)
+            return RawClient(self.port, timeout, sock=web_client, **options)
         return RawClient(self.port, timeout, tls=self.tls, **options)
 
     def login(self, user_id, password):
@@ -152,13 +156,20 @@ class LiveServer(object):
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def close_web_clients(self):
+        for web_client in self.web_clients:
+            web_client.close()
+        self.web_clients = []
+
     def stop(self, signum=signal.SIGTERM, timeout=20):
         """Signal the server and return its exit status."""
+        self.close_web_clients()
         if self.alive():
             self.proc.send_signal(signum)
         return self.proc.wait(timeout)
 
     def kill(self):
+        self.close_web_clients()
         if self.alive():
             self.proc.kill()
         if self.proc is not None:
@@ -417,7 +428,11 @@ class WebSocketClient(object):
         pytest.skip("WebSocket has no half-close")
 
     def close(self):
-        self.ws.close()
+        """The closing handshake, and the reader thread's end (safe to call twice)."""
+        try:
+            self.ws.close()
+        except Exception:
+            pass
 
     def __getattr__(self, name):           # setsockopt, fileno
         return getattr(self.raw, name)
