@@ -40,6 +40,13 @@ being handled (an edge of a send queue, a failed store) waits its turn, so
 the core sees events in the order they happened.  That is the one way the
 loop re-enters the core.
 
+Stopping (``_shut_down``): stop accepting, handle what already arrived, let
+the core say goodbye (``ServerStopping``), then the *last call* -- passes as
+above for up to 2 s, each connection's write side shut (``finish_output``)
+once its goodbye is out, so a line its client sent before hearing it is
+still read and handled -- then ``ServerStopped`` closes everyone left, a last
+flush, and what goes back into the stores is committed before the exit.
+
 Failures stay where they happen: an ``OSError`` on a socket closes that
 connection; an unexpected exception while handling one connection is
 logged and closes that connection, never the loop (``strict=True``
