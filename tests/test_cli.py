@@ -134,9 +134,51 @@ def server_run(*args, timeout=20):
     ["--port", "x"], ["--port", "70000"], ["--store-limit", "0"], ["--max-line", "abc"],
     ["--login-timeout", "-1"], ["--login-timeout", "nan"], ["--log-level", "loud"],
     ["--demo", "--db", "x.db"], ["--frobnicate"], ["--max-line", "4"],
+    ["--web", "7080"], ["--web-origin", "https://chat.example.org"],
+    ["--web", "127.0.0.1:0", "--web-origin", "chat.example.org"],
+    ["--web", "127.0.0.1:0", "--web-origin", "https://chat.example.org/path"],
 ])
 def test_bad_server_flags_are_one_line_with_status_2(args):
     assert "error" in one_line_error(server_run(*args), status=2)
+
+
+def test_a_busy_web_port_is_one_line(tmp_path):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_error(server_run("--db", str(tmp_path / "c.db"), "--port", "0",
+                                         "--web", "127.0.0.1:%d" % port))
+        assert "cannot listen on 127.0.0.1:%d" % port in line
+
+
+def test_the_demo_serves_its_page_on_7080_or_says_why_not_and_goes_on():
+    """--demo's web port is a convenience: taken, the demo starts without the page, saying so."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from live_server import REPO, python_env
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 7080))
+        taken.listen()
+    except OSError:
+        pass                                           # taken by someone else: the same case
+    server = subprocess.Popen([sys.executable, "-m", "chatnet.server", "--demo", "--port", "0"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=REPO, env=dict(python_env(), PYTHONPATH=REPO))
+    try:
+        lines = [server.stdout.readline().decode() for _ in range(2)]
+        assert lines[0].startswith("demo accounts") and "listening on 127.0.0.1:" in lines[1]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=20)
+        taken.close()
+    assert server.returncode == 0
+    assert "no web page: cannot listen on 127.0.0.1:7080" in err.decode()
+    assert "(web)" not in out.decode()
 
 
 def test_an_unusable_database_path_is_one_line(tmp_path):
