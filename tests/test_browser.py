@@ -216,9 +216,9 @@ def test_two_pages_and_a_terminal_client_chat_through_restarts(browser, database
 @pytest.fixture
 def page_url(database):
     """A server with --web; the page's URL."""
-    server = LiveServer(database, "--web", "127.0.0.1:%d" % free_port()).start()
-    line = [line for line in server.stdout_lines if line and "(web)" in line][0]
-    yield line.split()[-1]
+    web = "127.0.0.1:%d" % free_port()
+    server = LiveServer(database, "--web", web).start()    # (listening once the plain port is)
+    yield "http://%s/" % web
     server.kill()
 
 
