@@ -377,50 +377,86 @@ SEND_AT_MOST = 4096
 
 
 class WebSocketClient(object):
-    """The chatnet stream over the independent ``websockets`` client, with a socket's methods.
+    """The chatnet stream over the independent ``websockets`` package, with a socket's methods.
 
     So ``RawClient`` runs the protocol rows over WebSocket exactly as over TCP.
-    There is no half-close in WebSocket: ``shutdown(SHUT_WR)`` skips the test.
+    It drives ``websockets``' own sans-I/O protocol (``ClientProtocol``: the
+    upgrade, masking, frames, pings, the close) on this thread over a plain
+    or TLS socket.  (Its threaded client read and wrote one SSL socket from two
+    threads: over wss a request was now and then never sent, and Python 3.8
+    crashed.)  There is no half-close in WebSocket: ``shutdown(SHUT_WR)``
+    skips the test.
     """
 
     def __init__(self, port, timeout=5.0, origin=None, secure=False):
-        websockets = pytest.importorskip("websockets", reason="the websockets package (test-only) "
-                                         "is not installed")
-        from websockets.sync.client import connect
-        self._closed_errors = (websockets.exceptions.ConnectionClosed,)
-        options = {"origin": origin} if origin else {}
-        if "legacy" in inspect.signature(connect).parameters:
-            options["legacy"] = True               # used directly, not as a context manager
+        pytest.importorskip("websockets", reason="the websockets package (test-only) is not "
+                            "installed")
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+        self.raw = socket.create_connection(("127.0.0.1", port), timeout=max(timeout, 15))
         if secure:
-            options["ssl"] = trusting_context()
-        self.ws = connect("%s://127.0.0.1:%d/chat" % ("wss" if secure else "ws", port),
-                          open_timeout=max(timeout, 15), max_size=None, compression=None,
-                          close_timeout=2, **options)
-        self.raw = self.ws.socket
+            self.raw = trusting_context().wrap_socket(self.raw, server_hostname="127.0.0.1")
+        uri = parse_uri("%s://127.0.0.1:%d/chat" % ("wss" if secure else "ws", port))
+        self.protocol = ClientProtocol(uri, origin=origin, max_size=None)
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
         self.timeout = timeout
         self.pending = b""
+        self.ended = False
+        while self.protocol.handshake_exc is None and not self._upgraded():
+            self._pump()
+        if self.protocol.handshake_exc is not None:
+            raise self.protocol.handshake_exc
+
+    def _upgraded(self):
+        from websockets.protocol import State
+        return self.protocol.state is State.OPEN
+
+    def _flush(self):
+        data = b"".join(self.protocol.data_to_send())
+        if data:
+            try:
+                self.raw.sendall(data)
+            except OSError:
+                pass                               # it is gone: recv will say so
+
+    def _pump(self):
+        """Read once; keep the payload of data frames; answer what the protocol answers."""
+        from websockets.frames import Opcode
+        try:
+            data = self.raw.recv(65536)
+        except socket.timeout:
+            raise
+        except OSError:
+            data = b""
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+            self.ended = True
+        for event in self.protocol.events_received():
+            if getattr(event, "opcode", None) in (Opcode.BINARY, Opcode.TEXT, Opcode.CONT):
+                self.pending += event.data
+        self._flush()
 
     def sendall(self, data):
         """Binary messages of at most one line's worth each (the server's frame bound), the
         way TCP would cut a long write into segments: lines span messages."""
         data = bytes(data)
         for start in range(0, len(data), SEND_AT_MOST):
-            self.ws.send(data[start:start + SEND_AT_MOST])
+            self.protocol.send_binary(data[start:start + SEND_AT_MOST])
+        self._flush()
 
     send = sendall
 
     def settimeout(self, timeout):
         self.timeout = timeout
+        self.raw.settimeout(timeout)
 
     def recv(self, size):
-        if not self.pending:
-            try:
-                message = self.ws.recv(timeout=self.timeout)
-            except TimeoutError:
-                raise socket.timeout("timed out")
-            except self._closed_errors:
-                return b""
-            self.pending = message if isinstance(message, bytes) else message.encode()
+        while not self.pending and not self.ended:
+            self.raw.settimeout(self.timeout)
+            self._pump()
         data, self.pending = self.pending[:size], self.pending[size:]
         return data
 
@@ -428,11 +464,22 @@ class WebSocketClient(object):
         pytest.skip("WebSocket has no half-close")
 
     def close(self):
-        """The closing handshake, and the reader thread's end (safe to call twice)."""
+        """The closing handshake -- the close frame, then read until the server's (at most
+        2 s) -- then the socket (safe to call twice).  Closing with unread bytes would reset
+        the connection, and the server would rightly count them undelivered."""
+        if self.raw.fileno() == -1:
+            return
+        from websockets.protocol import State
         try:
-            self.ws.close()
+            self.protocol.send_close()
+            self._flush()
+            self.raw.settimeout(2)
+            while not self.ended and self.protocol.state is not State.CLOSED and \
+                    self.protocol.close_rcvd is None:      # its close frame comes last
+                self._pump()
         except Exception:
             pass
+        self.raw.close()
 
     def __getattr__(self, name):           # setsockopt, fileno
         return getattr(self.raw, name)
