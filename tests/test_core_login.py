@@ -6,7 +6,8 @@ from chatnet import wire
 from chatnet.core.machine import CoreConfig
 from chatnet.core.phases import Phase
 from chatnet.core.events import (
-    CheckLogin, Close, DeliverStored, LoggedOut, LoginFailed, LoginSucceeded, Send,
+    CheckLogin, Close, DeliverStored, LimitReached, LoggedOut, LoginFailed, LoginSucceeded, ReadAtMost,
+    Send,
 )
 from core_harness import NOTICE_DESTROYED, CoreHarness, frame
 
@@ -370,6 +371,32 @@ def test_after_login_reads_are_not_limited_by_the_hold_limit():
     h = CoreHarness(accounts=ACCOUNTS, hold_limit=1000)
     conn = h.login(b"alice")
     assert h.read_limits[conn] is None                 # the reactor's own read size
+
+
+def test_a_storm_of_logins_waiting_for_their_checks_fits_the_default_budget():
+    """Issue 23: 1,000 clients log in at once.  Each read before login was granted up to
+    the hold limit (64 KiB), so 256 of them used up the 16 MiB budget, and the rest were
+    paused and resumed while their checks waited -- two epoll changes and a hang-up
+    watch each.  Before login a read brings at most ``login_read`` bytes at a time."""
+    h = CoreHarness(accounts=ACCOUNTS, answer_checks=False)
+    for _ in range(1000):
+        h.offer(h.connect(), frame(b"alice", b"pw") + b"chatwith/bob\n")
+    assert len(h.pending_checks) == 1000
+    assert not h.paused
+    assert not [action for action in h.actions if type(action) is LimitReached]
+    assert set(h.read_limits.values()) == {CoreConfig().login_read}
+    held = len(b"chatwith/bob\n")                     # each holds its line and a read's grant
+    assert h.core.unauthenticated_bytes() == 1000 * (held + CoreConfig().login_read)
+
+
+def test_before_login_input_is_still_read_up_to_the_hold_limit_a_read_at_a_time():
+    h = CoreHarness(accounts=ACCOUNTS, answer_checks=False, hold_limit=20000, login_read=4096)
+    conn = h.connect()
+    left_in_kernel = h.offer(conn, frame(b"alice", b"pw") + b"chat/x\n" * 5000)
+    assert len(h.core.session(conn).held) == 20000
+    assert conn in h.paused
+    assert len(left_in_kernel) == 7 * 5000 - 20000
+    assert max(action.size for action in h.actions if type(action) is ReadAtMost) == 4096
 
 
 def test_unauthenticated_input_has_a_budget_in_total():

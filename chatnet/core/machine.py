@@ -148,6 +148,9 @@ class CoreConfig(NamedTuple):
     #: Input bytes held for a connection before login or while it waits
     #: (a password check, a delay, a lookup); reading pauses at the limit.
     hold_limit: int = 64 * 1024
+    #: The most one read brings before login (a frame and the lines sent with it):
+    #: what a newcomer reserves in the budget below (``chatnet.core.reading``).
+    login_read: int = 4096
     #: Input bytes held for all connections before login, together.
     unauthenticated_budget: int = 16 * 1024 * 1024
     #: Relay a chunk made only of chat/ lines with one ``bytes.replace``
@@ -233,7 +236,7 @@ class ChatCore(object):
         steps = CoreSteps(self._send, self._emit, self._enter, self._close, self._carry_on,
                           self._given_time, self._count)
         #: Pause reasons, hold-backs, the before-login budget (``chatnet.core.reading``).
-        self.reading = ReadingGate(config.hold_limit, config.unauthenticated_budget,
+        self.reading = ReadingGate(config.hold_limit, config.login_read, config.unauthenticated_budget,
                                    self._sessions, self._emit)
         #: Section 3: chatwith/, lookups, who watches whom.
         self.partners = PartnerRules(registry, steps)

@@ -27,7 +27,12 @@ Memory before login
 -------------------
 Before login, and while a session waits, its input is held, so a read must
 bring only what fits: ``ReadAtMost`` tells the reactor how much.  Per
-session that is ``hold_limit`` minus what is held.  Before login there is
+session that is ``hold_limit`` minus what is held, and before login at most
+``login_read`` a read: a login frame and the lines sent with it, not the
+whole hold limit reserved for every newcomer -- at 64 KiB a read, 256 clients
+used up the budget and the rest of a storm was paused and resumed while
+their password checks waited, a log line and two ``epoll`` changes each.
+The session still reads on, a read at a time, up to ``hold_limit``.  Before login there is
 also a budget for all sessions together (``unauthenticated_budget``), kept
 with credit, as HTTP/2 keeps its windows: a read granted to a session is
 reserved in the budget until it is used or taken back, so the bound is exact.
@@ -57,8 +62,9 @@ PARTNER_QUEUE = "partner's send queue"
 class ReadingGate(object):
     """Pause reasons, hold-backs and the before-login budget; see the module docstring."""
 
-    def __init__(self, hold_limit, budget, sessions, emit):
+    def __init__(self, hold_limit, login_read, budget, sessions, emit):
         self._hold_limit = hold_limit
+        self._login_read = login_read        # the most one read brings before login
         self._budget = budget
         self._sessions = sessions            # the core's conn -> Session (read only)
         self._emit = emit                    # the core's way to add an action
@@ -98,6 +104,8 @@ class ReadingGate(object):
         held = len(session.held)
         room = self._hold_limit - held
         if phase in LOGIN_PHASES:
+            if room > self._login_read:
+                room = self._login_read
             others = self._unauthenticated - session.counted_held
             budget_left = self._budget - others - held
             if phase is Phase.LOGIN:
