@@ -6,9 +6,11 @@ socket, what the selector is asked to watch, and which water-mark edges come
 back.
 """
 
+import struct
 
 import pytest
 
+from chatnet.net.acks import ACKS_KNOWN
 from chatnet.loop.transport import (
     BROKEN, CORK, DRAINED, FINISHED, FULL, NOTHING, OVERFLOW, READ, WRITE, Transport, TransportHooks,
     WaterMarks,
@@ -175,3 +177,33 @@ def test_nothing_is_written_after_close(loop):
     transport.close()
     assert transport.write(b"late\n") is None
     assert transport.sock.sends == 0
+
+
+class AckingSocket(FakeSocket):
+    """A socket whose peer's TCP acknowledges everything at once; counts the ``TCP_INFO`` reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.info_reads = 0
+
+    def getsockopt(self, level, option, size):
+        self.info_reads += 1
+        info = bytearray(size)
+        info[0] = 1                                       # tcpi_state: established
+        if size >= 128:
+            struct.pack_into("=Q", info, 120, len(self.taken))   # tcpi_bytes_acked
+        return bytes(info)
+
+
+@pytest.mark.skipif(not ACKS_KNOWN, reason="no TCP_INFO on this platform")
+def test_a_clean_close_reads_tcp_info_once(loop):
+    """Issue 23: the close asked whether all was acknowledged, then asked again for how
+    much -- two system calls for one answer on every connection's end."""
+    transport = Transport(loop.hooks, WaterMarks(1024), 7, AckingSocket(), "127.0.0.1",
+                          "127.0.0.1:5555", True, 65536)
+    transport.update_interest()
+    assert transport.write(b"1\n") is None
+    assert transport.close_when_drained()                # all acknowledged: it may close
+    assert transport.acknowledged() == 2                 # what the close then takes as acked
+    assert transport.take_undelivered(2) == []
+    assert transport.sock.info_reads == 1

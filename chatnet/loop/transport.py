@@ -83,7 +83,7 @@ from typing import Callable, NamedTuple
 
 from ..net import tcp
 from .. import wire
-from ..net.acks import CHECK_EVERY, SentLog, bytes_acked, can_still_ack
+from ..net.acks import ACKS_KNOWN, CHECK_EVERY, SentLog, bytes_acked, can_still_ack
 from .handshakes import HandshakeHooks
 
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -340,7 +340,10 @@ class Transport(object):
 
     def acknowledged(self):
         """What the peer's TCP acknowledged, in the units TCP carries; None where the kernel
-        cannot tell (no TCP_INFO)."""
+        cannot tell (no TCP_INFO).  With the sent log empty that is everything handed to
+        TCP, and a closing connection was just asked (``drained``): no second system call."""
+        if self.sent_log is None and ACKS_KNOWN:
+            return self._tcp_end()
         return bytes_acked(self.sock)
 
     def take_undelivered(self, acked=None):

@@ -34,6 +34,8 @@ import struct
 CHECK_EVERY = 8
 
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
+#: The kernel says what was acknowledged (Linux).
+ACKS_KNOWN = _TCP_INFO is not None
 _BYTES_ACKED_AT = 120          # offset of the u64 tcpi_bytes_acked in struct tcp_info (Linux 4.1+)
 _INFO_SIZE = 192
 
