@@ -155,7 +155,8 @@ class ActionRunner(object):
     def _log_event(self, action):
         if type(action) is LimitReached:
             self._metrics.limit_reached(action.limit)
-        log.info(*describe(action, self._peer(action.conn)))
+        if log.isEnabledFor(logging.INFO):        # off by default: build no line for nothing
+            log.info(*describe(action, self._peer(action.conn)))
 
 
 def describe(action, peer):

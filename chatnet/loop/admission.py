@@ -59,10 +59,11 @@ class Listener(object):
     """One listening socket: the TLS context of its connections (None: plaintext), and its
     web front (``chatnet.net.web.WebFront``; None: the chatnet protocol straight over TCP)."""
 
-    __slots__ = ("sock", "tls", "web", "kind")
+    __slots__ = ("sock", "tls", "web", "kind", "_family_type_proto")
 
     def __init__(self, sock, tls=None, web=None):
         self.sock = sock
+        self._family_type_proto = (sock.family, sock.type, sock.proto)   # its connections' too
         self.tls = tls
         self.web = web
         self.kind = ("web+" if web is not None else "") + ("tls" if tls is not None else "plain")
@@ -71,6 +72,15 @@ class Listener(object):
 
     def address(self):
         return self.sock.getsockname()[:2]
+
+    def accept(self):
+        """``(socket, address)`` of the next connection; BlockingIOError if none waits.
+
+        ``socket.accept()`` turns the listener's family and type into enums
+        again for every connection (nine Python calls); they are the listener's.
+        """
+        fd, address = self.sock._accept()
+        return socket.socket(*self._family_type_proto, fileno=fd), address
 
 
 class AdmissionHooks(NamedTuple):
@@ -102,7 +112,7 @@ class Admission(object):
         """Yield ``(sock, address, host, trusted, listener)`` for each connection admitted now."""
         for _ in range(ACCEPTS_PER_PASS):
             try:
-                sock, address = listener.sock.accept()
+                sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
