@@ -1,12 +1,15 @@
-"""Admission's refusals on the TLS port, with a fake loop: bounded in number and in timers.
+"""Admission's refusals on the TLS port, with a fake loop: bounded in number and in timers;
+and the addresses it counts and logs.
 
 (What a refused client sees is in ``test_tls.py``, against a real server.)
 """
 
 import socket
 
+import pytest
+
 from chatnet.loop.admission import (
-    TLS_REFUSALS_AT_ONCE, Admission, AdmissionHooks, Listener, TLSRefusal,
+    TLS_REFUSALS_AT_ONCE, Admission, AdmissionHooks, Listener, TLSRefusal, format_peer, host_of,
 )
 from chatnet.loop.reactor import ReactorLimits
 from chatnet.net.tls import TLSContext
@@ -108,3 +111,14 @@ def test_the_timer_ends_only_late_refusals_and_comes_back_for_the_others():
     for client in early + late:
         client.close()
     admission.close()
+
+
+@pytest.mark.parametrize("address, host, peer", [
+    (("203.0.113.7", 5555), "203.0.113.7", "203.0.113.7:5555"),
+    (("2001:db8::1", 5555, 0, 0), "2001:db8::1", "[2001:db8::1]:5555"),
+    (("::ffff:203.0.113.7", 5555, 0, 0), "203.0.113.7", "[::ffff:203.0.113.7]:5555"),
+    (("fe80::1%eth0", 5555, 0, 2), "fe80::1", "[fe80::1%eth0]:5555"),
+])
+def test_the_host_limits_count_and_the_peer_the_log_shows(address, host, peer):
+    assert host_of(address) == host
+    assert format_peer(address) == peer

@@ -320,9 +320,11 @@ def _open_spare_descriptor():
 def host_of(address):
     """The client's host, as per-address limits count it."""
     host = address[0] if isinstance(address, tuple) and address else str(address)
+    if ":" not in host:                       # IPv4: as it is
+        return host
     if host.startswith("::ffff:") and "." in host:
         host = host[len("::ffff:"):]          # an IPv4 client of a dual-stack listener
-    return host.split("%", 1)[0]
+    return host.split("%", 1)[0]              # without an IPv6 zone
 
 
 def is_trusted(host, networks):
@@ -343,8 +345,8 @@ def parse_networks(text):
 
 def format_address(address):
     """``host:port``, with IPv6 hosts in brackets."""
-    host, port = address[:2]
-    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+    host, port = address[0], address[1]
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
 
 
 def format_peer(address):

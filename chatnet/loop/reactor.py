@@ -268,8 +268,8 @@ class Reactor(object):
         self.cork.release()                                       # ---- commit (on its thread)
         if self._writable:
             self._write_step()                                    # ---- write
-        if self.stored.has_deletes():
-            self.cork.release()                                   # what the writes delivered
+            if self.stored.has_deletes():                         # (rows delivered before the
+                self.cork.release()                               # write step went just above)
 
     def _select_timeout(self, max_wait):
         """How long ``select`` may wait: not at all if output is ready, else until a deadline."""
