@@ -14,10 +14,8 @@ handed to the threads as there are threads:
 
 * **fair**: waiting checks are kept per client address, and the addresses
   take turns (round robin), so one address -- or a thousand connections from
-  it -- cannot take the pool from everybody else;
-* **counted when submitted**: a check counts against its address from the
-  moment it is submitted until it completes, even if its connection is gone;
-  an address with checks running waits behind addresses with none;
+  it -- cannot take the pool from everybody else: its next check waits until
+  every other address with one waiting has had its turn;
 * **cancelled**: when a connection closes, its waiting check is dropped at
   once and costs nothing; one already running finishes, and its answer is
   ignored by the core;
@@ -75,13 +73,11 @@ class FairQueue(object):
         self._by_host = {}                       # host -> deque of jobs
         self._turns = collections.deque()        # hosts with waiting jobs, in turn order
         self._by_conn = {}                       # conn -> its waiting job
-        self.outstanding = collections.Counter()  # host -> jobs submitted and not completed
 
     def __len__(self):
         return len(self._by_conn)
 
     def push(self, job):
-        self.outstanding[job.host] += 1
         self._by_conn[job.conn] = job
         jobs = self._by_host.get(job.host)
         if jobs is None:
@@ -95,15 +91,7 @@ class FairQueue(object):
         if job is None:
             return False
         job.cancelled = True
-        self.completed(job)
         return True
-
-    def completed(self, job):
-        count = self.outstanding[job.host] - 1
-        if count > 0:
-            self.outstanding[job.host] = count
-        else:
-            del self.outstanding[job.host]
 
     def pop(self):
         """The next job to run: the next address's oldest live job, or None."""
@@ -162,7 +150,6 @@ class PasswordChecks(object):
         while done:
             job, ok, registered = done.popleft()
             self._running -= 1
-            self._waiting.completed(job)
             self._start_some()
             yield LoginChecked(job.conn, job.user_id, ok, registered)
 

@@ -30,7 +30,6 @@ port is a close without a word.  Refusals are not connections: no limit
 counts them and the core never hears of them.
 """
 
-import collections
 import errno
 import ipaddress
 import os
@@ -102,7 +101,7 @@ class Admission(object):
         self.listeners = listeners
         self._limits = limits
         self._hooks = hooks            # AdmissionHooks: the loop, as far as admission needs it
-        self._per_host = collections.Counter()
+        self._per_host = {}            # host -> its connections open now
         self._trusted = {}             # host -> on a trusted network (parsing costs ~20 µs)
         self._spare_fd = _open_spare_descriptor()
         self._refusing = {}            # TLSRefusal under way -> its deadline, oldest first
@@ -165,13 +164,13 @@ class Admission(object):
             self._hooks.warn("server full", "connection from %s refused: %d connections, the maximum",
                             format_peer(address), self._hooks.connection_count())
             self._refuse(sock, NOTICE_SERVER_FULL, listener)
-        elif not trusted and self._per_host[host] >= self._limits.max_per_ip:
+        elif not trusted and self._per_host.get(host, 0) >= self._limits.max_per_ip:
             self._hooks.limit_reached("connections per address")
             self._hooks.warn("per-ip " + host, "connection from %s refused: %d connections from %s, "
-                            "the maximum per address", format_peer(address), self._per_host[host], host)
+                            "the maximum per address", format_peer(address), self._per_host.get(host, 0), host)
             self._refuse(sock, NOTICE_TOO_MANY_FROM_YOU, listener)
         else:
-            self._per_host[host] += 1
+            self._per_host[host] = self._per_host.get(host, 0) + 1
             return sock, address, host, trusted
         return None
 

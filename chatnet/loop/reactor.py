@@ -13,7 +13,8 @@ One pass of the loop (``run_once``)
 -----------------------------------
 1. **Wait** in ``select()`` until a socket is ready or the next deadline --
    not at all when output is ready to be written.
-2. **Read**: accept new connections; ``recv`` once from every readable
+2. **Read**: accept new connections (and read each at once: a client's
+   first bytes come with it); ``recv`` once from every readable
    transport and give the bytes to the core; take the answers of the
    worker threads (password checks, lookups, the database writer) and of
    the hang-up watch.
@@ -326,6 +327,10 @@ class Reactor(object):
             self.handshakes.admit(transport)    # its handshake begins now, or when a slot frees
         log.debug("connection %d from %s", transport.conn, transport.peer)
         self.feed(Connected(transport.conn, host, trusted))
+        if transport.mask & READ:
+            # A client sends its login frame (TLS hello, HTTP request) with its connection:
+            # what is there already is read now, not a whole pass later.
+            self._dispatch(transport, READ)
 
     def _read_ready(self, transport):
         try:
