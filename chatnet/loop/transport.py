@@ -31,7 +31,9 @@ moving bytes through it, in the manner of asyncio's
   waits ``behind`` them;
 * **closing**: ``close_when_drained()`` lets the queue empty first;
   ``close()`` only closes the socket -- ``Departures.close`` has taken what it
-  never delivered (``take_undelivered``) and had the loop forget it first.
+  never delivered (``take_undelivered``) and had the loop forget it first --
+  after taking input nobody will read, so that the kernel ends the stream
+  with a FIN, not a reset that would throw away the last answer.
 
 It must not make a protocol decision or touch the database.  Its loop is
 three callables (``TransportHooks``), so it is tested with a fake socket and
@@ -131,7 +133,7 @@ class Transport(object):
         "conn", "sock", "host", "peer", "trusted", "outgoing", "queued", "sent", "mask", "paused",
         "eof", "closing", "closed", "core_knows", "queue_full", "progress_at", "watched",
         "read_size", "stored_marks", "behind", "failure", "user_id", "sent_log", "holds", "dropping",
-        "full_since",
+        "full_since", "fin_read",
         "_hooks", "_marks", "_max_read",
     )
 
@@ -172,6 +174,7 @@ class Transport(object):
         self.sent_log = None           # chunks the kernel took, not yet acknowledged (chatnet.net.acks)
         self.holds = 0                 # reasons output waits in the queue (LOGIN | CORK)
         self.dropping = False          # dropped as a slow reader: its last notice is on its way
+        self.fin_read = False          # a recv found the peer's FIN: nothing more is coming
 
     def __repr__(self):
         # In the manner of asyncio's transports: what the selector watches.
@@ -184,9 +187,12 @@ class Transport(object):
     def read(self):
         """One ``recv``: the bytes, ``b""`` at EOF, None if none are there.  OSError: it broke."""
         try:
-            return self.sock.recv(self.read_size)
+            data = self.sock.recv(self.read_size)
         except (BlockingIOError, InterruptedError):
             return None
+        if not data:
+            self.fin_read = True
+        return data
 
     def read_at_most(self, size):
         """The core's ``ReadAtMost``: ``size`` bytes a read at most (0: the loop's own size)."""
@@ -629,8 +635,25 @@ class Transport(object):
         if self.closed:
             return
         self.closed = True
+        if clean and not self.fin_read:
+            self._discard_unread_input()
         self.sock.close()
         self.outgoing = NOTHING
+
+    def _discard_unread_input(self):
+        """Take what the peer sent that will never be read, before closing.
+
+        Closing a socket with unread input makes the kernel answer with a
+        reset, and a reset makes the peer's kernel throw away what it had
+        not read yet -- the notice or HTTP answer just sent before the close.
+        (What is there now; input still on its way may yet cause one.)
+        """
+        try:
+            for _ in range(4):
+                if not self.sock.recv(65536):
+                    return
+        except OSError:
+            pass
 
 
 #: Plaintext encrypted at once: four of TLS's largest records.  Encrypting this
@@ -722,6 +745,8 @@ class LayeredTransport(Transport):
             data = self.sock.recv(self.read_size)
         except (BlockingIOError, InterruptedError):
             return None
+        if not data:
+            self.fin_read = True
         plaintext, ciphertext = self.layer.receive(data)
         if ciphertext:
             self.wire_sent += len(ciphertext)
