@@ -167,7 +167,8 @@ class Admission(object):
         elif not trusted and self._per_host.get(host, 0) >= self._limits.max_per_ip:
             self._hooks.limit_reached("connections per address")
             self._hooks.warn("per-ip " + host, "connection from %s refused: %d connections from %s, "
-                            "the maximum per address", format_peer(address), self._per_host.get(host, 0), host)
+                            "the maximum per address", format_peer(address),
+                            self._per_host.get(host, 0), host)
             self._refuse(sock, NOTICE_TOO_MANY_FROM_YOU, listener)
         else:
             self._per_host[host] = self._per_host.get(host, 0) + 1
